@@ -1,0 +1,557 @@
+"""The mindloop policy: a core that observes, thinks for a sampled number of steps, and acts.
+
+Per frame and env (DESIGN §1)::
+
+    h_0 = core(concat(x_obs, memory.read))             # observe step
+    for k in 1..k_max:                                  # think steps
+        if halting says stop at h_{k-1}: break          # sampled (or budget chosen at h_0)
+        h_k = core(concat(think_input(h_{k-1}, k), memory.read))
+    after every core step: op ~ memory.op_distribution(h); memory.apply(h, op)
+    action ~ heads(h_final);  value = value_head(h_0)
+
+The value reads h_0, before any think or memory decision is sampled, so it is a baseline for
+the whole compound decision (halting + memory ops + action) and stays unbiased for RL.
+
+Envs in a batch halt at different steps: the batch keeps stepping until every env halted (or
+``k_max``) and the state of a halted env is frozen by a mask. Three entry points:
+
+- :meth:`MindloopPolicy.act` for rollouts: samples (or, ``deterministic=True``, takes
+  threshold/argmax/mean) and records every decision in :class:`Decisions`.
+- :meth:`MindloopPolicy.evaluate_sequence` for training: replays recorded decisions
+  (teacher-forced) over (T, B) with backprop through time from a stored initial state, and
+  returns log-probs, entropies and values that equal act's on the same inputs.
+- :meth:`MindloopPolicy.ponder` / :meth:`ponder_sequence` for supervised training
+  (PonderNet): every env runs all ``k_max`` think steps, and the output carries the halting
+  distribution p_n over steps for an expected loss and a KL to a geometric prior.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+from gymnasium import spaces
+from torch import nn
+
+from agent.cores import CoreConfig, build_core
+from agent.heads import Action, ActionDistribution, ActionHeads
+from agent.interfaces import MemoryTool
+from agent.state import State, reset_where
+from agent.think import (
+    Chooser,
+    ThinkConfig,
+    build_halting,
+    build_think_input,
+    geometric_prior,
+    kl_to_geometric,
+)
+
+
+@dataclass
+class PolicyConfig:
+    """Core, think loop and heads. Sizes of inputs and outputs come from the components
+    (observation embedding, memory read, action space), not from here."""
+
+    core: CoreConfig = field(default_factory=CoreConfig)
+    """Which recurrent core and how big."""
+    think: ThinkConfig = field(default_factory=ThinkConfig)
+    """Think steps: k_max, think input, halting mode."""
+
+    def __post_init__(self) -> None:
+        # allow building from plain dicts (config.json of a checkpoint)
+        if isinstance(self.core, dict):
+            self.core = CoreConfig(**self.core)
+        if isinstance(self.think, dict):
+            self.think = ThinkConfig(**self.think)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Decisions:
+    """Every sampled decision of a frame except the action, to replay it in training.
+
+    Shapes: (B,) / (B, k_max+1) from :meth:`MindloopPolicy.act`; stacked (T, B, ...) for
+    :meth:`MindloopPolicy.evaluate_sequence`.
+    """
+
+    think_steps: torch.Tensor
+    """(..., ) long in 0..k_max: think steps taken (the halting decisions are implied)."""
+    mem_ops: torch.Tensor
+    """(..., k_max+1) long: memory op at step n (0 = observe); -1 where no step ran or no memory."""
+
+    @property
+    def halt(self) -> torch.Tensor:
+        """(..., k_max+1) long: the halting decision per step, 0 = continue, 1 = stop,
+        -1 = not reached (the stop at step k_max is forced, not sampled)."""
+        n = torch.arange(self.mem_ops.shape[-1], device=self.mem_ops.device)
+        steps = self.think_steps.unsqueeze(-1)
+        return torch.where(n < steps, 0, torch.where(n == steps, 1, -1))
+
+    @staticmethod
+    def stack(items: list[Decisions]) -> Decisions:
+        """Stack per-frame decisions (B, ...) into a sequence (T, B, ...)."""
+        return Decisions(
+            think_steps=torch.stack([d.think_steps for d in items]),
+            mem_ops=torch.stack([d.mem_ops for d in items]),
+        )
+
+
+@dataclass
+class StepInfo:
+    """What a frame produced besides the action. Shapes (B, ...) from ``act``, (T, B, ...)
+    from ``evaluate_sequence``. Log-probs/entropies are split by part so that training can
+    weight or cost them separately; ``log_prob`` is their sum (the PPO ratio's log-prob)."""
+
+    think_steps: torch.Tensor
+    """(...,) long: think steps taken; multiply by a cost to charge thinking in the reward."""
+    halt_prob: torch.Tensor
+    """(..., k_max+1): p(stop) at each step where it was evaluated, 1 at a forced stop at
+    k_max, 0 after the env halted (padding)."""
+    decisions: Decisions
+    log_prob_action: torch.Tensor
+    log_prob_halt: torch.Tensor
+    log_prob_memory: torch.Tensor
+    entropy_action: torch.Tensor
+    entropy_halt: torch.Tensor
+    entropy_memory: torch.Tensor
+    value: torch.Tensor
+    memory_stats: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Per-step stats returned by ``memory.apply`` (..., k_max+1), 0 where no step ran."""
+
+    @property
+    def log_prob(self) -> torch.Tensor:
+        return self.log_prob_action + self.log_prob_halt + self.log_prob_memory
+
+    @property
+    def entropy(self) -> torch.Tensor:
+        return self.entropy_action + self.entropy_halt + self.entropy_memory
+
+    @staticmethod
+    def stack(items: list[StepInfo]) -> StepInfo:
+        """Stack per-frame infos (B, ...) into (T, B, ...)."""
+        out = {}
+        for f in fields(StepInfo):
+            vals = [getattr(i, f.name) for i in items]
+            if f.name == "decisions":
+                out[f.name] = Decisions.stack(vals)
+            elif f.name == "memory_stats":
+                out[f.name] = {k: torch.stack([v[k] for v in vals]) for k in vals[0]}
+            else:
+                out[f.name] = torch.stack(vals)
+        return StepInfo(**out)
+
+
+@dataclass
+class PonderOutput:
+    """The supervised (PonderNet) view of frames: every env ran all ``k_max`` think steps.
+
+    Shapes: (B, ...) from :meth:`MindloopPolicy.ponder`, (T, B, ...) from
+    :meth:`MindloopPolicy.ponder_sequence`; K = k_max.
+    """
+
+    hidden: torch.Tensor
+    """(..., K+1, hidden_dim): h_n after step n = 0..K."""
+    halting: torch.Tensor
+    """(..., K+1): the halting distribution p_n (sums to 1)."""
+    think_steps: torch.Tensor
+    """(...,) long: the step whose state was carried on (sampled from p_n, or deterministic)."""
+    value: torch.Tensor
+    """(...,): value from h_0."""
+    mem_ops: torch.Tensor
+    """(..., K+1) long: memory ops (-1 without memory)."""
+
+    def expected(self, per_step: torch.Tensor) -> torch.Tensor:
+        """sum_n p_n * per_step[..., n]: e.g. the expected loss L = sum_n p_n L_n."""
+        return (self.halting * per_step).sum(-1)
+
+    def kl_to_geometric(self, lambda_p: float) -> torch.Tensor:
+        """KL(p || Geometric(lambda_p)) (...,): PonderNet's regulariser."""
+        return kl_to_geometric(self.halting, lambda_p)
+
+    def expected_steps(self) -> torch.Tensor:
+        n = torch.arange(self.halting.shape[-1], device=self.halting.device, dtype=torch.float32)
+        return (self.halting * n).sum(-1)
+
+
+class MindloopPolicy(nn.Module):
+    """Core + think loop + heads (+ an optional memory tool).
+
+    Args:
+        obs_dim: size of the observation embedding fed in (the fused encoders' ``embed_dim``).
+        action_space: a ``gymnasium.spaces.Dict`` (``muscles`` Box in [0, 1], ``text``
+            Discrete(V), or any bounded Box / Discrete keys).
+        config: core and think settings.
+        memory: an optional :class:`agent.interfaces.MemoryTool`. Its read is concatenated to
+            the core input at every step; its op log-probs join the policy's. The policy hands
+            it the memory's own keys of the state (those of ``memory.initial_state``) and
+            merges what ``apply`` returns.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_space: spaces.Dict,
+        config: PolicyConfig | None = None,
+        memory: MemoryTool | None = None,
+    ) -> None:
+        super().__init__()
+        config = config or PolicyConfig()
+        if obs_dim < 1:
+            raise ValueError(f"obs_dim must be >= 1, got {obs_dim}")
+        if memory is not None and not isinstance(memory, MemoryTool):
+            raise ValueError(
+                f"memory must follow agent.interfaces.MemoryTool, got {type(memory).__name__}"
+            )
+        self.config = config
+        self.obs_dim = obs_dim
+        self.k_max = config.think.k_max
+        self.memory = memory  # registered as a submodule when it is an nn.Module
+        read_dim = memory.read_dim if memory is not None else 0
+        self.core = build_core(config.core, obs_dim + read_dim)
+        hidden = self.core.hidden_dim
+        # the think input lives in observation space; the memory read is appended after it
+        self.think_input = build_think_input(config.think, obs_dim, hidden)
+        self.halting = build_halting(config.think, hidden)
+        self.heads = ActionHeads(action_space, hidden)
+        self.value_head = nn.Linear(hidden, 1)
+        self._core_keys = tuple(self.core.initial_state(1))
+        self._mem_keys = tuple(memory.initial_state(1)) if memory is not None else ()
+
+    # ------------------------------------------------------------------ state
+
+    def initial_state(self, batch: int, device: torch.device | None = None) -> State:
+        """Fresh state for ``batch`` envs: the core's keys and the memory's keys."""
+        state = dict(self.core.initial_state(batch, device))
+        if self.memory is not None:
+            state.update(self.memory.initial_state(batch, device))
+        return state
+
+    def reset_state(self, state: State, episode_start: torch.Tensor) -> State:
+        """Reset the envs flagged in ``episode_start`` (B,): the core to its initial state,
+        the memory through ``memory.reset`` (it decides what persists across episodes)."""
+        episode_start = torch.as_tensor(episode_start, device=_device(state)).bool()
+        if not episode_start.any():
+            return state
+        batch = episode_start.shape[0]
+        core = {k: state[k] for k in self._core_keys}
+        out = dict(state)
+        out.update(
+            reset_where(core, self.core.initial_state(batch, episode_start.device), episode_start)
+        )
+        if self.memory is not None:
+            out.update(self.memory.reset(self._mem_state(state), episode_start))
+        return out
+
+    def _mem_state(self, state: State) -> State:
+        return {k: state[k] for k in self._mem_keys}
+
+    # ------------------------------------------------------------------ one core step
+
+    def _core_step(
+        self,
+        x: torch.Tensor,
+        state: State,
+        active: torch.Tensor,
+        choose: Chooser,
+        recorded_op: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, State, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+        """One observe or think step for the ``active`` (B,) envs; the others keep their state.
+
+        -> (h (B, H), state, op (B,), op log-prob (B,), op entropy (B,), memory stats).
+        """
+        core_state = {k: state[k] for k in self._core_keys}
+        inp = x  # (B, obs_dim)
+        if self.memory is not None:
+            mem_state = self._mem_state(state)
+            inp = torch.cat([x, self.memory.read(mem_state)], dim=-1)  # (B, obs_dim + read_dim)
+        h, core_new = self.core.step(inp, core_state)
+        new = dict(state)
+        new.update(core_new)
+        zero = h.new_zeros(h.shape[0])
+        op = torch.full_like(active, -1, dtype=torch.long)
+        log_prob, entropy, stats = zero, zero, {}
+        if self.memory is not None:
+            dist = self.memory.op_distribution(h)
+            op = choose.categorical(
+                dist, recorded_op.clamp_min(0) if recorded_op is not None else None
+            )
+            log_prob, entropy = dist.log_prob(op), dist.entropy()
+            mem_new, stats = self.memory.apply(h, op, mem_state)
+            new.update(mem_new)
+            op = torch.where(active, op, -1)
+            log_prob, entropy = log_prob * active, entropy * active
+            stats = {k: torch.where(active, v, torch.zeros_like(v)) for k, v in stats.items()}
+        new = _where_rows(active, new, state)
+        return h, new, op, log_prob, entropy, stats
+
+    # ------------------------------------------------------------------ one frame
+
+    def _frame(
+        self,
+        x_obs: torch.Tensor,
+        state: State,
+        choose: Chooser,
+        recorded: Decisions | None = None,
+    ) -> tuple[torch.Tensor, State, StepInfo]:
+        """Observe step + think steps for one frame. -> (h_final (B, H), state, info)
+        with the action fields of ``info`` left at zero (filled by the caller)."""
+        B, K = x_obs.shape[0], self.k_max
+        rec_steps = recorded.think_steps if recorded is not None else None
+        rec_ops = recorded.mem_ops if recorded is not None else None
+        active = torch.ones(B, dtype=torch.bool, device=x_obs.device)
+
+        h, state, op, mem_lp, mem_ent, stats = self._core_step(
+            x_obs, state, active, choose, None if rec_ops is None else rec_ops[:, 0]
+        )
+        h0 = h
+        ctx, halt_lp, halt_ent = self.halting.begin(h0, choose, rec_steps)
+        ops, halt_probs, step_stats = [op], [], [stats]
+        steps = torch.zeros(B, dtype=torch.long, device=x_obs.device)
+        for k in range(1, K + 1):
+            stop, p_stop, lp, ent = self.halting.decide(k, h, ctx, choose, rec_steps)
+            halt_probs.append(torch.where(active, p_stop, 0.0))
+            halt_lp = halt_lp + torch.where(active, lp, 0.0)
+            halt_ent = halt_ent + torch.where(active, ent, 0.0)
+            active = active & ~stop
+            if not bool(active.any()):
+                break
+            x = self.think_input(h, k, x_obs)  # (B, obs_dim)
+            h_new, state, op, lp_m, ent_m, stats = self._core_step(
+                x, state, active, choose, None if rec_ops is None else rec_ops[:, k]
+            )
+            h = torch.where(active[:, None], h_new, h)
+            steps = steps + active.long()
+            mem_lp, mem_ent = mem_lp + lp_m, mem_ent + ent_m
+            ops.append(op)
+            step_stats.append(stats)
+
+        n_idx = torch.arange(K + 1, device=x_obs.device)
+        halt_prob = torch.zeros(B, K + 1, device=x_obs.device, dtype=h.dtype)
+        if halt_probs:
+            halt_prob[:, : len(halt_probs)] = torch.stack(halt_probs, dim=1)
+        # the stop at step k_max is forced (probability 1, no log-prob)
+        halt_prob = torch.where((n_idx == K) & (steps[:, None] == K), 1.0, halt_prob)
+        mem_ops = torch.full((B, K + 1), -1, dtype=torch.long, device=x_obs.device)
+        mem_ops[:, : len(ops)] = torch.stack(ops, dim=1)
+        memory_stats = {
+            key: _pad_steps([s[key] for s in step_stats], K + 1) for key in step_stats[0]
+        }
+        zero = h.new_zeros(B)
+        info = StepInfo(
+            think_steps=steps,
+            halt_prob=halt_prob,
+            decisions=Decisions(think_steps=steps, mem_ops=mem_ops),
+            log_prob_action=zero,
+            log_prob_halt=halt_lp,
+            log_prob_memory=mem_lp,
+            entropy_action=zero,
+            entropy_halt=halt_ent,
+            entropy_memory=mem_ent,
+            value=self.value_head(h0).squeeze(-1),
+            memory_stats=memory_stats,
+        )
+        return h, state, info
+
+    # ------------------------------------------------------------------ public API
+
+    def action_distribution(self, h: torch.Tensor) -> ActionDistribution:
+        """The action distribution from hidden states (B, H)."""
+        return self.heads(h)
+
+    def act(
+        self,
+        obs_embedding: torch.Tensor,
+        state: State | None,
+        episode_start: torch.Tensor,
+        deterministic: bool = False,
+    ) -> tuple[Action, State, StepInfo]:
+        """One frame for a batch of envs (rollouts and evaluation).
+
+        Args:
+            obs_embedding: (B, obs_dim) fused observation embedding.
+            state: the previous state (``None`` = fresh, as at the first reset).
+            episode_start: (B,) bool, true where the env just reset; those rows are reset
+                before stepping (SB3/CleanRL convention).
+            deterministic: halting by threshold (sampled) or argmax (budget), memory op by
+                argmax, action at the Beta mean / categorical argmax.
+
+        Returns: action dict of (B, ...) tensors, the new state, :class:`StepInfo`.
+        Wrap in ``torch.no_grad()`` for rollouts.
+        """
+        self._check_obs(obs_embedding, 2)
+        if state is None:
+            state = self.initial_state(obs_embedding.shape[0], obs_embedding.device)
+        state = self.reset_state(state, episode_start)
+        choose = Chooser(
+            "deterministic" if deterministic else "sample", self.config.think.halt_threshold
+        )
+        h, state, info = self._frame(obs_embedding, state, choose)
+        dist = self.heads(h)
+        action = dist.mode() if deterministic else dist.sample()
+        info.log_prob_action = dist.log_prob(action)
+        info.entropy_action = dist.entropy()
+        return action, state, info
+
+    def evaluate_sequence(
+        self,
+        obs_embedding: torch.Tensor,
+        initial_state: State,
+        episode_starts: torch.Tensor,
+        actions: Action,
+        decisions: Decisions,
+    ) -> tuple[StepInfo, State]:
+        """Replay a recorded sequence with backprop through time (teacher-forced decisions).
+
+        Args:
+            obs_embedding: (T, B, obs_dim).
+            initial_state: the state ``act`` was called with at t = 0 (before its reset).
+            episode_starts: (T, B) the ``episode_start`` flags passed to ``act``.
+            actions: dict of (T, B, ...) actions ``act`` returned.
+            decisions: (T, B, ...) :class:`Decisions` stacked from ``act``'s infos.
+
+        Returns: :class:`StepInfo` with (T, B, ...) log-probs, entropies, values and think
+        steps (equal to ``act``'s on the same inputs), and the final state.
+        """
+        self._check_obs(obs_embedding, 3)
+        if int(decisions.think_steps.max()) > self.k_max:
+            raise ValueError(
+                f"recorded think_steps up to {int(decisions.think_steps.max())} exceed "
+                f"k_max={self.k_max}; replay with the policy that recorded them"
+            )
+        choose = Chooser("replay")
+        state, infos = initial_state, []
+        for t in range(obs_embedding.shape[0]):
+            state = self.reset_state(state, episode_starts[t])
+            rec = Decisions(decisions.think_steps[t], decisions.mem_ops[t])
+            h, state, info = self._frame(obs_embedding[t], state, choose, rec)
+            dist = self.heads(h)
+            action_t = {k: v[t] for k, v in actions.items()}
+            info.log_prob_action = dist.log_prob(action_t)
+            info.entropy_action = dist.entropy()
+            infos.append(info)
+        return StepInfo.stack(infos), state
+
+    def ponder(
+        self,
+        obs_embedding: torch.Tensor,
+        state: State | None,
+        episode_start: torch.Tensor,
+        deterministic: bool = False,
+    ) -> tuple[PonderOutput, State]:
+        """PonderNet view of one frame: all envs run all ``k_max`` think steps.
+
+        Use ``out.halting`` (B, K+1) for an expected loss over the per-step predictions of
+        ``self.action_distribution(out.hidden[:, n])`` and ``out.kl_to_geometric(lambda_p)``.
+        The state carried on is the one after ``out.think_steps`` steps: sampled from p_n,
+        or (``deterministic``) the step ``act(deterministic=True)`` would stop at.
+        """
+        self._check_obs(obs_embedding, 2)
+        if state is None:
+            state = self.initial_state(obs_embedding.shape[0], obs_embedding.device)
+        state = self.reset_state(state, episode_start)
+        choose = Chooser(
+            "deterministic" if deterministic else "sample", self.config.think.halt_threshold
+        )
+        return self._ponder_frame(obs_embedding, state, choose)
+
+    def ponder_sequence(
+        self,
+        obs_embedding: torch.Tensor,
+        initial_state: State,
+        episode_starts: torch.Tensor,
+        deterministic: bool = False,
+    ) -> tuple[PonderOutput, State]:
+        """:meth:`ponder` over (T, B, obs_dim) with BPTT (behaviour cloning over episodes)."""
+        self._check_obs(obs_embedding, 3)
+        state, outs = initial_state, []
+        for t in range(obs_embedding.shape[0]):
+            out, state = self.ponder(obs_embedding[t], state, episode_starts[t], deterministic)
+            outs.append(out)
+        stacked = PonderOutput(
+            **{
+                f.name: torch.stack([getattr(o, f.name) for o in outs])
+                for f in fields(PonderOutput)
+            }
+        )
+        return stacked, state
+
+    def _ponder_frame(
+        self, x_obs: torch.Tensor, state: State, choose: Chooser
+    ) -> tuple[PonderOutput, State]:
+        B, K = x_obs.shape[0], self.k_max
+        active = torch.ones(B, dtype=torch.bool, device=x_obs.device)
+        h, state, op, *_ = self._core_step(x_obs, state, active, choose, None)
+        h0 = h
+        hs, states, ops, lambdas = [h], [state], [op], []
+        for k in range(1, K + 1):
+            if hasattr(self.halting, "stop_prob"):
+                lambdas.append(self.halting.stop_prob(h))
+            h, state, op, *_ = self._core_step(
+                self.think_input(h, k, x_obs), state, active, choose, None
+            )
+            hs.append(h)
+            states.append(state)
+            ops.append(op)
+        lam = torch.stack(lambdas, dim=-1) if lambdas else h0.new_zeros(B, K)  # (B, K)
+        p = self.halting.distribution(h0, lam)  # (B, K+1)
+        if choose.mode == "deterministic":
+            steps = self._deterministic_steps(p, lam)
+        else:
+            steps = torch.multinomial(p.detach(), 1).squeeze(-1)
+        carried = {
+            key: torch.stack([s[key] for s in states], dim=1)[torch.arange(B), steps]
+            for key in state
+        }
+        out = PonderOutput(
+            hidden=torch.stack(hs, dim=1),
+            halting=p,
+            think_steps=steps,
+            value=self.value_head(h0).squeeze(-1),
+            mem_ops=torch.stack(ops, dim=1),
+        )
+        return out, carried
+
+    def _deterministic_steps(self, p: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        """The step act(deterministic=True) stops at: first lambda_n >= threshold (sampled
+        halting), argmax p_n (budget)."""
+        if self.config.think.halting == "budget":
+            return p.argmax(-1)
+        thr = self.config.think.halt_threshold
+        ones = torch.ones_like(lam[:, :1])
+        over = torch.cat([lam >= thr, ones.bool()], dim=-1)  # (B, K+1), step K always stops
+        return over.float().argmax(-1)  # first True
+
+    def _check_obs(self, obs: torch.Tensor, ndim: int) -> None:
+        if obs.dim() != ndim or obs.shape[-1] != self.obs_dim:
+            want = "(B, obs_dim)" if ndim == 2 else "(T, B, obs_dim)"
+            raise ValueError(
+                f"obs_embedding must be {want} with obs_dim={self.obs_dim}, got {tuple(obs.shape)}"
+            )
+
+    def geometric_prior(self, lambda_p: float) -> torch.Tensor:
+        """PonderNet prior over 0..k_max for this policy (for logging)."""
+        return geometric_prior(lambda_p, self.k_max)
+
+
+def _where_rows(active: torch.Tensor, new: State, old: State) -> State:
+    """Rows of ``new`` where ``active`` (B,), rows of ``old`` elsewhere (halted envs freeze)."""
+    out = {}
+    for key, value in new.items():
+        mask = active.view(-1, *([1] * (value.dim() - 1)))
+        out[key] = torch.where(mask, value, old[key])
+    return out
+
+
+def _pad_steps(values: list[torch.Tensor], n: int) -> torch.Tensor:
+    """Stack per-step (B,) tensors to (B, n), zero-padded after the last step that ran."""
+    out = torch.stack(values, dim=1)
+    return torch.nn.functional.pad(out, (0, n - out.shape[1]))
+
+
+def _device(state: State) -> torch.device:
+    return next(iter(state.values())).device
+
+
+__all__ = ["Decisions", "MindloopPolicy", "PolicyConfig", "PonderOutput", "StepInfo"]

@@ -1,0 +1,332 @@
+"""Think steps: what the core is fed instead of a frame, and when it stops thinking.
+
+After each observe step the policy (``agent/policy.py``) may step the core up to ``k_max``
+more times on a *think input* (seed 000: "RNN can be fed think tokens to be deep"). Two parts
+here, each a small registry:
+
+- ``THINK_INPUTS``: ``token`` (a learned think token) or ``adapter`` (continuous
+  chain-of-thought: h is fed back through a learned adapter into input space, which answers
+  the seed's worry that "the output of the last layer and the input to the first layer have
+  different distributions"). Optionally a step encoding (which think step this is, as the
+  Universal Transformer's timestep embedding) and the observation re-fed at every think step
+  (as ACT and PonderNet feed their input at every ponder step).
+- ``HALTING``: ``sampled`` (a halting head gives p(stop | h_n) at every step n and the stop is
+  *sampled*, so the number of think steps varies between runs) or ``budget`` (the agent picks
+  k in 0..k_max up front from h_0: the seed's "tool call to allocate a think budget").
+
+Conventions shared by the policy and training code. Step n = 0 is the observe step, n >= 1
+are think steps; ``think_steps`` n* in 0..k_max is the step after which the env answered.
+The halting distribution over n* is ``p_n = lambda_n * prod_{j<n} (1 - lambda_j)`` with
+``lambda_kmax = 1`` (PonderNet, Banino et al. 2021, eq. 2-3).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import distributions as D
+from torch import nn
+
+from agent.heads import bernoulli_entropy
+from encoders.registry import Registry
+
+THINK_INPUTS: Registry[type[nn.Module]] = Registry("think input")
+HALTING: Registry[type[nn.Module]] = Registry("halting mode")
+STEP_ENCODINGS = ("none", "learned", "sinusoidal")
+
+
+@dataclass
+class ThinkConfig:
+    """How many think steps, on what input, and how the number is chosen."""
+
+    k_max: int = 4
+    """Most think steps after an observe step (0 disables thinking)."""
+    think_input: str = "token"
+    """What a think step feeds the core: token (learned think token) or adapter (h fed back)."""
+    halting: str = "sampled"
+    """sampled: p(stop) per step, sampled; budget: k in 0..k_max picked up front."""
+    step_encoding: str = "none"
+    """Add the think-step index to the think input: none, learned, sinusoidal."""
+    reinject_obs: bool = False
+    """Also add the frame's observation embedding to every think input (ACT/PonderNet style)."""
+    halt_threshold: float = 0.5
+    """Deterministic mode stops at the first step with p(stop) >= this (sampled halting)."""
+    init_halt_prob: float = 0.5
+    """Initial p(stop) of the sampled halting head (its bias); lower explores longer thinking."""
+
+    def __post_init__(self) -> None:
+        if self.k_max < 0:
+            raise ValueError(f"think k_max must be >= 0 (0 disables thinking), got {self.k_max}")
+        if self.think_input not in THINK_INPUTS:
+            raise ValueError(
+                f"unknown think_input {self.think_input!r}; available: {', '.join(THINK_INPUTS.names())}"
+            )
+        if self.halting not in HALTING:
+            raise ValueError(
+                f"unknown halting {self.halting!r}; available: {', '.join(HALTING.names())}"
+            )
+        if self.step_encoding not in STEP_ENCODINGS:
+            raise ValueError(
+                f"unknown step_encoding {self.step_encoding!r}; available: {', '.join(STEP_ENCODINGS)}"
+            )
+        if not 0.0 < self.halt_threshold <= 1.0:
+            raise ValueError(f"halt_threshold must be in (0, 1], got {self.halt_threshold}")
+        if not 0.0 < self.init_halt_prob < 1.0:
+            raise ValueError(f"init_halt_prob must be in (0, 1), got {self.init_halt_prob}")
+
+
+# --------------------------------------------------------------------------- think inputs
+
+
+class ThinkInput(nn.Module):
+    """Base class: ``forward(h, k, x_obs) -> x_k`` (B, input_dim) for think step k >= 1.
+
+    Subclasses give the content (``_content``); the base adds the optional step encoding and
+    the re-fed observation, so every think input gets them the same way.
+    """
+
+    def __init__(self, input_dim: int, hidden_dim: int, config: ThinkConfig) -> None:
+        super().__init__()
+        self.reinject_obs = config.reinject_obs
+        self.step_encoding = config.step_encoding
+        n_steps = config.k_max + 1
+        if config.step_encoding == "learned":
+            self.step_table = nn.Parameter(torch.randn(n_steps, input_dim) * 0.5)
+        elif config.step_encoding == "sinusoidal":
+            self.register_buffer("step_table", _sinusoid(n_steps, input_dim), persistent=False)
+
+    def _content(self, h: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, h: torch.Tensor, k: int, x_obs: torch.Tensor) -> torch.Tensor:
+        x = self._content(h)  # (B, D) or (D,)
+        if self.step_encoding != "none":
+            x = x + self.step_table[k]
+        if self.reinject_obs:
+            x = x + x_obs
+        return x.expand_as(x_obs)
+
+
+def _sinusoid(n: int, dim: int) -> torch.Tensor:
+    """(n, dim) fixed sinusoidal encodings of positions 0..n-1 (Vaswani et al. 2017)."""
+    pos = torch.arange(n, dtype=torch.float32)[:, None]
+    freq = torch.exp(-math.log(10000.0) * torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+    table = torch.zeros(n, dim)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq)[:, : dim // 2]
+    return table
+
+
+@THINK_INPUTS.register("token")
+class ThinkToken(ThinkInput):
+    """A learned think token: the same vector at every think step (plus the step encoding)."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, config: ThinkConfig) -> None:
+        super().__init__(input_dim, hidden_dim, config)
+        self.token = nn.Parameter(torch.randn(input_dim) * 0.5)
+
+    def _content(self, h: torch.Tensor) -> torch.Tensor:
+        return self.token  # (D,), broadcast over the batch
+
+
+@THINK_INPUTS.register("adapter")
+class HiddenAdapter(ThinkInput):
+    """Continuous CoT: the last hidden state, mapped back into input space by a learned MLP.
+
+    The LayerNorm puts h on a fixed scale first: the core's input layer was trained on
+    observation embeddings, not on raw hidden states.
+    """
+
+    def __init__(self, input_dim: int, hidden_dim: int, config: ThinkConfig) -> None:
+        super().__init__(input_dim, hidden_dim, config)
+        self.adapter = nn.Sequential(
+            nn.LayerNorm(hidden_dim),
+            nn.Linear(hidden_dim, input_dim),
+            nn.GELU(),
+            nn.Linear(input_dim, input_dim),
+        )
+
+    def _content(self, h: torch.Tensor) -> torch.Tensor:
+        return self.adapter(h)  # (B, D)
+
+
+# --------------------------------------------------------------------------- halting
+
+
+class Chooser:
+    """How a decision is made: ``sample``, ``deterministic`` (threshold/argmax) or ``replay``
+    (teacher forcing with recorded decisions, for the sequence forward)."""
+
+    MODES = ("sample", "deterministic", "replay")
+
+    def __init__(self, mode: str, threshold: float = 0.5) -> None:
+        if mode not in self.MODES:
+            raise ValueError(f"unknown decision mode {mode!r}; available: {', '.join(self.MODES)}")
+        self.mode = mode
+        self.threshold = threshold
+
+    def bernoulli(self, p: torch.Tensor, recorded: torch.Tensor | None) -> torch.Tensor:
+        """A (B,) bool decision with P(True) = p."""
+        if self.mode == "replay":
+            return recorded.bool()
+        if self.mode == "deterministic":
+            return p >= self.threshold
+        return torch.bernoulli(p.detach()).bool()
+
+    def categorical(self, dist: D.Distribution, recorded: torch.Tensor | None) -> torch.Tensor:
+        """A (B,) long decision from a categorical-like distribution."""
+        if self.mode == "replay":
+            return recorded.long()
+        if self.mode == "deterministic":
+            return dist.mode
+        return dist.sample()
+
+
+class Halting(nn.Module):
+    """Base class of halting modes. The policy calls ``begin`` once at h_0, then ``decide``
+    before each think step k = 1..k_max at h_{k-1}; each returns the decision's log-prob and
+    entropy (B,) for the rows it applies to."""
+
+    def begin(
+        self, h0: torch.Tensor, choose: Chooser, recorded_steps: torch.Tensor | None
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Decisions made at h_0 -> (context for ``decide``, log_prob (B,), entropy (B,))."""
+        zero = h0.new_zeros(h0.shape[0])
+        return {}, zero, zero
+
+    def decide(
+        self,
+        k: int,
+        h: torch.Tensor,
+        ctx: dict[str, torch.Tensor],
+        choose: Chooser,
+        recorded_steps: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Stop before think step k (i.e. answer after k-1 think steps)? Decided at h_{k-1}.
+
+        -> (stop (B,) bool, p_stop (B,), log_prob (B,), entropy (B,)).
+        """
+        raise NotImplementedError
+
+    def distribution(self, h0: torch.Tensor, lambdas: torch.Tensor) -> torch.Tensor:
+        """The halting distribution p_n (B, k_max+1) given h_0 and per-step p(stop) (B, k_max)."""
+        raise NotImplementedError
+
+
+@HALTING.register("sampled")
+class SampledHalting(Halting):
+    """p(stop | h_n) = sigmoid(w . h_n + b) before every think step; the stop is sampled."""
+
+    def __init__(self, hidden_dim: int, config: ThinkConfig) -> None:
+        super().__init__()
+        self.k_max = config.k_max
+        self.head = nn.Linear(hidden_dim, 1)
+        nn.init.zeros_(self.head.weight)
+        p = config.init_halt_prob
+        nn.init.constant_(self.head.bias, math.log(p / (1 - p)))
+
+    def stop_prob(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.head(h).squeeze(-1))  # (B,)
+
+    def decide(self, k, h, ctx, choose, recorded_steps):
+        p = self.stop_prob(h)
+        recorded = None if recorded_steps is None else recorded_steps == k - 1
+        stop = choose.bernoulli(p, recorded)
+        p_safe = p.clamp(1e-7, 1 - 1e-7)
+        log_prob = torch.where(stop, p_safe.log(), (1 - p_safe).log())
+        return stop, p, log_prob, bernoulli_entropy(p)
+
+    def distribution(self, h0, lambdas):
+        return halting_distribution(lambdas)
+
+
+@HALTING.register("budget")
+class BudgetHalting(Halting):
+    """A categorical over k in 0..k_max from h_0: the think budget is chosen up front."""
+
+    def __init__(self, hidden_dim: int, config: ThinkConfig) -> None:
+        super().__init__()
+        self.head = nn.Linear(hidden_dim, config.k_max + 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def budget_distribution(self, h0: torch.Tensor) -> D.Categorical:
+        return D.Categorical(logits=self.head(h0))
+
+    def begin(self, h0, choose, recorded_steps):
+        dist = self.budget_distribution(h0)
+        budget = choose.categorical(dist, recorded_steps)
+        # the hazard p(stop at n | not stopped before n), reported as the per-step p(stop)
+        p = dist.probs  # (B, K+1)
+        tail = p.flip(-1).cumsum(-1).flip(-1)  # sum_{j>=n} p_j
+        hazard = p / tail.clamp_min(1e-10)
+        return {"budget": budget, "hazard": hazard}, dist.log_prob(budget), dist.entropy()
+
+    def decide(self, k, h, ctx, choose, recorded_steps):
+        stop = ctx["budget"] == k - 1
+        zero = h.new_zeros(h.shape[0])
+        # the choice was made (and scored) up front: no log-prob or entropy here
+        return stop, ctx["hazard"][:, k - 1], zero, zero
+
+    def distribution(self, h0, lambdas):
+        return self.budget_distribution(h0).probs
+
+
+def build_halting(config: ThinkConfig, hidden_dim: int) -> Halting:
+    return HALTING.get(config.halting)(hidden_dim, config)
+
+
+def build_think_input(config: ThinkConfig, input_dim: int, hidden_dim: int) -> ThinkInput:
+    return THINK_INPUTS.get(config.think_input)(input_dim, hidden_dim, config)
+
+
+# --------------------------------------------------------------------------- PonderNet maths
+
+
+def halting_distribution(lambdas: torch.Tensor) -> torch.Tensor:
+    """p_n = lambda_n prod_{j<n}(1 - lambda_j) for n = 0..K from lambdas (..., K); the last
+    step halts for sure (lambda_K = 1), so p sums to 1. Returns (..., K+1)."""
+    ones = torch.ones_like(lambdas[..., :1])
+    lam = torch.cat([lambdas, ones], dim=-1)  # (..., K+1)
+    survive = torch.cumprod(torch.cat([ones, 1 - lambdas], dim=-1), dim=-1)  # prod_{j<n}
+    return lam * survive
+
+
+def geometric_prior(
+    lambda_p: float, k_max: int, device: torch.device | None = None
+) -> torch.Tensor:
+    """PonderNet's prior: Geometric(lambda_p) over n = 0..k_max, truncated and renormalised."""
+    if not 0.0 < lambda_p <= 1.0:
+        raise ValueError(f"lambda_p must be in (0, 1], got {lambda_p}")
+    n = torch.arange(k_max + 1, dtype=torch.float32, device=device)
+    prior = lambda_p * (1 - lambda_p) ** n
+    return prior / prior.sum()
+
+
+def kl_to_geometric(p: torch.Tensor, lambda_p: float) -> torch.Tensor:
+    """KL(p || Geometric(lambda_p)) per row of p (..., K+1) -> (...)."""
+    prior = geometric_prior(lambda_p, p.shape[-1] - 1, p.device)
+    p_safe = p.clamp_min(1e-10)
+    return (p * (p_safe.log() - prior.log())).sum(-1)
+
+
+__all__ = [
+    "HALTING",
+    "STEP_ENCODINGS",
+    "THINK_INPUTS",
+    "BudgetHalting",
+    "Chooser",
+    "Halting",
+    "HiddenAdapter",
+    "SampledHalting",
+    "ThinkConfig",
+    "ThinkInput",
+    "ThinkToken",
+    "build_halting",
+    "build_think_input",
+    "geometric_prior",
+    "halting_distribution",
+    "kl_to_geometric",
+]

@@ -1,0 +1,321 @@
+"""The policy: act / evaluate_sequence / ponder over every core, halting mode and think input."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from gymnasium import spaces
+from safetensors.torch import load_file, save_file
+from torch import distributions as D
+from torch import nn
+
+from agent.cores import CORES, CoreConfig
+from agent.interfaces import MemoryTool
+from agent.policy import Decisions, MindloopPolicy, PolicyConfig, StepInfo
+from agent.state import State
+from agent.think import HALTING, THINK_INPUTS, ThinkConfig
+
+OBS, B, K, V, MUSCLES = 6, 5, 3, 7, 4
+ACTION_SPACE = spaces.Dict(
+    muscles=spaces.Box(0.0, 1.0, (MUSCLES,), dtype="float32"), text=spaces.Discrete(V)
+)
+
+
+class FakeMemory(nn.Module):
+    """A one-slot scratchpad following the MemoryTool protocol: set stores a projection of h,
+    get copies the slot into the read buffer the core sees. Counts apply calls per env."""
+
+    read_dim = 3
+
+    def __init__(self, hidden_dim: int) -> None:
+        super().__init__()
+        self.ops = nn.Linear(hidden_dim, 3)
+        self.write = nn.Linear(hidden_dim, self.read_dim)
+
+    def initial_state(self, batch: int, device=None) -> State:
+        zeros = torch.zeros(batch, self.read_dim, device=device)
+        return {"mem/slot": zeros, "mem/read": zeros.clone(), "mem/calls": zeros[:, 0].clone()}
+
+    def reset(self, state: State, episode_start: torch.Tensor) -> State:
+        keep = ~episode_start.bool()
+        return {k: v * keep.view(-1, *[1] * (v.dim() - 1)) for k, v in state.items()}
+
+    def read(self, state: State) -> torch.Tensor:
+        return state["mem/read"]
+
+    def op_distribution(self, h: torch.Tensor) -> D.Distribution:
+        return D.Categorical(logits=self.ops(h))
+
+    def apply(self, h, op, state):
+        is_set, is_get = (op == 1)[:, None], (op == 2)[:, None]
+        slot = torch.where(is_set, torch.tanh(self.write(h)), state["mem/slot"])
+        read = torch.where(is_get, state["mem/slot"], state["mem/read"])
+        new = {"mem/slot": slot, "mem/read": read, "mem/calls": state["mem/calls"] + 1}
+        return new, {"hit": (op == 2).float(), "calls": new["mem/calls"]}
+
+
+def make_policy(core="gru", halting="sampled", think_input="token", k_max=K, memory=False, seed=0):
+    torch.manual_seed(seed)
+    cfg = PolicyConfig(
+        core=CoreConfig(name=core, hidden_dim=12, num_heads=2, max_context=32),
+        think=ThinkConfig(k_max=k_max, halting=halting, think_input=think_input),
+    )
+    mem = FakeMemory(12) if memory else None
+    policy = MindloopPolicy(OBS, ACTION_SPACE, cfg, memory=mem)
+    # spread the halting head so p(stop) varies with h (it starts at a constant 0.5)
+    nn.init.normal_(policy.halting.head.weight, std=0.5)
+    return policy
+
+
+def rollout(policy, T=4, seed=0, deterministic=False, starts=None):
+    """act() over T frames; returns obs, initial state, starts, actions, stacked infos."""
+    g = torch.Generator().manual_seed(seed)
+    obs = torch.randn(T, B, OBS, generator=g)
+    if starts is None:
+        starts = torch.rand(T, B, generator=g) < 0.3
+        starts[0] = True
+    state0 = policy.initial_state(B)
+    state, actions, infos = state0, [], []
+    with torch.no_grad():
+        for t in range(T):
+            action, state, info = policy.act(obs[t], state, starts[t], deterministic)
+            actions.append(action)
+            infos.append(info)
+    acts = {k: torch.stack([a[k] for a in actions]) for k in actions[0]}
+    return obs, state0, starts, acts, StepInfo.stack(infos), state
+
+
+VARIANTS = list(itertools.product(CORES.names(), HALTING.names()))
+
+
+@pytest.mark.parametrize("core, halting", VARIANTS)
+def test_act_shapes_bounds_and_finite(core, halting):
+    policy = make_policy(core, halting)
+    _, _, _, acts, info, state = rollout(policy)
+    assert acts["muscles"].shape == (4, B, MUSCLES) and acts["text"].shape == (4, B)
+    assert (acts["muscles"] > 0).all() and (acts["muscles"] < 1).all()
+    assert ((acts["text"] >= 0) & (acts["text"] < V)).all()
+    for t in (info.log_prob, info.entropy, info.value, info.halt_prob):
+        assert torch.isfinite(t).all()
+    assert info.halt_prob.shape == info.decisions.mem_ops.shape == (4, B, K + 1)
+    assert state.keys() == policy.initial_state(1).keys()
+
+
+@pytest.mark.parametrize("core, halting", VARIANTS)
+def test_think_steps_bounded_vary_when_sampled_fixed_when_deterministic(core, halting):
+    policy = make_policy(core, halting)
+    obs = torch.randn(B, OBS)
+    start = torch.ones(B, dtype=torch.bool)
+    with torch.no_grad():
+        sampled = torch.stack([policy.act(obs, None, start)[2].think_steps for _ in range(30)])
+        fixed = torch.stack(
+            [policy.act(obs, None, start, deterministic=True)[2].think_steps for _ in range(5)]
+        )
+    assert sampled.min() >= 0 and sampled.max() <= K
+    assert len(sampled.unique()) > 1  # the stop is sampled: the count varies between runs
+    assert (fixed == fixed[0]).all()
+
+
+def test_k_max_zero_disables_thinking():
+    policy = make_policy(k_max=0)
+    *_, info, _ = rollout(policy)
+    assert (info.think_steps == 0).all() and info.halt_prob.shape[-1] == 1
+    assert (info.log_prob_halt == 0).all()
+
+
+def test_halting_record_and_probabilities_are_consistent():
+    policy = make_policy()
+    *_, info, _ = rollout(policy, T=6)
+    halt, steps = info.decisions.halt, info.think_steps
+    assert ((halt == 1).sum(-1) == 1).all()  # exactly one stop per frame
+    assert torch.equal((halt == 1).float().argmax(-1), steps)
+    assert (info.halt_prob[halt == -1] == 0).all()  # padding after the stop
+    assert (info.halt_prob[halt >= 0] > 0).all()  # p(stop) wherever a decision was made
+    reached_k = steps == K
+    assert (info.halt_prob[..., K][reached_k] == 1).all()  # the stop at k_max is forced
+
+
+@pytest.mark.parametrize("core", CORES.names())
+def test_episode_start_resets_only_flagged_envs(core):
+    policy = make_policy(core)
+    *_, state = rollout(policy, T=3)
+    obs = torch.randn(B, OBS)
+    flags = torch.tensor([True, False, True, False, False])
+    with torch.no_grad():
+        _, _, reset = policy.act(obs, state, flags, deterministic=True)
+        _, _, kept = policy.act(obs, state, torch.zeros(B, dtype=torch.bool), deterministic=True)
+        _, _, fresh = policy.act(obs, None, torch.ones(B, dtype=torch.bool), deterministic=True)
+    torch.testing.assert_close(reset.value[flags], fresh.value[flags])
+    torch.testing.assert_close(reset.value[~flags], kept.value[~flags])
+    assert not torch.allclose(reset.value[flags], kept.value[flags])
+
+
+@pytest.mark.parametrize(
+    "core, halting, think_input, memory",
+    [(c, h, "token", False) for c, h in VARIANTS]
+    + [(c, "sampled", "adapter", True) for c in CORES.names()]
+    + [("gru", "budget", "adapter", True)],
+)
+def test_act_and_evaluate_sequence_agree(core, halting, think_input, memory):
+    policy = make_policy(core, halting, think_input, memory=memory)
+    obs, state0, starts, acts, info, final = rollout(policy, T=5)
+    assert info.think_steps.float().std() > 0  # a real test: envs halt at different steps
+    out, replay_final = policy.evaluate_sequence(obs, state0, starts, acts, info.decisions)
+    for name in (
+        "log_prob_action",
+        "log_prob_halt",
+        "log_prob_memory",
+        "entropy_action",
+        "entropy_halt",
+        "entropy_memory",
+        "value",
+        "halt_prob",
+    ):
+        torch.testing.assert_close(getattr(out, name), getattr(info, name), msg=name)
+    assert torch.equal(out.think_steps, info.think_steps)
+    assert torch.equal(out.decisions.mem_ops, info.decisions.mem_ops)
+    for key in final:
+        torch.testing.assert_close(replay_final[key], final[key], msg=key)
+
+
+@pytest.mark.parametrize("core", CORES.names())
+@pytest.mark.parametrize("think_input", THINK_INPUTS.names())
+def test_gradients_reach_the_core_through_think_steps(core, think_input):
+    """Replaying K think steps, the action loss reaches the core, the think input (used only
+    on think steps) and, through BPTT, the first frame's observation."""
+    policy = make_policy(core, think_input=think_input)
+    T = 2
+    obs = torch.randn(T, B, OBS, requires_grad=True)
+    starts = torch.zeros(T, B, dtype=torch.bool)
+    decisions = Decisions(think_steps=torch.full((T, B), K), mem_ops=torch.full((T, B, K + 1), -1))
+    actions = {"muscles": torch.full((T, B, MUSCLES), 0.3), "text": torch.zeros(T, B).long()}
+    out, _ = policy.evaluate_sequence(obs, policy.initial_state(B), starts, actions, decisions)
+    (-out.log_prob_action[-1].sum()).backward()
+    for name, p in itertools.chain(
+        policy.core.named_parameters(), policy.think_input.named_parameters()
+    ):
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert obs.grad[0].abs().sum() > 0
+
+
+def test_halting_log_prob_trains_the_halting_head():
+    policy = make_policy()
+    obs, state0, starts, acts, info, _ = rollout(policy)
+    out, _ = policy.evaluate_sequence(obs, state0, starts, acts, info.decisions)
+    out.log_prob_halt.sum().backward()
+    assert policy.halting.head.weight.grad.abs().sum() > 0
+
+
+def test_memory_path_reads_records_and_scores_ops():
+    policy = make_policy(memory=True)
+    assert policy.core.input_dim == OBS + FakeMemory.read_dim
+    assert isinstance(policy.memory, MemoryTool)
+    _, _, starts, _, info, state = rollout(policy, T=6)
+    ops, steps = info.decisions.mem_ops, info.think_steps
+    ran = torch.arange(K + 1) <= steps[..., None]  # (T, B, K+1) steps that ran
+    assert ((ops >= 0) == ran).all()  # one op per core step, -1 padding after the halt
+    assert set(ops[ran].unique().tolist()) <= {0, 1, 2}
+    assert (info.log_prob_memory < 0).all() and (info.entropy_memory > 0).all()
+    # apply ran once per core step (masked for halted envs); memory.reset cleared the count
+    last_start = torch.stack([torch.nonzero(starts[:, b]).max() for b in range(B)])
+    expected_calls = torch.stack([(steps[last_start[b] :, b] + 1).sum() for b in range(B)]).float()
+    torch.testing.assert_close(state["mem/calls"], expected_calls)
+
+
+@pytest.mark.parametrize("halting", HALTING.names())
+def test_ponder_halting_distribution_and_expected_loss(halting):
+    policy = make_policy("gru", halting, memory=True)
+    obs = torch.randn(B, OBS)
+    start = torch.ones(B, dtype=torch.bool)
+    out, state = policy.ponder(obs, None, start)
+    assert out.hidden.shape == (B, K + 1, 12) and out.halting.shape == (B, K + 1)
+    torch.testing.assert_close(out.halting.sum(-1), torch.ones(B))
+    assert ((out.think_steps >= 0) & (out.think_steps <= K)).all()
+    # per-step NLL of a target answer, expected under p_n, plus the geometric prior KL
+    target = torch.zeros(B, dtype=torch.long)
+    nll = torch.stack(
+        [
+            -policy.action_distribution(out.hidden[:, n]).parts["text"].log_prob(target)
+            for n in range(K + 1)
+        ],
+        dim=1,
+    )
+    loss = (out.expected(nll) + 0.01 * out.kl_to_geometric(0.3)).mean()
+    loss.backward()
+    assert policy.halting.head.weight.grad.abs().sum() > 0
+    assert state.keys() == policy.initial_state(1).keys()
+
+
+def test_ponder_deterministic_steps_match_act():
+    policy = make_policy()
+    obs = torch.randn(B, OBS)
+    start = torch.ones(B, dtype=torch.bool)
+    with torch.no_grad():
+        out, pstate = policy.ponder(obs, None, start, deterministic=True)
+        _, astate, info = policy.act(obs, None, start, deterministic=True)
+    assert torch.equal(out.think_steps, info.think_steps)
+    torch.testing.assert_close(pstate["core/h"], astate["core/h"])
+
+
+def test_ponder_sequence_shapes():
+    policy = make_policy()
+    obs = torch.randn(3, B, OBS)
+    out, _ = policy.ponder_sequence(obs, policy.initial_state(B), torch.zeros(3, B))
+    assert out.halting.shape == (3, B, K + 1) and out.hidden.shape == (3, B, K + 1, 12)
+
+
+@pytest.mark.parametrize("core", CORES.names())
+def test_policy_safetensors_round_trip(core, tmp_path):
+    policy = make_policy(core, memory=True, seed=1)
+    save_file(policy.state_dict(), tmp_path / "model.safetensors")
+    other = make_policy(core, memory=True, seed=2)
+    other.load_state_dict(load_file(tmp_path / "model.safetensors"))
+    obs = torch.randn(B, OBS)
+    start = torch.ones(B, dtype=torch.bool)
+    with torch.no_grad():
+        a1, _, i1 = policy.act(obs, None, start, deterministic=True)
+        a2, _, i2 = other.act(obs, None, start, deterministic=True)
+    torch.testing.assert_close(a1["muscles"], a2["muscles"])
+    torch.testing.assert_close(i1.value, i2.value)
+
+
+def test_sampling_is_reproducible_with_a_seed():
+    policy = make_policy()
+    obs, start = torch.randn(B, OBS), torch.ones(B, dtype=torch.bool)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(123)
+        with torch.no_grad():
+            a, _, info = policy.act(obs, None, start)
+        runs.append((a["text"], info.think_steps))
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+
+
+def test_config_round_trips_through_a_dict():
+    cfg = PolicyConfig(core=CoreConfig(name="lstm"), think=ThinkConfig(k_max=2, halting="budget"))
+    assert PolicyConfig(**cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize(
+    "build, match",
+    [
+        (lambda: PolicyConfig(core=CoreConfig(name="rwkv")), "unknown core 'rwkv'; available:"),
+        (lambda: PolicyConfig(think=ThinkConfig(k_max=-2)), "k_max must be >= 0"),
+        (lambda: MindloopPolicy(OBS, spaces.Discrete(3)), "must be a gymnasium.spaces.Dict"),
+        (
+            lambda: MindloopPolicy(OBS, spaces.Dict(m=spaces.Box(-float("inf"), 1.0, (2,)))),
+            "needs finite bounds",
+        ),
+        (
+            lambda: MindloopPolicy(OBS, spaces.Dict(m=spaces.MultiBinary(2))),
+            "no action head for 'm': MultiBinary",
+        ),
+        (lambda: make_policy().act(torch.zeros(B, OBS + 1), None, torch.ones(B)), "obs_dim=6"),
+    ],
+)
+def test_bad_input_fails_with_one_line(build, match):
+    with pytest.raises(ValueError, match=match) as err:
+        build()
+    assert "\n" not in str(err.value)
