@@ -319,3 +319,26 @@ def test_bad_input_fails_with_one_line(build, match):
     with pytest.raises(ValueError, match=match) as err:
         build()
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("core", ["gru", "transformer"])
+def test_real_two_tier_memory_plugs_in(core):
+    """Integration with agent/memory.py (issue 5): act and the replay agree with it too."""
+    memory_mod = pytest.importorskip("agent.memory")
+    torch.manual_seed(0)
+    memory = memory_mod.build_memory(
+        memory_mod.MemoryConfig(slot_dim=12, num_slots=2, code_dim=4, key_dim=4, capacity=8), 12
+    )
+    cfg = PolicyConfig(
+        core=CoreConfig(name=core, hidden_dim=12, num_heads=2, max_context=32),
+        think=ThinkConfig(k_max=K),
+    )
+    policy = MindloopPolicy(OBS, ACTION_SPACE, cfg, memory=memory)
+    assert policy.core.input_dim == OBS + memory.read_dim
+    obs, state0, starts, acts, info, final = rollout(policy, T=5)
+    assert (info.decisions.mem_ops[..., 0] >= 0).all()
+    out, replay_final = policy.evaluate_sequence(obs, state0, starts, acts, info.decisions)
+    torch.testing.assert_close(out.log_prob, info.log_prob)
+    torch.testing.assert_close(out.value, info.value)
+    for key in final:
+        torch.testing.assert_close(replay_final[key], final[key], msg=key)
