@@ -288,7 +288,7 @@ def build_think_input(config: ThinkConfig, input_dim: int, hidden_dim: int) -> T
 def halting_distribution(lambdas: torch.Tensor) -> torch.Tensor:
     """p_n = lambda_n prod_{j<n}(1 - lambda_j) for n = 0..K from lambdas (..., K); the last
     step halts for sure (lambda_K = 1), so p sums to 1. Returns (..., K+1)."""
-    ones = torch.ones_like(lambdas[..., :1])
+    ones = lambdas.new_ones(*lambdas.shape[:-1], 1)
     lam = torch.cat([lambdas, ones], dim=-1)  # (..., K+1)
     survive = torch.cumprod(torch.cat([ones, 1 - lambdas], dim=-1), dim=-1)  # prod_{j<n}
     return lam * survive

@@ -119,3 +119,7 @@ def test_halting_log_prob_matches_sampled_steps(name):
     p_n = halting.distribution(h, torch.stack(lambdas, -1))
     expected = p_n.gather(1, steps[:, None]).squeeze(1).log()
     torch.testing.assert_close(log_prob, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_halting_distribution_without_think_steps():
+    torch.testing.assert_close(halting_distribution(torch.zeros(2, 0)), torch.ones(2, 1))
