@@ -52,6 +52,10 @@ class CoreConfig:
     """Transformer only: steps kept in the KV cache (a sliding window; older steps are evicted)."""
     mlp_ratio: float = 4.0
     """Transformer only: MLP width as a multiple of hidden_dim."""
+    inplace_kv: bool = False
+    """Transformer only, inference only: write the KV cache into the caller's state in place
+    (as a static KV cache does) when gradients are off. Faster, but the state passed in is
+    overwritten: never use it where old states are kept (rollouts for BPTT)."""
 
     def __post_init__(self) -> None:
         if self.name not in CORES:
@@ -162,16 +166,22 @@ class _Block(nn.Module):
         slot_onehot: torch.Tensor,  # (B, W) bool: where the new token is written
         n_used: int,  # attend over slots [0, n_used): the filled prefix of the ring
         valid: torch.Tensor,  # (B, n_used) bool: slots holding a step of this episode
+        inplace: bool = False,  # write the new key/value into the given caches
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, D = x.shape
         H, dh = self.heads, D // self.heads
         q, k, v = self.qkv(self.ln1(x)).view(B, 3, H, dh).unbind(1)  # (B, H, dh) each
         q, k = _rotary(q, pos), _rotary(k, pos)
-        # Write the new key/value functionally (no in-place edit of the caller's state, which
-        # a rollout keeps as a sequence's initial state for BPTT).
-        write = slot_onehot[:, :, None]  # (B, W, 1)
-        k_cache = torch.where(write, k.reshape(B, 1, D), k_cache)
-        v_cache = torch.where(write, v.reshape(B, 1, D), v_cache)
+        if inplace:  # static-cache inference: O(1) write
+            rows, slot = torch.arange(B, device=x.device), slot_onehot.float().argmax(-1)
+            k_cache[rows, slot] = k.reshape(B, D)
+            v_cache[rows, slot] = v.reshape(B, D)
+        else:
+            # Functional write: the caller's state is not edited in place (a rollout keeps it
+            # as a sequence's initial state for BPTT). Costs a copy of the cache per step.
+            write = slot_onehot[:, :, None]  # (B, W, 1)
+            k_cache = torch.where(write, k.reshape(B, 1, D), k_cache)
+            v_cache = torch.where(write, v.reshape(B, 1, D), v_cache)
         keys = k_cache[:, :n_used].view(B, n_used, H, dh).transpose(1, 2)  # (B, H, N, dh)
         values = v_cache[:, :n_used].view(B, n_used, H, dh).transpose(1, 2)
         attn = F.scaled_dot_product_attention(
@@ -196,6 +206,7 @@ class TransformerCore(nn.Module):
         self.hidden_dim = config.hidden_dim
         self.max_context = config.max_context
         self.num_layers = config.num_layers
+        self.inplace_kv = config.inplace_kv
         # No projection when the input already has the model width (keeps parameter counts
         # comparable to a GRU of the same width in benchmarks/core_latency.py).
         self.embed = (
@@ -227,20 +238,19 @@ class TransformerCore(nn.Module):
         # Only the filled prefix of the ring is attended: cost grows with history up to W.
         n_used = int(min(int(pos.max()) + 1, W))
         valid = slots[None, :n_used] < (pos + 1).clamp(max=W)[:, None]  # (B, n_used)
+        inplace = self.inplace_kv and not torch.is_grad_enabled()
         h = self.embed(x)  # (B, D)
         ks, vs = [], []
         for i, block in enumerate(self.blocks):
-            h, k, v = block(
-                h, state["core/k"][:, i], state["core/v"][:, i], pos, slot_onehot, n_used, valid
-            )
+            k_cache, v_cache = state["core/k"][:, i], state["core/v"][:, i]  # (B, W, D)
+            h, k, v = block(h, k_cache, v_cache, pos, slot_onehot, n_used, valid, inplace)
             ks.append(k)
             vs.append(v)
-        new_state = {
-            "core/k": torch.stack(ks, dim=1),
-            "core/v": torch.stack(vs, dim=1),
-            "core/pos": pos + 1,
-        }
-        return self.ln_out(h), new_state
+        if inplace:  # the caches were written through views of the caller's tensors
+            new_k, new_v = state["core/k"], state["core/v"]
+        else:
+            new_k, new_v = torch.stack(ks, dim=1), torch.stack(vs, dim=1)
+        return self.ln_out(h), {"core/k": new_k, "core/v": new_v, "core/pos": pos + 1}
 
 
 def count_parameters(module: nn.Module) -> int:

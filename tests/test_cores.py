@@ -126,3 +126,21 @@ def test_bad_config_fails_with_one_line(kwargs, match):
     with pytest.raises(ValueError, match=match) as err:
         CoreConfig(**kwargs)
     assert "\n" not in str(err.value)
+
+
+def test_transformer_inplace_kv_matches_functional_cache():
+    """The static-cache inference path computes the same outputs (and overwrites the state)."""
+    torch.manual_seed(0)
+    functional = build_core(tiny("transformer"), IN)
+    inplace = build_core(tiny("transformer", inplace_kv=True), IN)
+    inplace.load_state_dict(functional.state_dict())
+    xs = torch.randn(11, B, IN)
+    with torch.no_grad():
+        h_f, s_f = run(functional, xs)
+        state = inplace.initial_state(B)
+        h_i, s_i = run(inplace, xs, state)
+    torch.testing.assert_close(h_i, h_f)
+    torch.testing.assert_close(s_i["core/k"], s_f["core/k"])
+    assert s_i["core/k"] is state["core/k"]  # written in place
+    hs, _ = run(inplace, xs[:2])  # with gradients on it falls back to the functional write
+    assert hs.requires_grad
