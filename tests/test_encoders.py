@@ -1,0 +1,473 @@
+"""Encoder tests: every registered encoder gets the contract tests (timm's test_models.py
+pattern), plus the behaviour each modality promises (direction in audio, colour in images),
+the fused encoder, running normalization, and one-line errors at build time."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from encoders import (
+    ENCODERS,
+    FusedEncoderConfig,
+    LogMelAudioConfig,
+    RunningNorm,
+    TextConfig,
+    TimmImageConfig,
+    build_encoder,
+    build_fused_encoder,
+    obs_to_tensors,
+)
+from encoders.audio import interaural_xcorr, mel_filterbank
+from envs.vocab import VOCAB_SIZE, encode
+
+ALL = ENCODERS.names()
+IMAGE = [n for n in ALL if ENCODERS.get(n).modality == "image"]
+
+
+def sample_batch(space: gym.Space, batch: int, seed: int = 0) -> torch.Tensor:
+    """A batch of plausible observations of ``space`` (text rows always hold a word)."""
+    rng = np.random.default_rng(seed)
+    if isinstance(space, gym.spaces.Box):
+        shape = (batch, *space.shape)
+        if space.dtype == np.uint8:
+            return torch.from_numpy(rng.integers(0, 256, shape, dtype=np.uint8))
+        low = np.where(np.isfinite(space.low), space.low, -3.0)
+        high = np.where(np.isfinite(space.high), space.high, 3.0)
+        return torch.from_numpy(rng.uniform(low, high, shape).astype(np.float32))
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        ids = rng.integers(0, space.nvec, (batch, *space.shape))
+        ids[:, 0] = rng.integers(1, space.nvec[0], batch)
+        return torch.from_numpy(ids)
+    if isinstance(space, gym.spaces.Discrete):
+        return torch.from_numpy(rng.integers(space.start, space.start + space.n, batch))
+    raise NotImplementedError(space)
+
+
+def build_example(name: str, seed: int = 0):
+    cls = ENCODERS.get(name)
+    torch.manual_seed(seed)
+    return build_encoder(name, cls.example_space(), cls.example_config())
+
+
+def assert_one_line(err: pytest.ExceptionInfo) -> str:
+    msg = str(err.value)
+    assert msg and "\n" not in msg, f"error message should be one line: {msg!r}"
+    return msg
+
+
+# --- the contract, for every registered encoder ----------------------------------------------
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_shape_and_finite(name: str) -> None:
+    enc = build_example(name)
+    x = sample_batch(enc.space, 4)
+    for mode in (True, False):
+        enc.train(mode)
+        out = enc(x)
+        assert out.shape == (4, enc.embed_dim)
+        assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_gradient_reaches_every_trainable_parameter(name: str) -> None:
+    enc = build_example(name).train()
+    x = sample_batch(enc.space, 8)
+    trainable = [(n, p) for n, p in enc.named_parameters() if p.requires_grad]
+    assert trainable, "an encoder should have something to train"
+    reached: set[str] = set()
+    # Two steps: zero-initialized gates (timm ResNets zero the last BatchNorm of each residual
+    # block) leave the layers behind them an exactly-zero gradient until one update opens them.
+    opt = torch.optim.SGD(enc.parameters(), lr=0.1)
+    for _ in range(2):
+        opt.zero_grad()
+        enc(x).square().mean().backward()
+        for pname, p in trainable:
+            assert p.grad is not None, f"{name}.{pname} got no gradient"
+            assert torch.isfinite(p.grad).all(), f"{name}.{pname} has a non-finite gradient"
+            if p.grad.abs().sum() > 0:
+                reached.add(pname)
+        opt.step()
+    missed = [n for n, _ in trainable if n not in reached]
+    assert not missed, f"{name}: all-zero gradient for {missed}"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_deterministic_under_seed(name: str) -> None:
+    a, b = build_example(name, seed=3), build_example(name, seed=3)
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert ka == kb and torch.equal(va, vb), ka
+    x = sample_batch(a.space, 4)
+    assert torch.equal(a(x), b(x))  # train mode: running statistics update identically
+    assert torch.equal(a.eval()(x), b.eval()(x))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_safetensors_round_trip(name: str, tmp_path) -> None:
+    enc = build_example(name, seed=1).train()
+    enc(sample_batch(enc.space, 16, seed=1))  # move running statistics off their initial values
+    path = tmp_path / "encoder.safetensors"
+    save_file(enc.state_dict(), str(path))
+    other = build_example(name, seed=2)
+    other.load_state_dict(load_file(str(path)))
+    x = sample_batch(enc.space, 4, seed=5)
+    assert torch.equal(enc.eval()(x), other.eval()(x))
+
+
+# --- build-time errors -------------------------------------------------------------------------
+
+
+def test_unknown_name_lists_available() -> None:
+    with pytest.raises(ValueError) as err:
+        build_encoder("no_such_encoder", gym.spaces.Box(0, 1, (3,)))
+    msg = assert_one_line(err)
+    assert "no_such_encoder" in msg and "cnn" in msg and "logmel" in msg
+
+
+@pytest.mark.parametrize("name", IMAGE)
+def test_image_encoder_rejects_a_vector_space(name: str) -> None:
+    with pytest.raises(ValueError) as err:
+        build_encoder(name, gym.spaces.Box(-1, 1, (7,), np.float32))
+    assert "Box(shape=(7,)" in assert_one_line(err)
+
+
+def test_audio_window_shorter_than_fft() -> None:
+    space = gym.spaces.Box(-1, 1, (2, 100), np.float32)
+    with pytest.raises(ValueError) as err:
+        build_encoder("logmel", space, LogMelAudioConfig(n_fft=128))
+    msg = assert_one_line(err)
+    assert "100 samples" in msg and "n_fft=128" in msg
+
+
+def test_too_many_mel_bands_for_the_fft() -> None:
+    with pytest.raises(ValueError) as err:
+        mel_filterbank(n_fft=64, n_mels=40, sample_rate=16000, f_min=0.0, f_max=8000.0)
+    assert "n_mels=40" in assert_one_line(err)
+
+
+@pytest.mark.parametrize(
+    ("name", "space"),
+    [
+        ("logmel", gym.spaces.Box(0, 255, (8, 8, 3), np.uint8)),
+        ("text", gym.spaces.Box(-1, 1, (8,), np.float32)),
+        ("proprio", gym.spaces.Box(0, 255, (8, 8, 3), np.uint8)),
+        ("embedding", gym.spaces.Box(-1, 1, (2,), np.float32)),
+        ("cnn", gym.spaces.Box(0, 255, (4, 4, 3), np.uint8)),  # too small for 4 stride-2 convs
+    ],
+)
+def test_space_mismatch_is_one_line(name: str, space: gym.Space) -> None:
+    with pytest.raises(ValueError) as err:
+        build_encoder(name, space)
+    assert_one_line(err)
+
+
+def test_config_dict_unknown_option_and_bad_value() -> None:
+    space = gym.spaces.Box(-1, 1, (2, 320), np.float32)
+    with pytest.raises(ValueError) as err:
+        build_encoder("logmel", space, {"nfft": 64})
+    assert "'nfft'" in assert_one_line(err) and "n_fft" in str(err.value)
+    with pytest.raises(ValueError) as err:
+        build_encoder("logmel", space, {"hop_length": 0})
+    assert "hop_length" in assert_one_line(err)
+    with pytest.raises(TypeError):
+        build_encoder("logmel", space, TextConfig())
+
+
+# --- audio: direction survives ---------------------------------------------------------------
+
+
+def stereo_tone(side: str, samples: int = 320, freq: float = 600.0, delay: int = 8) -> torch.Tensor:
+    """A tone louder and earlier (``delay`` samples, 0.5 ms) in the ear on ``side``."""
+    t = np.arange(samples + delay) / 16000.0
+    tone = np.sin(2 * np.pi * freq * t)
+    near, far = 0.8 * tone[delay:], 0.3 * tone[:samples]  # far ear: quieter and later
+    left, right = (near, far) if side == "left" else (far, near)
+    return torch.tensor(np.stack([left, right])[None], dtype=torch.float32)  # (1, 2, S)
+
+
+def test_audio_left_and_right_tones_differ() -> None:
+    torch.manual_seed(0)
+    enc = build_encoder("logmel", gym.spaces.Box(-1, 1, (2, 320), np.float32)).eval()
+    left, right = stereo_tone("left"), stereo_tone("right")
+    e_left, e_right = enc(left), enc(right)
+    gap = (e_left - e_right).norm() / (0.5 * (e_left.norm() + e_right.norm()))
+    assert gap > 0.05, f"left/right embeddings nearly equal (relative gap {gap:.4f})"
+    # The features themselves carry direction with the right sign.
+    ild_left = enc.features(left)[:, 2].mean()  # the left-minus-right dB plane
+    ild_right = enc.features(right)[:, 2].mean()
+    assert ild_left > 0 > ild_right
+    assert int(interaural_xcorr(left, 16).argmax()) - 16 == 8  # left leads by 8 samples
+    assert int(interaural_xcorr(right, 16).argmax()) - 16 == -8
+
+
+def test_mel_filterbank_puts_a_tone_in_its_band() -> None:
+    fb = mel_filterbank(n_fft=256, n_mels=32, sample_rate=16000, f_min=0.0, f_max=8000.0)
+    freqs = np.linspace(0, 8000, 129)
+    centers = freqs[fb.argmax(dim=1).numpy()]
+    assert np.all(np.diff(centers) >= 0), "mel bands should rise in frequency"
+    enc = build_encoder(
+        "logmel",
+        gym.spaces.Box(-1, 1, (1, 640), np.float32),
+        LogMelAudioConfig(n_fft=256, hop_length=64, n_mels=32),
+    )
+    t = np.arange(640) / 16000.0
+    tone = torch.tensor(np.sin(2 * np.pi * 2000.0 * t)[None, None], dtype=torch.float32)
+    band = int(enc.logmel(tone)[0, 0].mean(dim=-1).argmax())
+    assert abs(centers[band] - 2000.0) < 250.0
+
+
+# --- images: colour survives; both layouts ----------------------------------------------------
+
+
+def scene(colour: tuple[int, int, int], size: int = 64, layout: str = "hwc") -> torch.Tensor:
+    img = np.full((size, size, 3), 90, np.uint8)  # grey floor
+    img[20:36, 30:46] = colour  # the target
+    x = torch.from_numpy(img)[None]
+    return x.permute(0, 3, 1, 2).contiguous() if layout == "chw" else x
+
+
+@pytest.mark.parametrize("name", IMAGE)
+def test_image_target_colours_differ(name: str) -> None:
+    cls = ENCODERS.get(name)
+    torch.manual_seed(0)
+    space = gym.spaces.Box(0, 255, (64, 64, 3), np.uint8)
+    enc = build_encoder(name, space, cls.example_config()).eval()
+    red, green = enc(scene((220, 30, 30))), enc(scene((30, 200, 40)))
+    gap = (red - green).norm() / (0.5 * (red.norm() + green.norm()))
+    assert gap > 0.01, f"red/green embeddings nearly equal (relative gap {gap:.4f})"
+
+
+@pytest.mark.parametrize("name", IMAGE)
+def test_image_channels_first_space_matches_channels_last(name: str) -> None:
+    """SB3 hands extractors channels-first images; the same weights must give the same result."""
+    cls = ENCODERS.get(name)
+    hwc = gym.spaces.Box(0, 255, (64, 64, 3), np.uint8)
+    chw = gym.spaces.Box(0, 255, (3, 64, 64), np.uint8)
+    torch.manual_seed(0)
+    a = build_encoder(name, hwc, cls.example_config()).eval()
+    b = build_encoder(name, chw, cls.example_config()).eval()
+    b.load_state_dict(a.state_dict())
+    colour = (10, 120, 250)
+    torch.testing.assert_close(a(scene(colour)), b(scene(colour, layout="chw")))
+
+
+# --- timm -----------------------------------------------------------------------------------
+
+TINY = "test_resnet.r160_in1k"
+IMG32 = gym.spaces.Box(0, 255, (32, 32, 3), np.uint8)
+
+
+def test_timm_variant_name_and_backbone_normalization() -> None:
+    enc = build_encoder(f"timm/{TINY}", IMG32)
+    assert enc.config.model_name == TINY
+    import timm.data
+
+    expected = timm.data.resolve_data_config(model=enc.backbone)
+    torch.testing.assert_close(enc.mean.flatten(), torch.tensor(expected["mean"]))
+    torch.testing.assert_close(enc.std.flatten(), torch.tensor(expected["std"]))
+    assert "mean" not in enc.state_dict(), "normalization follows from the model name"
+    assert enc.embed_dim == enc.backbone.num_features
+
+
+def test_timm_unknown_model_is_one_line() -> None:
+    with pytest.raises(ValueError) as err:
+        build_encoder("timm/not_a_model_xyz", IMG32)
+    assert "not_a_model_xyz" in assert_one_line(err)
+
+
+def test_timm_pretrained_without_hub_warns_and_continues(monkeypatch) -> None:
+    import huggingface_hub.constants
+
+    # Offline mode makes the failed download immediate instead of ~45 s of retries.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.warns(RuntimeWarning, match="RANDOM initialization"):
+        enc = build_encoder("timm", IMG32, TimmImageConfig(model_name=TINY, pretrained=True))
+    assert enc(sample_batch(IMG32, 2)).shape == (2, enc.embed_dim)
+
+
+def test_timm_pretrained_file_is_loaded(tmp_path) -> None:
+    import timm
+
+    torch.manual_seed(7)
+    source = timm.create_model(TINY, pretrained=False, num_classes=0)
+    path = tmp_path / "weights.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    torch.manual_seed(8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # loading a local file must not warn
+        enc = build_encoder(
+            "timm", IMG32, TimmImageConfig(model_name=TINY, pretrained_file=str(path))
+        )
+    for k, v in source.state_dict().items():
+        assert torch.equal(enc.backbone.state_dict()[k], v), k
+    with pytest.raises(ValueError) as err:
+        build_encoder(
+            "timm",
+            IMG32,
+            TimmImageConfig(model_name=TINY, pretrained_file=str(tmp_path / "missing.pth")),
+        )
+    assert_one_line(err)
+
+
+def test_timm_freeze_keeps_backbone_fixed() -> None:
+    enc = build_encoder("timm", IMG32, TimmImageConfig(model_name=TINY, freeze=True, embed_dim=16))
+    enc.train()
+    assert not enc.backbone.training, "a frozen backbone keeps its BatchNorm statistics"
+    before = {k: v.clone() for k, v in enc.backbone.state_dict().items()}
+    enc(sample_batch(IMG32, 4)).sum().backward()
+    assert all(p.grad is None for p in enc.backbone.parameters())
+    assert all(p.grad is not None for p in enc.proj.parameters())
+    for k, v in enc.backbone.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.parametrize("model_name", ["resnet10t", "mobilenetv3_small_050"])
+def test_timm_small_backbones_on_64px(model_name: str) -> None:
+    space = gym.spaces.Box(0, 255, (64, 64, 3), np.uint8)
+    enc = build_encoder(f"timm/{model_name}", space).eval()
+    out = enc(sample_batch(space, 2))
+    assert out.shape == (2, enc.embed_dim) and torch.isfinite(out).all()
+
+
+# --- proprio/touch running normalization --------------------------------------------------------
+
+
+def test_running_norm_updates_only_in_train_mode_and_is_saved(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    norm = RunningNorm((3,))
+    batches = [
+        torch.tensor(rng.normal([1, -5, 100], [0.1, 2, 30], (50, 3)), dtype=torch.float32)
+        for _ in range(4)
+    ]
+    for b in batches:
+        norm(b)
+    data = torch.cat(batches)
+    torch.testing.assert_close(norm.mean, data.mean(0), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(norm.var, data.var(0, unbiased=False), rtol=1e-3, atol=1e-4)
+    assert float(norm.count) == 200
+    frozen = {k: v.clone() for k, v in norm.state_dict().items()}
+    norm.eval()
+    norm(batches[0] * 100)
+    assert all(torch.equal(v, frozen[k]) for k, v in norm.state_dict().items())
+    out = norm(data)
+    assert out.mean(0).abs().max() < 1e-3 and (out.std(0) - 1).abs().max() < 1e-2
+
+    enc = build_encoder("proprio", gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)).train()
+    enc(data)
+    save_file(enc.state_dict(), str(tmp_path / "p.safetensors"))
+    loaded = load_file(str(tmp_path / "p.safetensors"))
+    torch.testing.assert_close(loaded["norm.mean"], data.mean(0), rtol=1e-4, atol=1e-4)
+    assert float(loaded["norm.count"]) == 200
+
+
+# --- text ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reader", ["gru", "mean"])
+def test_text_reads_words_and_masks_padding(reader: str) -> None:
+    torch.manual_seed(0)
+    enc = build_encoder(
+        "text", gym.spaces.MultiDiscrete([VOCAB_SIZE] * 8), TextConfig(reader=reader)
+    ).eval()
+
+    def embed(sentence: str, length: int = 8) -> torch.Tensor:
+        return enc(torch.from_numpy(encode(sentence, length))[None])
+
+    red, blue = embed("reach the red ball"), embed("reach the blue ball")
+    assert not torch.allclose(red, blue)
+    empty = enc(torch.zeros(2, 8, dtype=torch.long))
+    assert torch.equal(empty[0], empty[1])
+    if reader == "gru":  # word order matters to the recurrent reader
+        assert not torch.allclose(embed("red left"), embed("left red"))
+
+
+# --- fused encoder -----------------------------------------------------------------------------
+
+
+def sensor_space(size: int = 32) -> gym.spaces.Dict:
+    return gym.spaces.Dict(
+        {
+            "image": gym.spaces.Box(0, 255, (size, size, 3), np.uint8),
+            "audio": gym.spaces.Box(-1, 1, (2, 320), np.float32),
+            "proprio": gym.spaces.Box(-np.inf, np.inf, (6,), np.float32),
+            "touch": gym.spaces.Box(0, np.inf, (4,), np.float32),
+            "text": gym.spaces.MultiDiscrete([VOCAB_SIZE] * 6),
+        }
+    )
+
+
+def test_fused_defaults_and_batch_shapes() -> None:
+    space = sensor_space()
+    torch.manual_seed(0)
+    enc = build_fused_encoder(space).eval()
+    assert enc.config.encoders == {
+        "audio": "logmel",
+        "image": "cnn",
+        "proprio": "proprio",
+        "text": "text",
+        "touch": "touch",
+    }
+    assert enc.embed_dim == 256
+    space.seed(0)
+    frames = [space.sample() for _ in range(6)]
+    one = enc(frames[0])  # numpy, unbatched
+    assert one.shape == (256,)
+    seq = {k: np.stack([f[k] for f in frames]).reshape(2, 3, *space[k].shape) for k in space.spaces}
+    out = enc(obs_to_tensors(seq))  # (T=2, B=3, ...)
+    assert out.shape == (2, 3, 256)
+    torch.testing.assert_close(out[0, 0], one)
+
+
+def test_fused_concat_override_and_subset() -> None:
+    space = sensor_space()
+    cfg = FusedEncoderConfig(
+        encoders={"image": f"timm/{TINY}"},
+        configs={"text": TextConfig(reader="mean", embed_dim=8), "proprio": {"embed_dim": 16}},
+        keys=("image", "proprio", "text"),
+        embed_dim=None,
+    )
+    enc = build_fused_encoder(space, cfg)
+    assert enc.keys == ("image", "proprio", "text")
+    assert enc.embed_dim == enc.encoders["image"].embed_dim + 16 + 8
+    obs = {k: sample_batch(space[k], 2) for k in ("image", "proprio", "text")}  # no audio needed
+    assert enc(obs).shape == (2, enc.embed_dim)
+
+
+def test_fused_config_json_round_trip_rebuilds_the_same_module(tmp_path) -> None:
+    space = sensor_space()
+    cfg = FusedEncoderConfig(configs={"audio": LogMelAudioConfig(n_mels=16, embed_dim=32)})
+    torch.manual_seed(0)
+    enc = build_fused_encoder(space, cfg).train()
+    obs = {k: sample_batch(space[k], 8) for k in space.spaces}
+    enc(obs)
+    text = json.dumps(enc.config.to_dict())
+    save_file(enc.state_dict(), str(tmp_path / "model.safetensors"))
+    rebuilt = build_fused_encoder(space, FusedEncoderConfig.from_dict(json.loads(text)))
+    rebuilt.load_state_dict(load_file(str(tmp_path / "model.safetensors")))
+    assert rebuilt.config == enc.config
+    torch.testing.assert_close(enc.eval()(obs), rebuilt.eval()(obs))
+
+
+def test_fused_errors_are_one_line() -> None:
+    space = sensor_space()
+    with pytest.raises(ValueError) as err:
+        build_fused_encoder(space, FusedEncoderConfig(encoders={"smell": "mlp"}))
+    assert "'smell'" in assert_one_line(err)
+    with pytest.raises(ValueError) as err:
+        build_fused_encoder(gym.spaces.Dict({"weird": gym.spaces.MultiBinary(3)}))
+    assert "'weird'" in assert_one_line(err)
+    enc = build_fused_encoder(space)
+    obs = {k: sample_batch(space[k], 2) for k in space.spaces}
+    with pytest.raises(ValueError) as err:
+        enc({k: v for k, v in obs.items() if k != "audio"})
+    assert "'audio'" in assert_one_line(err)
+    with pytest.raises(ValueError) as err:
+        enc({**obs, "proprio": sample_batch(space["proprio"], 3)})
+    assert_one_line(err)
