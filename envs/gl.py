@@ -1,0 +1,111 @@
+"""Headless OpenGL backend choice for MuJoCo (imports nothing from mujoco at module level).
+
+MuJoCo reads ``MUJOCO_GL`` once, when ``mujoco`` is first imported, so the backend must be
+chosen before that: ``envs/__init__.py`` calls :func:`select_gl_backend` first thing. A
+user's own ``MUJOCO_GL`` always wins. Otherwise EGL is tried, then OSMesa, each in a short
+subprocess (a failed GL library load cannot be undone inside this process), and the one that
+works is exported into ``os.environ`` so vector-env subprocesses inherit it without probing.
+
+If no backend works, state-only use (``obs_keys`` without ``"image"``) still works; creating a
+renderer raises a one-line error naming the Debian packages to install.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Any
+
+HEADLESS_BACKENDS: tuple[str, ...] = ("egl", "osmesa")
+INSTALL_HINT = (
+    "no headless OpenGL backend works for MuJoCo rendering: install EGL "
+    "(Debian/Ubuntu: apt-get install libegl1 libegl-mesa0 libgl1-mesa-dri) or OSMesa "
+    "(apt-get install libosmesa6), or set MUJOCO_GL to a backend that works "
+    "(or drop 'image' from obs_keys for state-only runs)"
+)
+
+# Renders one 8x8 frame of an empty model: proves the context, the GL functions MuJoCo needs
+# and the offscreen framebuffer all work, not just that a library loads.
+_PROBE = """
+import mujoco
+from mujoco.{backend} import GLContext
+ctx = GLContext(8, 8)
+ctx.make_current()
+m = mujoco.MjModel.from_xml_string('<mujoco><visual><global offwidth="8" offheight="8"/>'
+                                   '</visual><worldbody/></mujoco>')
+con = mujoco.MjrContext(m, mujoco.mjtFontScale.mjFONTSCALE_100)
+mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN, con)
+con.free()
+ctx.free()
+"""
+
+_selected: str | None = None
+_failure: str | None = None
+
+
+def _probe(backend: str, timeout: float = 60.0) -> bool:
+    """True if ``backend`` can create a context and render in a fresh interpreter."""
+    env = dict(os.environ, MUJOCO_GL=backend, PYOPENGL_PLATFORM=backend)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", _PROBE.format(backend=backend)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=timeout,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return result.returncode == 0
+
+
+def select_gl_backend() -> str | None:
+    """Choose the GL backend MuJoCo will use and export it as ``MUJOCO_GL``.
+
+    Returns the backend name, or ``None`` when the platform default is used (macOS/Windows)
+    or when nothing works (then :func:`gl_context_class` raises the install hint). Runs the
+    probes at most once per process tree: the result is exported to ``os.environ``.
+    """
+    global _selected, _failure
+    user = os.environ.get("MUJOCO_GL", "").strip().lower()
+    if user:
+        _selected = user
+        return user
+    if not sys.platform.startswith("linux"):
+        return None  # mujoco picks CGL (macOS) / WGL (Windows), both headless-capable
+    for backend in HEADLESS_BACKENDS:
+        if _probe(backend):
+            os.environ["MUJOCO_GL"] = backend
+            # PyOpenGL must agree with MuJoCo's context (mujoco.egl sets it too, but only if
+            # nothing imported OpenGL first).
+            os.environ.setdefault("PYOPENGL_PLATFORM", backend)
+            _selected = backend
+            return backend
+    _failure = INSTALL_HINT
+    return None
+
+
+def gl_backend() -> str | None:
+    """The backend chosen by :func:`select_gl_backend` (``None``: platform default/none)."""
+    return _selected
+
+
+def gl_context_class() -> Any:
+    """The GLContext class for the chosen backend; a one-line RuntimeError if none works."""
+    if _failure is not None:
+        raise RuntimeError(_failure)
+    backend = _selected or os.environ.get("MUJOCO_GL", "").strip().lower()
+    try:
+        if backend == "egl":
+            from mujoco.egl import GLContext
+        elif backend == "osmesa":
+            from mujoco.osmesa import GLContext
+        else:
+            from mujoco.gl_context import GLContext
+    except (ImportError, AttributeError, OSError) as e:
+        raise RuntimeError(
+            f"MUJOCO_GL={backend or '(default)'} failed ({e}); {INSTALL_HINT}"
+        ) from None
+    return GLContext

@@ -1,0 +1,116 @@
+"""A small offscreen MuJoCo renderer.
+
+:class:`OffscreenRenderer` is a lean version of ``mujoco.Renderer``: it takes the GL context
+class from :mod:`envs.gl` (so it works even if ``mujoco`` was imported before ``envs``), sizes
+the offscreen buffer to the image (clearing a 640x480 buffer for a 64x64 frame costs more
+than drawing it), and must be closed explicitly: ``mujoco.Renderer`` frees its EGL context in
+``__del__``, which raises EGL errors at interpreter exit.
+"""
+
+from __future__ import annotations
+
+import mujoco
+import numpy as np
+
+from envs.gl import gl_context_class
+
+
+class OffscreenRenderer:
+    """Renders one camera of a model into ``(height, width, 3)`` uint8 frames.
+
+    ``camera`` is a camera name, an id, or an ``MjvCamera`` (e.g. a tracking free camera);
+    ``option`` selects what is drawn (geom groups, tendons). ``fast=True`` turns off shadows
+    and multisampling for this renderer only (they cost ~20 ms a frame in software GL); the
+    model's own settings are restored afterwards so other renderers are unaffected.
+    """
+
+    def __init__(
+        self,
+        model: mujoco.MjModel,
+        width: int,
+        height: int,
+        camera: str | int | mujoco.MjvCamera = -1,
+        option: mujoco.MjvOption | None = None,
+        fast: bool = True,
+        max_geom: int = 2000,
+    ) -> None:
+        if width <= 0 or height <= 0:
+            raise ValueError(f"image size must be positive, got {width}x{height}")
+        self._gl = None
+        self._con = None
+        self.model = model
+        self.width, self.height = int(width), int(height)
+        self.camera = self._make_camera(model, camera)
+        self.option = option if option is not None else mujoco.MjvOption()
+        self.scene = mujoco.MjvScene(model, maxgeom=max_geom)
+        self._rect = mujoco.MjrRect(0, 0, self.width, self.height)
+        self._buf = np.empty((self.height, self.width, 3), dtype=np.uint8)
+
+        self._gl = gl_context_class()(self.width, self.height)
+        self._gl.make_current()
+        vis = model.vis
+        saved = (vis.global_.offwidth, vis.global_.offheight, vis.quality.shadowsize,
+                 vis.quality.offsamples)  # fmt: skip
+        try:
+            vis.global_.offwidth, vis.global_.offheight = self.width, self.height
+            if fast:
+                vis.quality.shadowsize, vis.quality.offsamples = 0, 0
+            self._con = mujoco.MjrContext(model, mujoco.mjtFontScale.mjFONTSCALE_100)
+        finally:
+            (vis.global_.offwidth, vis.global_.offheight, vis.quality.shadowsize,
+             vis.quality.offsamples) = saved  # fmt: skip
+        mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN, self._con)
+
+    @staticmethod
+    def _make_camera(
+        model: mujoco.MjModel, camera: str | int | mujoco.MjvCamera
+    ) -> mujoco.MjvCamera:
+        if isinstance(camera, mujoco.MjvCamera):
+            return camera
+        cam_id = camera
+        if isinstance(camera, str):
+            cam_id = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
+            if cam_id < 0:
+                names = [model.camera(i).name for i in range(model.ncam)]
+                raise ValueError(f"camera {camera!r} not in the model; cameras: {names}")
+        if not -1 <= cam_id < model.ncam:
+            raise ValueError(f"camera id {cam_id} out of range [-1, {model.ncam})")
+        cam = mujoco.MjvCamera()
+        if cam_id == -1:
+            mujoco.mjv_defaultFreeCamera(model, cam)
+        else:
+            cam.type = mujoco.mjtCamera.mjCAMERA_FIXED
+            cam.fixedcamid = cam_id
+        return cam
+
+    def update(self, data: mujoco.MjData) -> None:
+        """Build the scene from ``data`` (also fills ``scene.camera``, the eye pose)."""
+        mujoco.mjv_updateScene(
+            self.model, data, self.option, None, self.camera, mujoco.mjtCatBit.mjCAT_ALL, self.scene
+        )
+
+    def render(self, data: mujoco.MjData) -> np.ndarray:
+        """A new ``(height, width, 3)`` uint8 frame of ``data`` seen from the camera."""
+        if self._con is None:
+            raise RuntimeError("render() called after close()")
+        self.update(data)
+        self._gl.make_current()
+        mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN, self._con)
+        mujoco.mjr_render(self._rect, self.scene, self._con)
+        mujoco.mjr_readPixels(self._buf, None, self._rect, self._con)
+        return self._buf[::-1].copy()  # GL rows run bottom-up; copy so callers may keep it
+
+    def close(self) -> None:
+        """Free the GL resources now (idempotent)."""
+        if self._con is not None:
+            self._con.free()
+            self._con = None
+        if self._gl is not None:
+            self._gl.free()
+            self._gl = None
+
+    def __enter__(self) -> OffscreenRenderer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
