@@ -173,7 +173,9 @@ class FusedEncoder(nn.Module):
         return tuple(self.encoders.keys())
 
     def _device(self) -> torch.device:
-        for tensor in (*self.parameters(), *self.buffers()):
+        for tensor in self.parameters():
+            return tensor.device
+        for tensor in self.buffers():
             return tensor.device
         return torch.device("cpu")
 

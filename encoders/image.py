@@ -73,7 +73,7 @@ def to_unit_nchw(x: torch.Tensor, layout: ImageLayout) -> torch.Tensor:
 class CNNImageConfig(EncoderConfig):
     """Config of the default image encoder."""
 
-    channels: tuple[int, ...] = (32, 64, 64, 128)
+    channels: tuple[int, ...] = (16, 32, 64, 64)
     """Output channels of each 3x3 stride-2 convolution; each one halves the image size."""
     embed_dim: int = 256
     """Size of the output vector (a linear layer after the flattened feature map)."""
@@ -92,8 +92,10 @@ class CNNImageConfig(EncoderConfig):
 class CNNImageEncoder(Encoder):
     """A small, fast CNN: stride-2 3x3 convs + ReLU, flatten, linear + ReLU.
 
-    64x64x3 -> 32 -> 16 -> 8 -> 4 spatial with the default channels (about 10 MMAC a frame),
-    keeping the spatial layout in the flatten so where the target is stays readable.
+    64x64x3 -> 32 -> 16 -> 8 -> 4 spatial with the default channels (about 3.7 MMAC a frame,
+    close to SB3's NatureCNN; the channels are kept small so encoding keeps up with the env,
+    see benchmarks/encoder_throughput.py), keeping the spatial layout in the flatten so where
+    the target is stays readable.
     Pixels are mapped to [-1, 1] (no dataset statistics exist for a random-init network).
     """
 

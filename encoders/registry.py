@@ -8,6 +8,7 @@ time a name is looked up that is not registered in-process.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
 from typing import Generic, TypeVar
@@ -29,6 +30,7 @@ class Registry(Generic[T]):
         self.kind = kind
         self.entry_point_group = entry_point_group
         self._items: dict[str, T] = {}
+        self._broken: dict[str, str] = {}  # plug-in name -> why it failed to load
         self._plugins_loaded = entry_point_group is None
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -52,7 +54,17 @@ class Registry(Generic[T]):
             # Loading the entry point imports the plugin module; its decorator registers it.
             # If the module does not register under the entry point's name, register the
             # loaded object directly so that `[project.entry-points]` alone is enough.
-            obj = ep.load()
+            try:
+                obj = ep.load()
+            except Exception as err:  # one broken plug-in must not break every lookup
+                first = str(err).splitlines()[0] if str(err) else ""
+                self._broken[ep.name] = f"{ep.value}: {type(err).__name__}: {first}"
+                warnings.warn(
+                    f"{self.kind} plug-in {ep.name!r} failed to load ({self._broken[ep.name]})",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                continue
             if ep.name not in self._items:
                 self._items[ep.name] = obj
 
@@ -60,6 +72,11 @@ class Registry(Generic[T]):
         """The entry named ``name``; an unknown name raises a one-line error listing choices."""
         if name not in self._items:
             self._load_plugins()
+        if name in self._broken and name not in self._items:
+            raise UnknownNameError(
+                f"{self.kind} {name!r} is installed but its plug-in failed to load "
+                f"({self._broken[name]})"
+            )
         if name not in self._items:
             raise UnknownNameError(
                 f"unknown {self.kind} {name!r}; available: {', '.join(sorted(self)) or '(none)'}"

@@ -471,3 +471,21 @@ def test_fused_errors_are_one_line() -> None:
     with pytest.raises(ValueError) as err:
         enc({**obs, "proprio": sample_batch(space["proprio"], 3)})
     assert_one_line(err)
+
+
+def test_a_broken_plugin_does_not_break_the_registry(monkeypatch) -> None:
+    from importlib.metadata import EntryPoint
+
+    import encoders.registry as registry_module
+
+    fake = [
+        EntryPoint("broken", "no_such_module_xyz:Thing", "mindloop.test"),
+        EntryPoint("fine", "collections:OrderedDict", "mindloop.test"),
+    ]
+    monkeypatch.setattr(registry_module, "entry_points", lambda group: fake)
+    reg = registry_module.Registry("thing", entry_point_group="mindloop.test")
+    with pytest.warns(RuntimeWarning, match="no_such_module_xyz"):
+        assert reg.names() == ["fine"]
+    with pytest.raises(ValueError) as err:
+        reg.get("broken")
+    assert "failed to load" in assert_one_line(err)
