@@ -133,12 +133,9 @@ class LSTMCore(nn.Module):
         return inp, {"core/h": torch.stack(hs, dim=1), "core/c": torch.stack(cs, dim=1)}
 
 
-def _rotary(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """Rotary position embedding (Su et al. 2021) of x (B, heads, dh) at positions pos (B,)."""
-    half = x.shape[-1] // 2
-    freqs = 10000.0 ** (-torch.arange(half, device=x.device, dtype=x.dtype) / half)  # (dh/2,)
-    angle = pos.to(x.dtype)[:, None, None] * freqs  # (B, 1, dh/2)
-    cos, sin = angle.cos(), angle.sin()
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding (Su et al. 2021) of x (B, heads, dh) by angles (B, 1, dh//2)."""
+    half = cos.shape[-1]
     x1, x2 = x[..., :half], x[..., half : 2 * half]
     rotated = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
     return torch.cat([rotated, x[..., 2 * half :]], dim=-1)  # odd dh keeps its last channel
@@ -160,32 +157,28 @@ class _Block(nn.Module):
     def forward(
         self,
         x: torch.Tensor,  # (B, D) the new token
-        k_cache: torch.Tensor,  # (B, W, D) keys already rotated, incl. the new slot's old value
+        k_cache: torch.Tensor,  # (B, W, D) rotated keys of past steps
         v_cache: torch.Tensor,  # (B, W, D)
-        pos: torch.Tensor,  # (B,) absolute position of the new token
-        slot_onehot: torch.Tensor,  # (B, W) bool: where the new token is written
+        write: tuple[torch.Tensor, torch.Tensor],  # (rows, slots) (B,) each: where to write
+        rope: tuple[torch.Tensor, torch.Tensor],  # cos, sin (B, 1, dh//2) at the new position
         n_used: int,  # attend over slots [0, n_used): the filled prefix of the ring
-        valid: torch.Tensor,  # (B, n_used) bool: slots holding a step of this episode
-        inplace: bool = False,  # write the new key/value into the given caches
+        mask: torch.Tensor | None,  # (B, n_used) bool valid slots, None when all are valid
+        inplace: bool,  # write the new key/value into the given caches
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, D = x.shape
         H, dh = self.heads, D // self.heads
         q, k, v = self.qkv(self.ln1(x)).view(B, 3, H, dh).unbind(1)  # (B, H, dh) each
-        q, k = _rotary(q, pos), _rotary(k, pos)
-        if inplace:  # static-cache inference: O(1) write
-            rows, slot = torch.arange(B, device=x.device), slot_onehot.float().argmax(-1)
-            k_cache[rows, slot] = k.reshape(B, D)
-            v_cache[rows, slot] = v.reshape(B, D)
-        else:
-            # Functional write: the caller's state is not edited in place (a rollout keeps it
-            # as a sequence's initial state for BPTT). Costs a copy of the cache per step.
-            write = slot_onehot[:, :, None]  # (B, W, 1)
-            k_cache = torch.where(write, k.reshape(B, 1, D), k_cache)
-            v_cache = torch.where(write, v.reshape(B, 1, D), v_cache)
+        q, k = _rotate(q, *rope), _rotate(k, *rope)
+        if not inplace:
+            # Functional write: the caller's state is not edited (a rollout keeps it as a
+            # sequence's initial state for BPTT). Costs one copy of the cache per step.
+            k_cache, v_cache = k_cache.clone(), v_cache.clone()
+        k_cache[write] = k.reshape(B, D)
+        v_cache[write] = v.reshape(B, D)
         keys = k_cache[:, :n_used].view(B, n_used, H, dh).transpose(1, 2)  # (B, H, N, dh)
         values = v_cache[:, :n_used].view(B, n_used, H, dh).transpose(1, 2)
         attn = F.scaled_dot_product_attention(
-            q[:, :, None], keys, values, attn_mask=valid[:, None, None, :]
+            q[:, :, None], keys, values, attn_mask=None if mask is None else mask[:, None, None]
         )  # (B, H, 1, dh)
         x = x + self.proj(attn.reshape(B, D))
         x = x + self.mlp(self.ln2(x))
@@ -196,8 +189,8 @@ class _Block(nn.Module):
 class TransformerCore(nn.Module):
     """Causal transformer, one token per step, KV cache in the state (the baseline).
 
-    State: ``core/k``, ``core/v`` (B, num_layers, max_context, hidden_dim) ring buffers of
-    rotated keys and values; ``core/pos`` (B,) steps taken this episode (the next position).
+    State: ``core/k{i}``, ``core/v{i}`` (B, max_context, hidden_dim) for block i: ring
+    buffers of rotated keys and values; ``core/pos`` (B,) steps taken this episode.
     """
 
     def __init__(self, config: CoreConfig, input_dim: int) -> None:
@@ -219,38 +212,41 @@ class TransformerCore(nn.Module):
             for _ in range(config.num_layers)
         )
         self.ln_out = nn.LayerNorm(config.hidden_dim)
+        half = (config.hidden_dim // config.num_heads) // 2
+        inv_freq = 10000.0 ** (-torch.arange(half, dtype=torch.float32) / max(half, 1))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def initial_state(self, batch: int, device: torch.device | None = None) -> State:
-        cache = _batch_zeros(
-            batch, self.num_layers, self.max_context, self.hidden_dim, device=device
-        )
-        return {
-            "core/k": cache,
-            "core/v": cache.clone(),
-            "core/pos": torch.zeros(batch, dtype=torch.long, device=device),
-        }
+        state = {}
+        for i in range(self.num_layers):
+            state[f"core/k{i}"] = _batch_zeros(
+                batch, self.max_context, self.hidden_dim, device=device
+            )
+            state[f"core/v{i}"] = torch.zeros_like(state[f"core/k{i}"])
+        state["core/pos"] = torch.zeros(batch, dtype=torch.long, device=device)
+        return state
 
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         pos = state["core/pos"]  # (B,)
         W = self.max_context
-        slots = torch.arange(W, device=x.device)
-        slot_onehot = slots[None, :] == (pos % W)[:, None]  # (B, W)
+        write = (torch.arange(x.shape[0], device=x.device), pos % W)  # slot p % W holds step p
         # Only the filled prefix of the ring is attended: cost grows with history up to W.
-        n_used = int(min(int(pos.max()) + 1, W))
-        valid = slots[None, :n_used] < (pos + 1).clamp(max=W)[:, None]  # (B, n_used)
+        filled = (pos + 1).clamp(max=W)  # (B,) valid slots after this write
+        n_used = int(filled.max())
+        mask = None
+        if int(filled.min()) < n_used:  # envs at different depths (e.g. after a reset)
+            mask = torch.arange(n_used, device=x.device)[None, :] < filled[:, None]
+        angle = pos.to(x.dtype)[:, None, None] * self.inv_freq  # (B, 1, dh//2)
+        rope = (angle.cos(), angle.sin())
         inplace = self.inplace_kv and not torch.is_grad_enabled()
         h = self.embed(x)  # (B, D)
-        ks, vs = [], []
+        new_state = {"core/pos": pos + 1}
         for i, block in enumerate(self.blocks):
-            k_cache, v_cache = state["core/k"][:, i], state["core/v"][:, i]  # (B, W, D)
-            h, k, v = block(h, k_cache, v_cache, pos, slot_onehot, n_used, valid, inplace)
-            ks.append(k)
-            vs.append(v)
-        if inplace:  # the caches were written through views of the caller's tensors
-            new_k, new_v = state["core/k"], state["core/v"]
-        else:
-            new_k, new_v = torch.stack(ks, dim=1), torch.stack(vs, dim=1)
-        return self.ln_out(h), {"core/k": new_k, "core/v": new_v, "core/pos": pos + 1}
+            h, k, v = block(
+                h, state[f"core/k{i}"], state[f"core/v{i}"], write, rope, n_used, mask, inplace
+            )
+            new_state[f"core/k{i}"], new_state[f"core/v{i}"] = k, v
+        return self.ln_out(h), new_state
 
 
 def count_parameters(module: nn.Module) -> int:

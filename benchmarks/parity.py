@@ -75,6 +75,7 @@ class Args:
     lr: float = 1e-3
     core: str = "gru"
     hidden: int = 128
+    core_layers: int = 1
     encoder_hidden: int = 128
     """Width of the MLP input encoder (0 = feed the raw vector to the core)."""
     embed_dim: int = 64
@@ -129,7 +130,10 @@ class ParityNet(nn.Module):
             obs_dim = args.embed_dim
         else:
             self.encoder, obs_dim = nn.Identity(), dims
-        config = PolicyConfig(core=CoreConfig(name=args.core, hidden_dim=args.hidden), think=think)
+        config = PolicyConfig(
+            core=CoreConfig(name=args.core, hidden_dim=args.hidden, num_layers=args.core_layers),
+            think=think,
+        )
         self.policy = MindloopPolicy(obs_dim, spaces.Dict(answer=spaces.Discrete(2)), config)
 
     def answer_logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -140,7 +140,7 @@ def test_transformer_inplace_kv_matches_functional_cache():
         state = inplace.initial_state(B)
         h_i, s_i = run(inplace, xs, state)
     torch.testing.assert_close(h_i, h_f)
-    torch.testing.assert_close(s_i["core/k"], s_f["core/k"])
-    assert s_i["core/k"] is state["core/k"]  # written in place
+    torch.testing.assert_close(s_i["core/k1"], s_f["core/k1"])
+    assert s_i["core/k0"] is state["core/k0"]  # written in place
     hs, _ = run(inplace, xs[:2])  # with gradients on it falls back to the functional write
     assert hs.requires_grad

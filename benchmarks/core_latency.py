@@ -1,0 +1,186 @@
+"""Per-frame latency and state memory: recurrent core vs causal transformer with a KV cache.
+
+Seed 000: a recurrent core pays O(1) per frame however long the episode; a transformer that
+attends to its history pays O(history). This measures one core step (one frame) of the GRU
+core and the transformer core of the same width and (as near as the architecture allows) the
+same parameter count, at batch 1 and batch 64, after 64, 256, 1,024 and 4,096 frames of
+history, plus the per-env state memory each needs.
+
+Fairness notes:
+- The transformer gets its fastest inference path: a static KV cache written in place
+  (``CoreConfig.inplace_kv``), scaled-dot-product attention, a context window equal to the
+  history (so it attends to every past frame, as a transformer baseline would), one block
+  with the MLP ratio that matches the GRU's parameter count. Its functional-cache path (what
+  training uses) is reported too.
+- The history is put in the cache directly (random keys/values, position = history): the
+  step's cost does not depend on the cached values, and stepping 4,096 frames to fill it
+  would only make the run longer.
+- ``torch.set_num_threads(1)`` (``--threads``): the machine is shared; one thread makes both
+  contenders compete for the same resources. Times are medians over repeats, interleaved.
+
+    python benchmarks/core_latency.py --quick
+    nice -n 5 python benchmarks/core_latency.py
+
+Writes ``benchmarks/out/core_latency.json``; last line
+``headline: rnn_vs_transformer_at_1024=<speedup> (target >=10)`` (the smaller of the batch 1
+and batch 64 speedups at 1,024 frames).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import tyro
+
+from agent.cores import CoreConfig, build_core, count_parameters
+from agent.state import State, state_nbytes
+
+OUT = Path(__file__).parent / "out"
+
+
+@dataclass
+class Args:
+    """Core latency benchmark settings (defaults: the full run)."""
+
+    quick: bool = False
+    """Fewer histories and repeats (under a minute)."""
+    width: int = 256
+    """Hidden width of both cores (and the input size)."""
+    histories: tuple[int, ...] = (64, 256, 1024, 4096)
+    batches: tuple[int, ...] = (1, 64)
+    steps: int = 50
+    """Steps timed per repeat."""
+    repeats: int = 5
+    threads: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.quick:
+            self.histories = tuple(h for h in self.histories if h in (64, 1024)) or (1024,)
+            self.steps, self.repeats = 20, 3
+        if 1024 not in self.histories:
+            raise ValueError(f"histories must include 1024 for the headline, got {self.histories}")
+
+
+def matched_mlp_ratio(width: int, target_params: int) -> float:
+    """The transformer MLP ratio whose parameter count is closest to ``target_params``."""
+    best, best_gap = 1.0, float("inf")
+    for ratio in [r / 32 for r in range(1, 257)]:
+        core = build_core(CoreConfig(name="transformer", hidden_dim=width, mlp_ratio=ratio), width)
+        gap = abs(count_parameters(core) - target_params)
+        if gap < best_gap:
+            best, best_gap = ratio, gap
+    return best
+
+
+def filled_transformer_state(core, batch: int, history: int, gen: torch.Generator) -> State:
+    """A state whose cache holds ``history`` frames (random keys/values)."""
+    state = core.initial_state(batch)
+    for key in state:
+        if key != "core/pos":  # core/k{i}, core/v{i}: (B, max_context, D)
+            state[key] = torch.randn(state[key].shape, generator=gen)
+    state["core/pos"] = torch.full((batch,), history, dtype=torch.long)
+    return state
+
+
+@torch.inference_mode()
+def time_steps(core, state: State, x: torch.Tensor, steps: int) -> float:
+    """Seconds per step (frame), stepping ``core`` ``steps`` times from ``state``."""
+    for _ in range(3):  # warm-up
+        _, state = core.step(x, state)
+    start = time.perf_counter()
+    for _ in range(steps):
+        _, state = core.step(x, state)
+    return (time.perf_counter() - start) / steps
+
+
+def main(args: Args) -> dict:
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    W = args.width
+    gru = build_core(CoreConfig(name="gru", hidden_dim=W), W).eval()
+    ratio = matched_mlp_ratio(W, count_parameters(gru))
+    params = {"gru": count_parameters(gru)}
+    print(f"core latency: width {W}, threads {args.threads}, GRU params {params['gru']:,}")
+
+    rows = []
+    for history in args.histories:
+        tf_cfg = dict(
+            name="transformer", hidden_dim=W, num_heads=4, mlp_ratio=ratio, max_context=history
+        )
+        tf_fast = build_core(CoreConfig(**tf_cfg, inplace_kv=True), W).eval()
+        tf_func = build_core(CoreConfig(**tf_cfg), W).eval()
+        tf_func.load_state_dict(tf_fast.state_dict())
+        params["transformer"] = count_parameters(tf_fast)
+        for batch in args.batches:
+            x = torch.randn(batch, W, generator=gen)
+            times = {"gru": [], "transformer": [], "transformer_functional": []}
+            for _ in range(args.repeats):  # interleaved, so load spikes hit all contenders
+                times["gru"].append(time_steps(gru, gru.initial_state(batch), x, args.steps))
+                state = filled_transformer_state(tf_fast, batch, history, gen)
+                times["transformer"].append(time_steps(tf_fast, state, x, args.steps))
+                state = filled_transformer_state(tf_func, batch, history, gen)
+                steps = max(5, args.steps // 5)  # the functional path copies the cache: slower
+                times["transformer_functional"].append(time_steps(tf_func, state, x, steps))
+            med = {k: statistics.median(v) for k, v in times.items()}
+            rows.append(
+                {
+                    "history": history,
+                    "batch": batch,
+                    "gru_us": med["gru"] * 1e6,
+                    "transformer_us": med["transformer"] * 1e6,
+                    "transformer_functional_us": med["transformer_functional"] * 1e6,
+                    "speedup": med["transformer"] / med["gru"],
+                    "gru_state_bytes": state_nbytes(gru.initial_state(1)),
+                    "transformer_state_bytes": state_nbytes(tf_fast.initial_state(1)),
+                }
+            )
+            r = rows[-1]
+            print(
+                f"  history {history:5d} batch {batch:3d}: gru {r['gru_us']:9.1f} us  "
+                f"transformer {r['transformer_us']:9.1f} us (functional cache "
+                f"{r['transformer_functional_us']:9.1f} us)  speedup {r['speedup']:7.1f}x",
+                flush=True,
+            )
+
+    print(
+        f"\nparameters: GRU {params['gru']:,}  transformer {params['transformer']:,} "
+        f"(1 block, 4 heads, mlp_ratio {ratio:g})"
+    )
+    header = (
+        f"{'history':>7} {'batch':>5} | {'GRU us/frame':>12} {'TF us/frame':>12} "
+        f"{'TF functional':>13} | {'speedup':>8} | {'GRU state B':>11} {'TF state B':>11}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(
+            f"{r['history']:>7} {r['batch']:>5} | {r['gru_us']:12.1f} {r['transformer_us']:12.1f} "
+            f"{r['transformer_functional_us']:13.1f} | {r['speedup']:7.1f}x | "
+            f"{r['gru_state_bytes']:>11,} {r['transformer_state_bytes']:>11,}"
+        )
+    for batch in args.batches:
+        gru_times = [r["gru_us"] for r in rows if r["batch"] == batch]
+        print(
+            f"GRU flatness at batch {batch}: slowest/fastest over histories = "
+            f"{max(gru_times) / min(gru_times):.2f} (the GRU step does not see the history)"
+        )
+    at_1024 = min(r["speedup"] for r in rows if r["history"] == 1024)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "core_latency.json").write_text(
+        json.dumps(
+            {"args": asdict(args), "params": params, "mlp_ratio": ratio, "rows": rows}, indent=1
+        )
+    )
+    print(f"headline: rnn_vs_transformer_at_1024={at_1024:.1f} (target >=10)")
+    return {"rows": rows, "params": params}
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
