@@ -486,8 +486,9 @@ class MindloopPolicy(nn.Module):
         h0 = h
         hs, states, ops, lambdas = [h], [state], [op], []
         for k in range(1, K + 1):
-            if hasattr(self.halting, "stop_prob"):
-                lambdas.append(self.halting.stop_prob(h))
+            lam = self.halting.stop_prob(h)  # (B,) or None (budget mode decides at h_0)
+            if lam is not None:
+                lambdas.append(lam)
             h, state, op, *_ = self._core_step(
                 self.think_input(h, k, x_obs), state, active, choose, None
             )
@@ -537,6 +538,8 @@ class MindloopPolicy(nn.Module):
 
 def _where_rows(active: torch.Tensor, new: State, old: State) -> State:
     """Rows of ``new`` where ``active`` (B,), rows of ``old`` elsewhere (halted envs freeze)."""
+    if bool(active.all()):
+        return new
     out = {}
     for key, value in new.items():
         mask = active.view(-1, *([1] * (value.dim() - 1)))

@@ -214,6 +214,10 @@ class Halting(nn.Module):
         """The halting distribution p_n (B, k_max+1) given h_0 and per-step p(stop) (B, k_max)."""
         raise NotImplementedError
 
+    def stop_prob(self, h: torch.Tensor) -> torch.Tensor | None:
+        """p(stop | h_n) (B,) when the mode decides step by step, else None."""
+        return None
+
 
 @HALTING.register("sampled")
 class SampledHalting(Halting):
