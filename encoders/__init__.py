@@ -10,6 +10,15 @@ Entry points:
 - ``encoders.sb3``: the same encoders as a Stable-Baselines3 features extractor.
 """
 
+import importlib.util
+
+# Load triton (which torch pulls in through torchvision/timm and torch.compile) before any
+# MuJoCo frame is rendered: importing it after Mesa's llvmpipe has loaded its LLVM segfaults
+# the process (measured: `env.reset(); import triton` -> SIGSEGV; the reverse order works).
+# Costs ~0.15 s; timm itself stays a lazy import.
+if importlib.util.find_spec("triton") is not None:
+    import triton  # noqa: F401
+
 from encoders import audio, discrete, image, text, vector  # noqa: F401  (registers the built-ins)
 from encoders.audio import LogMelAudioConfig, LogMelAudioEncoder
 from encoders.base import ENCODERS, Encoder, EncoderConfig, build_encoder, make_config

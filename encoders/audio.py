@@ -70,7 +70,7 @@ class LogMelAudioConfig(EncoderConfig):
     f_max: float | None = None
     """Highest mel band edge in Hz (None: sample_rate / 2)."""
     channels: tuple[int, ...] = (16, 32, 32)
-    """Conv channels; the first conv keeps the resolution, later ones halve the mel axis."""
+    """Conv channels; the first conv keeps the resolution, later ones halve mel and time."""
     ild: bool = True
     """Add a left-minus-right dB plane (interaural level difference) for stereo input."""
     xcorr_lag_ms: float = 1.0
@@ -178,7 +178,7 @@ class LogMelAudioEncoder(Encoder):
         n_planes = n_ch + int(self.use_ild)
         c_in = n_planes
         for i, c_out in enumerate(cfg.channels):
-            stride = (1, 1) if i == 0 else (2, 1)  # halve the mel axis, keep the few frames
+            stride = 1 if i == 0 else 2  # (mel, time) halved after the first conv
             layers += [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1), nn.ReLU()]
             c_in = c_out
         layers.append(nn.Flatten())

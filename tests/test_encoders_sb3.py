@@ -175,28 +175,42 @@ def _muscle_reach_id() -> str | None:
     return env_id if env_id in gym.registry else None
 
 
+class SingleKeyAction(gym.ActionWrapper):
+    """A one-key Dict action space as its plain Box (SB3 has no Dict actions)."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        ((self.key, self.action_space),) = env.action_space.spaces.items()
+
+    def action(self, action):
+        return {self.key: action}
+
+
 @pytest.mark.skipif(
     _muscle_reach_id() is None, reason="mindloop/MuscleReach-v0 is not registered yet"
 )
 def test_fused_encoder_and_ppo_on_muscle_reach() -> None:
     env = gym.make(_muscle_reach_id())
+    if isinstance(env.action_space, gym.spaces.Dict) and len(env.action_space.spaces) == 1:
+        env = SingleKeyAction(env)
     try:
-        space = env.observation_space
-        enc = build_fused_encoder(space)
+        torch.manual_seed(0)
+        enc = build_fused_encoder(env.observation_space)
+        assert set(enc.keys) == set(env.observation_space.spaces)
         obs, _ = env.reset(seed=0)
         out = enc(obs)
         assert out.shape == (enc.embed_dim,) and torch.isfinite(out).all()
-        if isinstance(env.action_space, gym.spaces.Box):
-            model = PPO(
-                "MultiInputPolicy",
-                env,
-                n_steps=32,
-                batch_size=32,
-                n_epochs=1,
-                policy_kwargs=sb3_policy_kwargs(SMALL),
-                device="cpu",
-                seed=0,
-            )
-            model.learn(total_timesteps=64)
+        model = PPO(
+            "MultiInputPolicy",
+            env,
+            n_steps=64,
+            batch_size=32,
+            n_epochs=1,
+            policy_kwargs=sb3_policy_kwargs(SMALL),
+            device="cpu",
+            seed=0,
+        )
+        model.learn(total_timesteps=128)
+        assert float(model.policy.features_extractor.fused.encoders["proprio"].norm.count) > 0
     finally:
         env.close()
