@@ -10,6 +10,7 @@ torch.Size([256])
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -64,6 +65,10 @@ class FusedEncoderConfig:
     configs: dict[str, Any] = field(default_factory=dict)
     """Config per observation key: the encoder's config dataclass, or a dict of the fields to
     change from its defaults (JSON-friendly)."""
+    options: dict[str, str] = field(default_factory=dict)
+    """Single config fields from the command line, "KEY.FIELD" -> value, applied over
+    ``configs`` (values read as Python literals, else kept as strings, like timm's
+    ``--model-kwargs``): ``--encoders.options image.freeze True image.embed_dim 128``."""
     keys: tuple[str, ...] | None = None
     """Observation keys to encode (None: every key of the space)."""
     embed_dim: int | None = 256
@@ -84,6 +89,7 @@ class FusedEncoderConfig:
                 k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else dict(v)
                 for k, v in self.configs.items()
             },
+            "options": dict(self.options),
             "keys": list(self.keys) if self.keys is not None else None,
             "embed_dim": self.embed_dim,
         }
@@ -94,6 +100,27 @@ class FusedEncoderConfig:
         if unknown:
             raise ValueError(f"unknown FusedEncoderConfig field(s): {', '.join(unknown)}")
         return cls(**data)
+
+    def key_configs(self) -> dict[str, Any]:
+        """``configs`` with ``options`` applied: key -> config dataclass or dict of fields."""
+        merged: dict[str, Any] = dict(self.configs)
+        for dotted, raw in self.options.items():
+            key, _, name = dotted.partition(".")
+            if not key or not name:
+                raise ValueError(f"option {dotted!r} must look like KEY.FIELD, e.g. image.freeze")
+            base = merged.get(key) or {}
+            fields = dataclasses.asdict(base) if dataclasses.is_dataclass(base) else dict(base)
+            fields[name] = parse_option(raw)
+            merged[key] = fields
+        return merged
+
+
+def parse_option(raw: str) -> Any:
+    """A command-line value as a Python literal ("True", "128", "(16, 32)"), else the string."""
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return raw
 
 
 def obs_to_tensors(
@@ -127,10 +154,9 @@ class FusedEncoder(nn.Module):
                 f"{space_str(observation_space)} (use build_encoder for a single space)"
             )
         keys = tuple(sorted(observation_space.keys())) if config.keys is None else config.keys
+        configs = config.key_configs()
         missing = [
-            k
-            for k in (*keys, *config.encoders, *config.configs)
-            if k not in observation_space.spaces
+            k for k in (*keys, *config.encoders, *configs) if k not in observation_space.spaces
         ]
         if missing:
             raise ValueError(
@@ -149,7 +175,7 @@ class FusedEncoder(nn.Module):
         for key in keys:
             space = observation_space[key]
             names[key] = config.encoders.get(key) or default_encoder_name(key, space)
-            self.encoders[key] = build_encoder(names[key], space, config.configs.get(key))
+            self.encoders[key] = build_encoder(names[key], space, configs.get(key))
         self.shapes = {k: tuple(observation_space[k].shape) for k in keys}
         concat_dim = sum(enc.embed_dim for enc in self.encoders.values())
         if config.embed_dim is None:

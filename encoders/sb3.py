@@ -99,10 +99,10 @@ class MindloopFeaturesExtractor(BaseFeaturesExtractor):
                 # (B, sum(nvec)) one-hots -> (B, L) ids
                 slots = torch.split(x, nvec, dim=-1)
                 obs[key] = torch.stack([s.argmax(dim=-1) for s in slots], dim=-1)
-        for key, start in self.discrete.items():
+        for key in self.discrete:
             x = obs[key]
-            if x.ndim == 2:  # (B, n) one-hot -> (B,) ids
-                obs[key] = x.argmax(dim=-1) + start
+            if x.ndim == 2:  # (B, n) one-hot of the raw value (SB3 supports only start=0)
+                obs[key] = x.argmax(dim=-1)
         return obs
 
     def forward(self, observations: Mapping[str, torch.Tensor]) -> torch.Tensor:

@@ -489,3 +489,39 @@ def test_a_broken_plugin_does_not_break_the_registry(monkeypatch) -> None:
     with pytest.raises(ValueError) as err:
         reg.get("broken")
     assert "failed to load" in assert_one_line(err)
+
+
+def test_fused_command_line_options_and_tyro() -> None:
+    import tyro
+
+    cfg = tyro.cli(
+        FusedEncoderConfig,
+        args=[
+            "--encoders",
+            "image",
+            f"timm/{TINY}",
+            "--options",
+            "image.freeze",
+            "True",
+            "image.image_size",
+            "48",
+            "proprio.hidden",
+            "(8, 8)",
+            "proprio.activation",
+            "tanh",
+        ],
+    )
+    space = sensor_space()
+    enc = build_fused_encoder(space, cfg)
+    image, proprio = enc.encoders["image"], enc.encoders["proprio"]
+    assert image.config.freeze and image.config.image_size == 48
+    assert proprio.config.hidden == (8, 8) and proprio.config.activation == "tanh"
+    assert enc.config.options == {}, "the resolved config folds options into configs"
+    obs = {k: sample_batch(space[k], 2) for k in space.spaces}
+    assert enc(obs).shape == (2, enc.embed_dim)
+    with pytest.raises(ValueError) as err:
+        build_fused_encoder(space, FusedEncoderConfig(options={"image": "1"}))
+    assert "KEY.FIELD" in assert_one_line(err)
+    with pytest.raises(ValueError) as err:
+        build_fused_encoder(space, FusedEncoderConfig(options={"proprio.nope": "1"}))
+    assert "'nope'" in assert_one_line(err)

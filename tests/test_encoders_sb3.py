@@ -112,6 +112,21 @@ def test_extractor_undoes_sb3_preprocessing(normalize_images: bool) -> None:
     torch.testing.assert_close(extractor(seen), extractor.fused(batch))
 
 
+def test_extractor_restores_discrete_ids() -> None:
+    space = gym.spaces.Dict(
+        {
+            "phase": gym.spaces.Discrete(3),
+            "proprio": gym.spaces.Box(-1, 1, (2,), np.float32),
+        }
+    )
+    extractor = MindloopFeaturesExtractor(space).eval()
+    obs = {"phase": torch.tensor([0, 2, 1]), "proprio": torch.zeros(3, 2)}
+    seen = preprocess_obs(obs, space)
+    assert seen["phase"].shape == (3, 3)  # one-hot
+    assert torch.equal(extractor.undo_preprocessing(seen)["phase"], obs["phase"])
+    torch.testing.assert_close(extractor(seen), extractor.fused(obs))
+
+
 def test_mismatched_normalize_images_fails_with_the_fix() -> None:
     env_space = TinySensorsEnv().observation_space
     extractor = MindloopFeaturesExtractor(env_space, SMALL, normalize_images=False)
