@@ -1,0 +1,232 @@
+"""``MindloopAgent``: fused encoders + the thinking policy (+ an optional memory tool).
+
+Built from an :class:`agent.config.AgentConfig` and an env's spaces; everything a rollout,
+an evaluation or a training step needs goes through it:
+
+>>> agent = MindloopAgent(env.single_observation_space, env.single_action_space)  # doctest: +SKIP
+>>> state = agent.initial_state(env.num_envs)
+>>> obs, _ = env.reset(seed=0)
+>>> start = torch.ones(env.num_envs, dtype=torch.bool)
+>>> actions, state, info = agent.act(obs, state, start)      # numpy actions for the vector env
+>>> obs, reward, terminated, truncated, _ = env.step(actions)
+
+Running normalization (the proprio/touch encoders' ``RunningNorm``) never updates inside a
+forward pass here: a forward must give the same numbers in a rollout and in its replay for
+PPO's ratio to start at 1. Trainers record the normalized inputs with :class:`NormRecorder`
+during rollouts and fold them into the statistics after the update.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import nn
+
+from agent.config import AgentConfig
+from agent.heads import Action
+from agent.memory import build_memory
+from agent.policy import Decisions, MindloopPolicy, PolicyConfig, PonderOutput, StepInfo
+from agent.state import State
+from encoders.fusion import FusedEncoder, build_fused_encoder
+from encoders.normalization import RunningNorm
+
+ObsBatch = Mapping[str, np.ndarray | torch.Tensor]
+
+
+class MindloopAgent(nn.Module):
+    """The whole agent: observation dict -> fused vector -> core + think steps -> actions.
+
+    Args:
+        observation_space: the env's (single, unbatched) ``Dict`` observation space.
+        action_space: the env's (single) ``Dict`` action space (``muscles`` and/or ``text``).
+        config: encoders, core, think and memory settings (defaults: the package defaults).
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Dict,
+        action_space: spaces.Dict,
+        config: AgentConfig | None = None,
+    ) -> None:
+        super().__init__()
+        config = config or AgentConfig()
+        self.config = config
+        self.observation_space = observation_space
+        self.action_space = action_space
+        self.encoder: FusedEncoder = build_fused_encoder(observation_space, config.encoders.fused())
+        memory = build_memory(config.memory, config.core.hidden_dim) if config.use_memory else None
+        self.policy = MindloopPolicy(
+            self.encoder.embed_dim,
+            action_space,
+            PolicyConfig(core=config.core, think=config.think),
+            memory=memory,
+        )
+        self._action_dtypes = {
+            k: np.dtype(space.dtype) if space.dtype is not None else np.dtype(np.int64)
+            for k, space in action_space.spaces.items()
+        }
+        self.eval()
+
+    # ------------------------------------------------------------------ modes, device
+
+    def train(self, mode: bool = True) -> MindloopAgent:
+        """As ``nn.Module.train``, except that running normalization stays frozen (its
+        statistics change only through :class:`NormRecorder`, between updates)."""
+        super().train(mode)
+        for module in self.modules():
+            if isinstance(module, RunningNorm):
+                module.eval()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def k_max(self) -> int:
+        return self.policy.k_max
+
+    # ------------------------------------------------------------------ rollouts
+
+    def initial_state(self, batch: int, device: torch.device | None = None) -> State:
+        """Fresh recurrent state for ``batch`` envs (core + memory keys)."""
+        return self.policy.initial_state(batch, device or self.device)
+
+    def encode(self, obs: ObsBatch) -> torch.Tensor:
+        """Observation dict with any lead shape (B,) or (T, B) -> (*lead, embed_dim)."""
+        return self.encoder(obs)
+
+    @torch.no_grad()
+    def act(
+        self,
+        obs: ObsBatch,
+        state: State | None,
+        episode_start: torch.Tensor | np.ndarray,
+        deterministic: bool = False,
+    ) -> tuple[dict[str, np.ndarray], State, StepInfo]:
+        """One frame for a batch of envs.
+
+        Args:
+            obs: dict of (B, ...) numpy arrays or tensors, as a Gymnasium vector env returns.
+            state: the state returned by the previous call (``None``: fresh).
+            episode_start: (B,) bool, true where an episode starts at this frame (those envs'
+                state is reset first).
+            deterministic: halting by threshold, memory op by argmax, action at the mean/argmax.
+
+        Returns: actions as a dict of (B, ...) numpy arrays in the action space's dtypes
+        (ready for ``vector_env.step``), the new state, and :class:`agent.policy.StepInfo`.
+        """
+        actions, state, info = self.act_tensors(obs, state, episode_start, deterministic)
+        return self.actions_to_numpy(actions), state, info
+
+    @torch.no_grad()
+    def act_tensors(
+        self,
+        obs: ObsBatch,
+        state: State | None,
+        episode_start: torch.Tensor | np.ndarray,
+        deterministic: bool = False,
+    ) -> tuple[Action, State, StepInfo]:
+        """:meth:`act` with the actions kept as tensors (what training stores)."""
+        x = self.encoder(obs)  # (B, embed_dim)
+        start = torch.as_tensor(np.asarray(episode_start), device=x.device).bool()
+        return self.policy.act(x, state, start, deterministic)
+
+    def actions_to_numpy(self, actions: Action) -> dict[str, np.ndarray]:
+        return {
+            k: v.detach().cpu().numpy().astype(self._action_dtypes[k], copy=False)
+            for k, v in actions.items()
+        }
+
+    # ------------------------------------------------------------------ training
+
+    def evaluate_sequence(
+        self,
+        obs: ObsBatch,
+        initial_state: State,
+        episode_starts: torch.Tensor,
+        actions: Action,
+        decisions: Decisions,
+    ) -> tuple[StepInfo, State]:
+        """Replay recorded frames (T, B, ...) with BPTT from ``initial_state`` (the state
+        ``act`` got at t = 0): log-probs, entropies and values as ``act`` gave them."""
+        x = self.encoder(obs)  # (T, B, embed_dim)
+        return self.policy.evaluate_sequence(x, initial_state, episode_starts, actions, decisions)
+
+    def ponder_sequence(
+        self,
+        obs: ObsBatch,
+        initial_state: State,
+        episode_starts: torch.Tensor,
+        deterministic: bool = False,
+    ) -> tuple[PonderOutput, State]:
+        """PonderNet view of (T, B, ...) frames: every think step run, the halting
+        distribution returned (for supervised training, see ``agent/bc.py``)."""
+        x = self.encoder(obs)  # (T, B, embed_dim)
+        return self.policy.ponder_sequence(x, initial_state, episode_starts, deterministic)
+
+
+class NormRecorder:
+    """Collects what every ``RunningNorm`` of a module sees, to update the statistics later.
+
+    >>> rec = NormRecorder(agent)                              # doctest: +SKIP
+    >>> with rec.recording():
+    ...     agent.act(obs, state, start)                       # inputs recorded, stats frozen
+    >>> rec.apply()                                            # stats updated, records cleared
+
+    ``gather`` (e.g. an all-gather across DDP ranks) is applied to each recorded batch in
+    :meth:`apply` so every rank folds in the same data and keeps identical statistics.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self.norms = [m for m in module.modules() if isinstance(m, RunningNorm)]
+        self._records: list[list[torch.Tensor]] = [[] for _ in self.norms]
+
+    @contextmanager
+    def recording(self) -> Iterator[None]:
+        handles = [
+            norm.register_forward_pre_hook(self._hook(i)) for i, norm in enumerate(self.norms)
+        ]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _hook(self, i: int):
+        def hook(module: RunningNorm, args: tuple[Any, ...]) -> None:
+            x = args[0].detach()
+            self._records[i].append(x.reshape(-1, *module.mean.shape).to(module.mean.dtype))
+
+        return hook
+
+    def apply(self, gather=None) -> int:
+        """Fold the recorded inputs into each norm's statistics; returns rows folded in."""
+        rows = 0
+        for norm, records in zip(self.norms, self._records, strict=True):
+            if not records:
+                continue
+            x = torch.cat(records)
+            if gather is not None:
+                x = gather(x)
+            norm.update(x)
+            rows = max(rows, x.shape[0])
+        self._records = [[] for _ in self.norms]
+        return rows
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """Pending records (for an exact resume between a rollout and its update)."""
+        return {f"norm{i}": torch.cat(r) for i, r in enumerate(self._records) if r}
+
+    def load_state(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        self._records = [
+            [tensors[f"norm{i}"]] if f"norm{i}" in tensors else [] for i in range(len(self.norms))
+        ]
+
+
+__all__ = ["MindloopAgent", "NormRecorder"]

@@ -1,0 +1,367 @@
+"""Self-describing, atomically written checkpoints (safetensors + JSON, no pickle).
+
+Layout of a run directory::
+
+    <run>/config.json                      the run's TrainConfig (written once at the start)
+    <run>/checkpoints/step_000012800/      one checkpoint
+        config.json                        TrainConfig + the env's spaces + step, version
+        model.safetensors                  the agent's parameters and buffers
+        trainer.safetensors                optimizer tensors, RNG states, env/rollout state
+        trainer.json                       everything else needed to resume exactly
+    <run>/checkpoints/latest -> step_000012800   (a relative symlink, replaced atomically)
+
+A checkpoint is written into a hidden temporary directory next to its final place, flushed,
+then renamed (``os.replace``) into place; only then is ``latest`` switched to it (a new
+symlink renamed over the old one). A process killed at any moment leaves ``latest`` pointing at
+a complete checkpoint (and at worst a stray ``.tmp-*`` directory, removed by the next save).
+
+:func:`load_agent` rebuilds the agent from a checkpoint directory alone (nanoGPT's model args
+stored with the weights, LeRobot's ``from_pretrained``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from safetensors.torch import load_file, save_file
+
+from agent.agent import MindloopAgent
+from agent.config import TrainConfig, config_from_dict, config_to_dict
+
+FORMAT_VERSION = 1
+LATEST = "latest"
+CHECKPOINTS = "checkpoints"
+
+
+# --------------------------------------------------------------------------- spaces as JSON
+
+
+def space_to_dict(space: spaces.Space) -> dict[str, Any]:
+    """A Gymnasium space as JSON data (Box, Discrete, MultiDiscrete, MultiBinary, Dict)."""
+    if isinstance(space, spaces.Dict):
+        return {"type": "Dict", "spaces": {k: space_to_dict(s) for k, s in space.spaces.items()}}
+    if isinstance(space, spaces.Box):
+        return {
+            "type": "Box",
+            "shape": list(space.shape),
+            "dtype": str(space.dtype),
+            "low": _compact(space.low),
+            "high": _compact(space.high),
+        }
+    if isinstance(space, spaces.Discrete):
+        return {"type": "Discrete", "n": int(space.n), "start": int(space.start)}
+    if isinstance(space, spaces.MultiDiscrete):
+        return {"type": "MultiDiscrete", "nvec": space.nvec.tolist(), "dtype": str(space.dtype)}
+    if isinstance(space, spaces.MultiBinary):
+        return {"type": "MultiBinary", "n": np.asarray(space.n).tolist()}
+    raise ValueError(
+        f"cannot store a {type(space).__name__} space in a checkpoint; supported: Dict, Box, "
+        "Discrete, MultiDiscrete, MultiBinary"
+    )
+
+
+def _compact(x: np.ndarray) -> Any:
+    """A bound array as one number when it is uniform (a 64x64x3 image Box has two)."""
+    flat = np.asarray(x).reshape(-1)
+    if flat.size and np.all(flat == flat[0]):
+        return _num(flat[0])
+    return [_num(v) for v in flat]
+
+
+def _num(v: Any) -> Any:
+    v = v.item() if hasattr(v, "item") else v
+    if isinstance(v, float) and not np.isfinite(v):
+        return "inf" if v > 0 else "-inf"
+    return v
+
+
+def space_from_dict(data: Mapping[str, Any]) -> spaces.Space:
+    """Inverse of :func:`space_to_dict`."""
+    kind = data["type"]
+    if kind == "Dict":
+        return spaces.Dict({k: space_from_dict(v) for k, v in data["spaces"].items()})
+    if kind == "Box":
+        shape = tuple(data["shape"])
+        dtype = np.dtype(data["dtype"])
+
+        low = np.array([float(v) for v in np.atleast_1d(_unjson(data["low"]))])
+        high = np.array([float(v) for v in np.atleast_1d(_unjson(data["high"]))])
+        low = np.broadcast_to(low, shape) if low.size == 1 else low.reshape(shape)
+        high = np.broadcast_to(high, shape) if high.size == 1 else high.reshape(shape)
+        return spaces.Box(low.astype(dtype), high.astype(dtype), shape, dtype)
+    if kind == "Discrete":
+        return spaces.Discrete(data["n"], start=data.get("start", 0))
+    if kind == "MultiDiscrete":
+        return spaces.MultiDiscrete(np.asarray(data["nvec"]), dtype=data.get("dtype", "int64"))
+    if kind == "MultiBinary":
+        return spaces.MultiBinary(data["n"])
+    raise ValueError(f"unknown space type {kind!r} in checkpoint")
+
+
+def _unjson(v: Any) -> Any:
+    if isinstance(v, list):
+        return [_unjson(x) for x in v]
+    if v == "inf":
+        return np.inf
+    if v == "-inf":
+        return -np.inf
+    return v
+
+
+# --------------------------------------------------------------------------- trainer state
+
+
+@dataclass
+class TrainerState:
+    """What a trainer needs beyond the weights to continue exactly: tensors (optimizer
+    moments, RNG states, last observations, recurrent state ...) and JSON-able metadata
+    (counters, numpy/python RNG states, env snapshots' scalars)."""
+
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def optimizer_to_state(optimizer: torch.optim.Optimizer, prefix: str = "optim") -> TrainerState:
+    """An optimizer's ``state_dict`` split into tensors and JSON (safetensors holds no
+    nested structure)."""
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    meta_state: dict[str, dict[str, Any]] = {}
+    for pid, pstate in sd["state"].items():
+        entry: dict[str, Any] = {}
+        for name, value in pstate.items():
+            if torch.is_tensor(value):
+                key = f"{prefix}/{pid}/{name}"
+                tensors[key] = value.detach().cpu().contiguous()
+                entry[name] = {"tensor": key}
+            else:
+                entry[name] = value
+        meta_state[str(pid)] = entry
+    return TrainerState(
+        tensors, {prefix: {"state": meta_state, "param_groups": sd["param_groups"]}}
+    )
+
+
+def optimizer_from_state(
+    optimizer: torch.optim.Optimizer, state: TrainerState, prefix: str = "optim"
+) -> None:
+    meta = state.meta[prefix]
+    restored: dict[int, dict[str, Any]] = {}
+    for pid, entry in meta["state"].items():
+        restored[int(pid)] = {
+            name: state.tensors[v["tensor"]] if isinstance(v, dict) and "tensor" in v else v
+            for name, v in entry.items()
+        }
+    optimizer.load_state_dict({"state": restored, "param_groups": meta["param_groups"]})
+
+
+# --------------------------------------------------------------------------- save / load
+
+
+def checkpoint_root(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / CHECKPOINTS
+
+
+def save_checkpoint(
+    directory: str | os.PathLike,
+    agent: MindloopAgent,
+    config: TrainConfig,
+    *,
+    step: int = 0,
+    trainer: TrainerState | None = None,
+    keep: int | None = 3,
+    extra_meta: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint ``<directory>/step_<step>`` atomically and point ``latest`` at it.
+
+    Args:
+        directory: the checkpoints folder (``<run>/checkpoints``); created if missing.
+        agent: the agent whose weights (parameters and buffers) are saved.
+        config: the run's config (rebuilds the agent; checks a resume).
+        step: env steps so far (names the checkpoint).
+        trainer: optimizer/RNG/env state for an exact ``--resume`` (None: weights only).
+        keep: keep this many newest checkpoints (None: all); ``latest`` is never deleted.
+        extra_meta: JSON-able facts stored in config.json (e.g. evaluation results).
+
+    Returns: the path of the new checkpoint.
+    """
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    for stray in root.glob(".tmp-*"):  # left by a save that was killed
+        shutil.rmtree(stray, ignore_errors=True)
+    name = f"step_{step:012d}"
+    final = root / name
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root))
+    try:
+        _write_checkpoint_files(tmp, agent, config, step, trainer, extra_meta)
+        _fsync_dir(tmp)
+        if final.exists():  # a re-save of the same step (e.g. the final save): replace it
+            old = root / f".tmp-old-{name}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _point_latest(root, name)
+    _fsync_dir(root)
+    if keep is not None:
+        _prune(root, keep, protect=name)
+    return final
+
+
+def _write_checkpoint_files(
+    path: Path,
+    agent: MindloopAgent,
+    config: TrainConfig,
+    step: int,
+    trainer: TrainerState | None,
+    extra_meta: Mapping[str, Any] | None,
+) -> None:
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "step": int(step),
+        "config": config_to_dict(config),
+        "observation_space": space_to_dict(agent.observation_space),
+        "action_space": space_to_dict(agent.action_space),
+        **(dict(extra_meta) if extra_meta else {}),
+    }
+    weights = {k: v.detach().cpu().contiguous() for k, v in agent.state_dict().items()}
+    save_file(weights, str(path / "model.safetensors"))
+    if trainer is not None:
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in trainer.tensors.items()},
+            str(path / "trainer.safetensors"),
+        )
+        _write_json(path / "trainer.json", trainer.meta)
+    # config.json last: a directory with config.json was written completely.
+    _write_json(path / "config.json", meta)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=False)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # e.g. Windows: directories cannot be opened
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _point_latest(root: Path, name: str) -> None:
+    """Switch ``root/latest`` to ``name`` atomically (a symlink renamed over the old one;
+    where symlinks are not allowed, a text file holding the name)."""
+    tmp = root / f".latest-{os.getpid()}"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    try:
+        os.symlink(name, tmp, target_is_directory=True)
+    except OSError:
+        tmp.write_text(name)
+    os.replace(tmp, root / LATEST)
+
+
+def _prune(root: Path, keep: int, protect: str) -> None:
+    names = sorted(p.name for p in root.glob("step_*") if p.is_dir())
+    for old in names[:-keep] if keep > 0 else names:
+        if old != protect:
+            shutil.rmtree(root / old, ignore_errors=True)
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """The checkpoint directory meant by ``path``: a checkpoint itself, a ``latest`` link or
+    file, a checkpoints folder, or a run directory (its latest checkpoint)."""
+    p = Path(path)
+    for candidate in (p, p / LATEST, p / CHECKPOINTS / LATEST):
+        if candidate.is_file() and candidate.name == LATEST:  # pointer file fallback
+            candidate = candidate.parent / candidate.read_text().strip()
+        if (candidate / "config.json").is_file() and (candidate / "model.safetensors").is_file():
+            return candidate.resolve()
+    raise ValueError(
+        f"no checkpoint at {str(p)!r}: expected a directory with config.json and "
+        "model.safetensors, or a run directory with checkpoints/latest"
+    )
+
+
+def read_checkpoint_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The parsed config.json of the checkpoint at ``path``."""
+    ckpt = resolve_checkpoint(path)
+    with open(ckpt / "config.json") as f:
+        return json.load(f)
+
+
+def load_agent(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[MindloopAgent, TrainConfig]:
+    """Rebuild the agent saved at ``path`` (see :func:`resolve_checkpoint`) and its config.
+
+    Needs nothing but the directory: the spaces and every config field are in config.json.
+    The agent is returned in eval mode on ``device``.
+    """
+    ckpt = resolve_checkpoint(path)
+    meta = read_checkpoint_meta(ckpt)
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(
+            f"checkpoint {str(ckpt)!r} has format {meta['format_version']}; this mindloop "
+            f"reads up to {FORMAT_VERSION} (upgrade mindloop)"
+        )
+    config: TrainConfig = config_from_dict(TrainConfig, meta["config"])
+    agent = MindloopAgent(
+        space_from_dict(meta["observation_space"]),
+        space_from_dict(meta["action_space"]),
+        config.agent,
+    )
+    state = load_file(str(ckpt / "model.safetensors"), device="cpu")
+    agent.load_state_dict(state, strict=True)
+    return agent.to(device).eval(), config
+
+
+def load_trainer_state(path: str | os.PathLike) -> TrainerState:
+    """The trainer state saved with the checkpoint at ``path`` (for ``--resume``)."""
+    ckpt = resolve_checkpoint(path)
+    if not (ckpt / "trainer.safetensors").is_file():
+        raise ValueError(
+            f"checkpoint {str(ckpt)!r} holds weights only (no trainer state); it can be "
+            "evaluated or fine-tuned but not resumed"
+        )
+    tensors = load_file(str(ckpt / "trainer.safetensors"), device="cpu")
+    with open(ckpt / "trainer.json") as f:
+        meta = json.load(f)
+    return TrainerState(tensors, meta)
+
+
+__all__ = [
+    "TrainerState",
+    "checkpoint_root",
+    "load_agent",
+    "load_trainer_state",
+    "optimizer_from_state",
+    "optimizer_to_state",
+    "read_checkpoint_meta",
+    "resolve_checkpoint",
+    "save_checkpoint",
+    "space_from_dict",
+    "space_to_dict",
+]

@@ -1,0 +1,358 @@
+"""Typed configs of a training run: env, encoders, core/think, memory, algorithm, run.
+
+One dataclass per part (CleanRL's ``Args`` + LeRobot's sub-configs), every field with a
+one-line docstring that becomes its ``--help`` text through ``tyro``. Each validates itself in
+``__post_init__`` with a one-line ``ValueError`` naming the bad value and the allowed ones, so
+``train.py`` can print it and exit. The whole :class:`TrainConfig` goes to the run directory
+and into every checkpoint as ``config.json`` (:func:`config_to_dict` /
+:func:`config_from_dict`), enough to rebuild the agent and to check a ``--resume``.
+
+The core, think and memory configs are the ones their modules define (``agent.cores``,
+``agent.think``, ``agent.memory``), used as they are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.cores import CoreConfig
+from agent.memory import MemoryConfig
+from agent.think import ThinkConfig
+from encoders.fusion import FusedEncoderConfig
+
+DEFAULT_TASK_ID = "mindloop/MuscleReach-v0"
+VECTORIZATIONS = ("async", "sync")
+START_METHODS = ("forkserver", "spawn", "fork")
+DEVICES = ("auto", "cpu", "cuda")
+LR_SCHEDULES = ("linear", "constant")
+BC_THINK_MODES = ("ponder", "sampled")
+
+
+def _check_choice(name: str, value: object, choices: typing.Sequence[object]) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; choose from: {', '.join(map(str, choices))}")
+
+
+def _check_min(owner: str, obj: object, names: typing.Sequence[str], low: float) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value < low:
+            raise ValueError(f"{owner}.{name} must be >= {low}, got {value}")
+
+
+@dataclass
+class EnvConfig:
+    """Which task, how many copies, and how they run."""
+
+    id: str = DEFAULT_TASK_ID
+    """Gymnasium id of the task: a mindloop/ task (envs.TASK_IDS) or any registered id."""
+    num_envs: int = 8
+    """Environments stepped together per process (per rank under torchrun)."""
+    vectorization: str = "async"
+    """async: one worker process per env (Gymnasium AsyncVectorEnv); sync: all in-process."""
+    start_method: str = "forkserver"
+    """How async workers start: forkserver, spawn or fork (each worker makes its own renderer)."""
+    kwargs: dict[str, int | float | bool | str] = field(default_factory=dict)
+    """Constructor arguments of the task, e.g. delay_steps 200 for CueRecall."""
+    obs_keys: tuple[str, ...] | None = None
+    """Observation keys the env produces (None: all of the task's keys)."""
+
+    def __post_init__(self) -> None:
+        _check_min("env", self, ("num_envs",), 1)
+        _check_choice("env.vectorization", self.vectorization, VECTORIZATIONS)
+        _check_choice("env.start_method", self.start_method, START_METHODS)
+        if self.obs_keys is not None:
+            self.obs_keys = tuple(self.obs_keys)
+            if not self.obs_keys:
+                raise ValueError("env.obs_keys is empty; give some keys or None for all")
+
+    def make_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``gymnasium.make`` (obs_keys joined in when set)."""
+        kwargs: dict[str, Any] = dict(self.kwargs)
+        if self.obs_keys is not None:
+            kwargs["obs_keys"] = self.obs_keys
+        return kwargs
+
+
+@dataclass
+class EncodersConfig:
+    """Which encoder reads each observation key (defaults: image cnn, audio logmel, proprio,
+    touch, text) and the size of the fused vector."""
+
+    names: dict[str, str] = field(default_factory=dict)
+    """Encoder per observation key overriding the default, e.g. image timm/resnet10t."""
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Options per observation key for its encoder's config (JSON-like), e.g. image: {embed_dim: 128}."""
+    keys: tuple[str, ...] | None = None
+    """Observation keys the agent encodes (None: every key the env gives)."""
+    embed_dim: int | None = 256
+    """Size of the fused observation vector (None: the concatenation, unprojected)."""
+
+    def __post_init__(self) -> None:
+        if self.embed_dim is not None and self.embed_dim < 1:
+            raise ValueError(f"encoders.embed_dim must be >= 1 or None, got {self.embed_dim}")
+        if self.keys is not None:
+            self.keys = tuple(self.keys)
+
+    def fused(self) -> FusedEncoderConfig:
+        return FusedEncoderConfig(
+            encoders=dict(self.names),
+            configs={k: dict(v) for k, v in self.options.items()},
+            keys=self.keys,
+            embed_dim=self.embed_dim,
+        )
+
+
+@dataclass
+class AgentConfig:
+    """The agent: encoders -> core with think steps -> heads (+ optional memory tool)."""
+
+    encoders: EncodersConfig = field(default_factory=EncodersConfig)
+    core: CoreConfig = field(default_factory=CoreConfig)
+    think: ThinkConfig = field(default_factory=ThinkConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    use_memory: bool = False
+    """Give the policy the two-tier memory tool (get/set calls) configured by memory."""
+
+
+@dataclass
+class PPOConfig:
+    """Recurrent PPO: rollouts of rollout_steps x num_envs, truncated BPTT over chunks."""
+
+    total_steps: int = 100_000
+    """Env steps to train for (all envs of all ranks together)."""
+    rollout_steps: int = 64
+    """Steps per env per rollout (T)."""
+    bptt_steps: int = 16
+    """Length of the sequence chunks trained with backprop through time (divides T)."""
+    epochs: int = 4
+    """Passes over each rollout."""
+    minibatches: int = 4
+    """Minibatches per epoch (split over chunks)."""
+    lr: float = 3e-4
+    """Adam learning rate."""
+    lr_schedule: str = "linear"
+    """linear (anneal to 0 over total_steps) or constant."""
+    gamma: float = 0.99
+    """Discount."""
+    gae_lambda: float = 0.95
+    """GAE lambda."""
+    clip: float = 0.2
+    """PPO ratio clip."""
+    clip_value: bool = False
+    """Clip the value update like the policy (CleanRL's clip_vloss)."""
+    value_coef: float = 0.5
+    """Weight of the value loss."""
+    entropy_coef: float = 0.0
+    """Entropy bonus on the action heads."""
+    decision_entropy_coef: float = 0.001
+    """Entropy bonus on the halting and memory-op decisions (keeps them exploring)."""
+    max_grad_norm: float = 0.5
+    """Global gradient-norm clip."""
+    norm_adv: bool = True
+    """Normalize advantages per minibatch."""
+    target_kl: float | None = None
+    """Stop an update's epochs early when the approximate KL exceeds this."""
+    think_cost: float = 0.01
+    """Reward subtracted per think step (the seed's "reward fewer think tokens")."""
+    memory_cost: float | None = None
+    """Reward subtracted per memory call (None: the memory config's call_cost)."""
+
+    def __post_init__(self) -> None:
+        _check_min("ppo", self, ("total_steps", "rollout_steps", "bptt_steps", "epochs"), 1)
+        _check_min("ppo", self, ("minibatches",), 1)
+        _check_min("ppo", self, ("value_coef", "entropy_coef", "decision_entropy_coef"), 0)
+        _check_min("ppo", self, ("think_cost", "max_grad_norm"), 0)
+        _check_choice("ppo.lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        if self.rollout_steps % self.bptt_steps:
+            raise ValueError(
+                f"ppo.bptt_steps={self.bptt_steps} must divide ppo.rollout_steps={self.rollout_steps}"
+            )
+        if not self.lr > 0:
+            raise ValueError(f"ppo.lr must be > 0, got {self.lr}")
+        for name in ("gamma", "gae_lambda"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"ppo.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.memory_cost is not None and self.memory_cost < 0:
+            raise ValueError(f"ppo.memory_cost must be >= 0 or None, got {self.memory_cost}")
+
+
+@dataclass
+class BCConfig:
+    """Behaviour cloning from the task's scripted expert (env.unwrapped.expert_action())."""
+
+    episodes: int = 200
+    """Expert demonstration episodes collected before training."""
+    updates: int = 400
+    """Gradient steps of behaviour cloning."""
+    batch_envs: int = 16
+    """Sequences per gradient step."""
+    seq_len: int = 32
+    """Frames per training sequence (BPTT length)."""
+    lr: float = 1e-3
+    """Adam learning rate (cosine-annealed to 10% over the updates)."""
+    label_smoothing: float = 0.1
+    """Soft targets for categorical heads (text tokens): mass spread over other tokens."""
+    target_noise: float = 0.05
+    """Soft targets for bounded (muscle) heads: std of the Gaussian blur of expert actions."""
+    think: str = "ponder"
+    """Think steps: ponder (expected loss over the halting distribution) or sampled path."""
+    lambda_p: float = 0.5
+    """PonderNet geometric prior on think steps (larger: fewer think steps)."""
+    kl_coef: float = 0.01
+    """Weight of KL(halting || geometric prior)."""
+    dagger_rounds: int = 0
+    """DAgger: rounds of relabelling states the learner visits with expert actions."""
+    dagger_episodes: int = 50
+    """Learner episodes collected (and relabelled) per DAgger round."""
+    dataset: str | None = None
+    """A Minari dataset id or directory of expert demonstrations to use instead of collecting."""
+    sft_reward: bool = False
+    """Text tasks: SFT as RL. Think steps get no targets; the reward is whether the emitted
+    answer token is right (trained with PPO on the answer, see agent/bc.py)."""
+
+    def __post_init__(self) -> None:
+        _check_min("bc", self, ("episodes", "updates", "batch_envs", "seq_len"), 1)
+        _check_min("bc", self, ("dagger_rounds", "dagger_episodes"), 0)
+        _check_min("bc", self, ("target_noise", "kl_coef"), 0)
+        _check_choice("bc.think", self.think, BC_THINK_MODES)
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"bc.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0.0 < self.lambda_p <= 1.0:
+            raise ValueError(f"bc.lambda_p must be in (0, 1], got {self.lambda_p}")
+        if not self.lr > 0:
+            raise ValueError(f"bc.lr must be > 0, got {self.lr}")
+
+
+@dataclass
+class RunConfig:
+    """Where the run goes, seeds, evaluation, checkpoints, logging."""
+
+    dir: str | None = None
+    """Run directory (None: runs/<task>__<algo>__<seed>__<time>)."""
+    seed: int = 1
+    """Seed of torch, numpy, python and the envs (rank r uses seed + 1000 r for its envs)."""
+    device: str = "auto"
+    """auto (cuda if available), cpu or cuda."""
+    threads: int = 0
+    """torch intra-op threads (0: torch's default)."""
+    eval_episodes: int = 20
+    """Episodes of the final (and periodic) evaluation, deterministic policy."""
+    eval_every: int = 0
+    """Evaluate every this many PPO updates (0: only at the end)."""
+    checkpoint_every: int = 10
+    """Save a checkpoint every this many PPO updates (and always at the end)."""
+    keep_checkpoints: int = 3
+    """Checkpoints kept on disk (older ones are deleted; latest always stays)."""
+    video: bool = True
+    """Write an MP4 of the trained agent at the end."""
+    progress: bool = True
+    """Show a progress bar (fps, success, think steps)."""
+    tensorboard: bool = True
+    """Write TensorBoard logs under <dir>/tb."""
+
+    def __post_init__(self) -> None:
+        _check_choice("run.device", self.device, DEVICES)
+        _check_min("run", self, ("threads", "eval_episodes", "eval_every"), 0)
+        _check_min("run", self, ("checkpoint_every", "keep_checkpoints"), 1)
+
+
+@dataclass
+class TrainConfig:
+    """python train.py: train a mindloop agent (see --algo for the algorithms)."""
+
+    env: EnvConfig = field(default_factory=EnvConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    algo: str = "bc+ppo"
+    """Training algorithm (agent.algorithms.ALGORITHMS): bc+ppo, ppo, bc, ..."""
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    bc: BCConfig = field(default_factory=BCConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    resume: str | None = None
+    """Continue the run in this directory from its latest checkpoint (same config)."""
+
+
+# --------------------------------------------------------------------------- JSON round trip
+
+RESUME_FREE_FIELDS = ("resume", "run.progress", "run.device", "run.threads")
+"""Fields a ``--resume`` may change: they do not change what is computed on CPU."""
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A dataclass config as plain JSON data (tuples become lists)."""
+    return _jsonable(dataclasses.asdict(config))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def config_from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    """Rebuild dataclass ``cls`` from :func:`config_to_dict` data (nested dataclasses and
+    tuples restored; an unknown field is a one-line error naming it)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"config {where or cls.__name__} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(
+            f"unknown config field(s) {', '.join(f'{where}{u}' for u in unknown)}; "
+            f"{cls.__name__} has: {', '.join(sorted(names))}"
+        )
+    kwargs = {k: _restore(hints[k], v, f"{where}{k}.") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _restore(hint: Any, value: Any, where: str) -> Any:
+    if value is None:
+        return None
+    for option in _options(hint):
+        if dataclasses.is_dataclass(option) and isinstance(value, dict):
+            return config_from_dict(option, value, where)
+        if typing.get_origin(option) is tuple and isinstance(value, list):
+            return tuple(value)
+    return value
+
+
+def _options(hint: Any) -> tuple[Any, ...]:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return typing.get_args(hint)
+    return (hint,)
+
+
+def config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names of the fields that differ between two :func:`config_to_dict` dicts."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        name = f"{prefix}{key}"
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += config_diff(va, vb, name + ".")
+        elif va != vb:
+            out.append(name)
+    return out
+
+
+__all__ = [
+    "DEFAULT_TASK_ID",
+    "RESUME_FREE_FIELDS",
+    "AgentConfig",
+    "BCConfig",
+    "EncodersConfig",
+    "EnvConfig",
+    "PPOConfig",
+    "RunConfig",
+    "TrainConfig",
+    "config_diff",
+    "config_from_dict",
+    "config_to_dict",
+]

@@ -1,0 +1,152 @@
+"""Checkpoints: round trip from the directory alone, atomic ``latest``, spaces as JSON."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+
+import agent.checkpoint as ckpt_mod
+from agent.agent import MindloopAgent
+from agent.checkpoint import (
+    load_agent,
+    resolve_checkpoint,
+    save_checkpoint,
+    space_from_dict,
+    space_to_dict,
+)
+from agent.config import AgentConfig, EncodersConfig, TrainConfig, config_from_dict, config_to_dict
+from agent.cores import CoreConfig
+from agent.think import ThinkConfig
+
+OBS_SPACE = spaces.Dict(
+    image=spaces.Box(0, 255, (16, 16, 3), np.uint8),
+    proprio=spaces.Box(-100.0, 100.0, (5,), np.float32),
+    text=spaces.MultiDiscrete(np.full(4, 9)),
+)
+ACT_SPACE = spaces.Dict(muscles=spaces.Box(0.0, 1.0, (3,), np.float32), text=spaces.Discrete(9))
+
+
+def tiny_config() -> TrainConfig:
+    cfg = TrainConfig()
+    cfg.agent = AgentConfig(
+        encoders=EncodersConfig(embed_dim=16, options={"image": {"channels": [4, 8]}}),
+        core=CoreConfig(hidden_dim=16),
+        think=ThinkConfig(k_max=2),
+    )
+    return cfg
+
+
+def tiny_agent(seed: int = 0) -> tuple[MindloopAgent, TrainConfig]:
+    torch.manual_seed(seed)
+    cfg = tiny_config()
+    return MindloopAgent(OBS_SPACE, ACT_SPACE, cfg.agent), cfg
+
+
+def sample_obs(batch: int = 3) -> dict[str, np.ndarray]:
+    OBS_SPACE.seed(0)
+    samples = [OBS_SPACE.sample() for _ in range(batch)]
+    return {k: np.stack([s[k] for s in samples]) for k in OBS_SPACE.spaces}
+
+
+@pytest.mark.parametrize(
+    "space",
+    [
+        OBS_SPACE,
+        ACT_SPACE,
+        spaces.Box(-np.inf, np.inf, (2, 3), np.float32),
+        spaces.Box(np.array([0.0, -1.0]), np.array([1.0, 2.0]), (2,), np.float64),
+        spaces.Discrete(5, start=-2),
+        spaces.MultiBinary(4),
+    ],
+)
+def test_space_json_round_trip(space):
+    data = json.loads(json.dumps(space_to_dict(space)))
+    assert space_from_dict(data) == space
+
+
+def test_config_json_round_trip():
+    cfg = tiny_config()
+    cfg.env.kwargs = {"delay_steps": 200}
+    cfg.env.obs_keys = ("image", "proprio")
+    data = json.loads(json.dumps(config_to_dict(cfg)))
+    assert config_from_dict(TrainConfig, data) == cfg
+
+
+def test_unknown_config_field_is_one_line():
+    data = config_to_dict(tiny_config())
+    data["ppo"]["lrr"] = 1.0
+    with pytest.raises(ValueError, match=r"ppo\.lrr") as err:
+        config_from_dict(TrainConfig, data)
+    assert "\n" not in str(err.value)
+
+
+def test_load_agent_rebuilds_from_directory_alone(tmp_path):
+    agent, cfg = tiny_agent()
+    path = save_checkpoint(tmp_path / "checkpoints", agent, cfg, step=7)
+    for where in (path, tmp_path / "checkpoints", tmp_path, tmp_path / "checkpoints" / "latest"):
+        loaded, loaded_cfg = load_agent(where)
+        assert loaded_cfg == cfg
+        for (k, a), (k2, b) in zip(
+            agent.state_dict().items(), loaded.state_dict().items(), strict=True
+        ):
+            assert k == k2 and torch.equal(a, b), k
+    obs = sample_obs()
+    start = np.ones(3, bool)
+    torch.manual_seed(1)
+    a1, _, i1 = agent.act(obs, None, start)
+    torch.manual_seed(1)
+    a2, _, i2 = loaded.act(obs, None, start)
+    for k in a1:
+        np.testing.assert_array_equal(a1[k], a2[k])
+    assert torch.equal(i1.think_steps, i2.think_steps)
+    assert a1["muscles"].dtype == np.float32 and a1["text"].shape == (3,)
+
+
+def test_crash_mid_save_keeps_latest_loadable(tmp_path, monkeypatch):
+    agent, cfg = tiny_agent()
+    root = tmp_path / "checkpoints"
+    first = save_checkpoint(root, agent, cfg, step=1)
+    before = {k: v.clone() for k, v in agent.state_dict().items()}
+    with torch.no_grad():
+        for p in agent.parameters():
+            p.add_(1.0)
+
+    real_save = ckpt_mod.save_file
+
+    def crash_after_weights(tensors, filename, *args, **kwargs):
+        real_save(tensors, filename, *args, **kwargs)  # half the files are on disk ...
+        raise KeyboardInterrupt("killed mid-checkpoint")  # ... when the process dies
+
+    monkeypatch.setattr(ckpt_mod, "save_file", crash_after_weights)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(root, agent, cfg, step=2)
+    monkeypatch.setattr(ckpt_mod, "save_file", real_save)
+
+    assert resolve_checkpoint(tmp_path) == first.resolve()
+    loaded, _ = load_agent(tmp_path)
+    for k, v in loaded.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert not (root / "step_000000000002").exists()
+    # the next save succeeds, cleans up and moves latest
+    second = save_checkpoint(root, agent, cfg, step=2)
+    assert resolve_checkpoint(tmp_path) == second.resolve()
+    assert not list(root.glob(".tmp-*"))
+
+
+def test_keep_prunes_old_checkpoints(tmp_path):
+    agent, cfg = tiny_agent()
+    for step in range(5):
+        save_checkpoint(tmp_path, agent, cfg, step=step, keep=2)
+    names = sorted(p.name for p in tmp_path.glob("step_*"))
+    assert names == ["step_000000000003", "step_000000000004"]
+    assert resolve_checkpoint(tmp_path).name == "step_000000000004"
+
+
+def test_missing_checkpoint_is_one_line_error(tmp_path):
+    with pytest.raises(ValueError, match="no checkpoint") as err:
+        load_agent(tmp_path / "nope")
+    assert "\n" not in str(err.value)
