@@ -58,7 +58,7 @@ class MindloopAgent(nn.Module):
         self.config = config
         self.observation_space = observation_space
         self.action_space = action_space
-        self.encoder: FusedEncoder = build_fused_encoder(observation_space, config.encoders.fused())
+        self.encoder: FusedEncoder = build_fused_encoder(observation_space, config.encoders)
         memory = build_memory(config.memory, config.core.hidden_dim) if config.use_memory else None
         self.policy = MindloopPolicy(
             self.encoder.embed_dim,

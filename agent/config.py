@@ -79,39 +79,11 @@ class EnvConfig:
 
 
 @dataclass
-class EncodersConfig:
-    """Which encoder reads each observation key (defaults: image cnn, audio logmel, proprio,
-    touch, text) and the size of the fused vector."""
-
-    names: dict[str, str] = field(default_factory=dict)
-    """Encoder per observation key overriding the default, e.g. image timm/resnet10t."""
-    options: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Options per observation key for its encoder's config (JSON-like), e.g. image: {embed_dim: 128}."""
-    keys: tuple[str, ...] | None = None
-    """Observation keys the agent encodes (None: every key the env gives)."""
-    embed_dim: int | None = 256
-    """Size of the fused observation vector (None: the concatenation, unprojected)."""
-
-    def __post_init__(self) -> None:
-        if self.embed_dim is not None and self.embed_dim < 1:
-            raise ValueError(f"encoders.embed_dim must be >= 1 or None, got {self.embed_dim}")
-        if self.keys is not None:
-            self.keys = tuple(self.keys)
-
-    def fused(self) -> FusedEncoderConfig:
-        return FusedEncoderConfig(
-            encoders=dict(self.names),
-            configs={k: dict(v) for k, v in self.options.items()},
-            keys=self.keys,
-            embed_dim=self.embed_dim,
-        )
-
-
-@dataclass
 class AgentConfig:
     """The agent: encoders -> core with think steps -> heads (+ optional memory tool)."""
 
-    encoders: EncodersConfig = field(default_factory=EncodersConfig)
+    encoders: FusedEncoderConfig = field(default_factory=FusedEncoderConfig)
+    """Encoder per observation key (image cnn, audio logmel, proprio, touch, text) and fusion."""
     core: CoreConfig = field(default_factory=CoreConfig)
     think: ThinkConfig = field(default_factory=ThinkConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
@@ -347,7 +319,6 @@ __all__ = [
     "RESUME_FREE_FIELDS",
     "AgentConfig",
     "BCConfig",
-    "EncodersConfig",
     "EnvConfig",
     "PPOConfig",
     "RunConfig",

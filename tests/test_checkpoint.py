@@ -18,9 +18,10 @@ from agent.checkpoint import (
     space_from_dict,
     space_to_dict,
 )
-from agent.config import AgentConfig, EncodersConfig, TrainConfig, config_from_dict, config_to_dict
+from agent.config import AgentConfig, TrainConfig, config_from_dict, config_to_dict
 from agent.cores import CoreConfig
 from agent.think import ThinkConfig
+from encoders.fusion import FusedEncoderConfig
 
 OBS_SPACE = spaces.Dict(
     image=spaces.Box(0, 255, (16, 16, 3), np.uint8),
@@ -33,7 +34,7 @@ ACT_SPACE = spaces.Dict(muscles=spaces.Box(0.0, 1.0, (3,), np.float32), text=spa
 def tiny_config() -> TrainConfig:
     cfg = TrainConfig()
     cfg.agent = AgentConfig(
-        encoders=EncodersConfig(embed_dim=16, options={"image": {"channels": [4, 8]}}),
+        encoders=FusedEncoderConfig(embed_dim=16, options={"image.channels": "(4, 8)"}),
         core=CoreConfig(hidden_dim=16),
         think=ThinkConfig(k_max=2),
     )
