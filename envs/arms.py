@@ -58,6 +58,8 @@ class Arm:
     camera: str = "head"
     cue_pos: np.ndarray = field(default_factory=lambda: np.zeros(3))
     """Where tasks show cues (a light visible to the head camera, off the workspace)."""
+    side_axis: np.ndarray = field(default_factory=lambda: np.array([0.0, 1.0, 0.0]))
+    """World direction of the head camera's image-right (distractors appear to the sides)."""
     park_pos: np.ndarray = field(default_factory=lambda: np.array([0.0, 0.0, -5.0]))
     """Where hidden objects wait (out of every camera's view)."""
 
@@ -129,12 +131,13 @@ def capsule_arm() -> Arm:
         target_qrange=np.deg2rad([[-70.0, 70.0], [20.0, 115.0]]),
         home_qpos=np.deg2rad([0.0, 70.0]),
         frame_skip=8,  # 8 x 5 ms = 40 ms
-        object_radius=0.035,
+        object_radius=0.045,
         min_separation=0.15,
         success_radius=0.06,
         hand_radius=0.028,
         plane_normal=np.array([0.0, 0.0, -1.0]),  # objects lie on the table under the hand
-        cue_pos=np.array([0.75, 0.0, 0.35]),
+        cue_pos=np.array([0.62, 0.03, 0.15]),
+        side_axis=np.array([0.0, -1.0, 0.0]),
     )
 
 
@@ -166,7 +169,7 @@ def myoelbow_arm() -> Arm:
         contype=0, conaffinity=0,
     )  # fmt: skip
     # The head looks at the arm from its side (+x), image right = +y.
-    world.add_camera(name="head", pos=[1.2, -0.06, 1.24], xyaxes=[0, 1, 0, 0, 0, 1], fovy=48)
+    world.add_camera(name="head", pos=[1.2, 0.06, 1.05], xyaxes=[0, 1, 0, 0, 0, 1], fovy=44)
     forearm = spec.body("r_ulna_radius_hand")
     palm = [0.02, -0.31, 0.05]  # centre of the metacarpals in the forearm frame
     forearm.add_site(name="hand", pos=palm, size=[0.035, 0, 0], group=4)
@@ -193,5 +196,6 @@ def myoelbow_arm() -> Arm:
         success_radius=0.07,
         hand_radius=0.03,
         plane_normal=np.array([1.0, 0.0, 0.0]),  # objects float between the hand and the head
-        cue_pos=np.array([-0.2, 0.55, 1.75]),
+        cue_pos=np.array([-0.2, -0.05, 1.3]),
+        side_axis=np.array([0.0, 1.0, 0.0]),
     )

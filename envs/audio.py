@@ -39,7 +39,10 @@ class AudioConfig:
     min_distance: float = 0.1
     """Distances are clamped here so a source at the ear does not blow up."""
     impact_gain: float = 2.0
-    """Peak amplitude at 1 m per N*s of contact impulse."""
+    """Peak amplitude at 1 m per N*s of contact impulse, for small impulses."""
+    impact_knee: float = 0.5
+    """Impulse (N*s) above which loudness grows ever more slowly (``J / (1 + J / knee)``):
+    a hopper's foot strike stays loud without clipping for many samples; still monotonic."""
     impact_decay: float = 0.015
     """Time constant of an impact's exponential decay (its tail carries into later steps)."""
     impact_min_impulse: float = 1e-3
@@ -151,7 +154,8 @@ class AudioSynth:
             return
         t_offset, pos, impulse, freq = (np.asarray(a)[keep] for a in (t_offset, pos, impulse, freq))
         dist, gain = self._ear_geometry(np.asarray(pos, dtype=np.float64))
-        amp = gain * (cfg.impact_gain * impulse)[:, None]  # (K, 2)
+        loud = cfg.impact_gain * impulse / (1.0 + impulse / cfg.impact_knee)  # (K,)
+        amp = gain * loud[:, None]  # (K, 2)
         length = self._tail_len
         tau = np.arange(length) / cfg.sample_rate  # (L,)
         env = np.exp(-tau / cfg.impact_decay)

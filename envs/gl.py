@@ -12,6 +12,8 @@ renderer raises a one-line error naming the Debian packages to install.
 
 from __future__ import annotations
 
+import ctypes
+import importlib.util
 import os
 import subprocess
 import sys
@@ -69,6 +71,8 @@ def select_gl_backend() -> str | None:
     probes at most once per process tree: the result is exported to ``os.environ``.
     """
     global _selected, _failure
+    if sys.platform.startswith("linux"):
+        preload_triton()
     user = os.environ.get("MUJOCO_GL", "").strip().lower()
     if user:
         _selected = user
@@ -85,6 +89,29 @@ def select_gl_backend() -> str | None:
             return backend
     _failure = INSTALL_HINT
     return None
+
+
+def preload_triton() -> bool:
+    """Load Triton's native library now, before any GL context exists; True if loaded.
+
+    Torch's Linux wheels ship Triton, whose statically linked LLVM segfaults while loading
+    if Mesa's LLVM (llvmpipe: software EGL and OSMesa) is already in the process (both
+    register the same global LLVM options); the opposite order is fine. Torch loads Triton
+    lazily, e.g. the first time an optimizer is built (``torch.optim.Adam`` imports
+    ``torch._dynamo``), which in a training script is usually after the first frame was
+    rendered. Loading the library (~70 ms, no ``import torch``) prevents that crash.
+    """
+    spec = importlib.util.find_spec("triton")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    path = os.path.join(spec.submodule_search_locations[0], "_C", "libtriton.so")
+    if not os.path.exists(path):
+        return False
+    try:
+        ctypes.CDLL(path)
+    except OSError:
+        return False
+    return True
 
 
 def gl_backend() -> str | None:

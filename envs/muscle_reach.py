@@ -56,7 +56,7 @@ class MuscleReachEnv(ReachEnv):
         max_steps: int = 50,
         success_radius: float | None = None,
         hold_steps: int = 3,
-        dwell_speed: float = 0.25,
+        dwell_speed: float = 0.15,
         distance_weight: float = 1.0,
         success_bonus: float = 5.0,
         effort_weight: float = 0.05,

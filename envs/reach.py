@@ -62,7 +62,7 @@ class ReachEnv(MindloopEnv):
     OBS_KEYS: ClassVar[tuple[str, ...]] = ("image", "audio", "proprio", "touch")
     _STATE_ATTRS: ClassVar[tuple[str, ...]] = (
         "_obj_point", "_obj_q", "_obj_color", "_obj_shape", "_obj_active", "_goal", "_dwell",
-        "_prev_hand",
+        "_prev_hand", "_hold_q",
     )  # fmt: skip
 
     def __init__(

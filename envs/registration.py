@@ -18,6 +18,10 @@ NAMESPACE = "mindloop"
 _TASKS: dict[str, tuple[str, dict[str, Any]]] = {
     "MuscleReach-v0": ("envs.muscle_reach:MuscleReachEnv", {}),
     "MyoElbowReach-v0": ("envs.muscle_reach:MuscleReachEnv", {"arm": "myoelbow"}),
+    "SoundReach-v0": ("envs.sound_reach:SoundReachEnv", {}),
+    "CueRecall-v0": ("envs.cue_recall:CueRecallEnv", {}),
+    "CountAnswer-v0": ("envs.count_answer:CountAnswerEnv", {}),
+    "InstructedReach-v0": ("envs.instructed_reach:InstructedReachEnv", {}),
 }
 
 TASK_IDS: tuple[str, ...] = tuple(f"{NAMESPACE}/{name}" for name in _TASKS)

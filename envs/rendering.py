@@ -9,10 +9,31 @@ than drawing it), and must be closed explicitly: ``mujoco.Renderer`` frees its E
 
 from __future__ import annotations
 
+import atexit
+import weakref
+
 import mujoco
 import numpy as np
 
 from envs.gl import gl_context_class
+
+_LIVE: weakref.WeakSet[OffscreenRenderer] = weakref.WeakSet()
+_atexit_registered = False
+
+
+def _close_all() -> None:
+    """Free renderers their owners forgot to close, before EGL itself is torn down."""
+    for renderer in list(_LIVE):
+        renderer.close()
+
+
+def _register_atexit() -> None:
+    # atexit runs last-registered first; registering after the first GL context exists puts
+    # this hook ahead of mujoco.egl's own eglTerminate hook.
+    global _atexit_registered
+    if not _atexit_registered:
+        atexit.register(_close_all)
+        _atexit_registered = True
 
 
 class OffscreenRenderer:
@@ -60,6 +81,8 @@ class OffscreenRenderer:
             (vis.global_.offwidth, vis.global_.offheight, vis.quality.shadowsize,
              vis.quality.offsamples) = saved  # fmt: skip
         mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN, self._con)
+        _LIVE.add(self)
+        _register_atexit()
 
     @staticmethod
     def _make_camera(
@@ -103,11 +126,16 @@ class OffscreenRenderer:
     def close(self) -> None:
         """Free the GL resources now (idempotent)."""
         if self._con is not None:
+            if self._gl is not None:
+                self._gl.make_current()  # GL objects are freed in their own context
             self._con.free()
             self._con = None
         if self._gl is not None:
             self._gl.free()
             self._gl = None
+
+    def __del__(self) -> None:
+        self.close()
 
     def __enter__(self) -> OffscreenRenderer:
         return self

@@ -1,0 +1,209 @@
+"""CueRecall: remember a cue through a delay full of distractors, then reach its match."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import mujoco
+import numpy as np
+
+from envs import vocab
+from envs.audio import AudioConfig
+from envs.base import OFF_GROUP, check_choice, check_non_negative, check_positive
+from envs.reach import COLOR_RGBA, COLOR_TONE_HZ, ReachEnv
+
+CUE_MODES = ("color", "sound", "both")
+PHASES = ("cue", "delay", "reach")
+
+
+class CueRecallEnv(ReachEnv):
+    """A cue, a delay with distractors, then reach the target that matched the cue.
+
+    1. **cue** (``cue_steps``): a light above the workspace shows the cue colour (``cue`` in
+       ``"color"``/``"both"``) and/or sounds that colour's tone (``"sound"``/``"both"``; each
+       vocabulary colour has a pitch, :data:`envs.reach.COLOR_TONE_HZ`).
+    2. **delay** (``delay_steps``, 0 to 1000+): the cue is gone. Each step a distractor
+       starts with probability ``distractor_rate``: for ``distractor_steps`` a light of a
+       random colour (the cue's colour included) flashes to the left or right of the cue
+       light, with its colour's tone when the cue has sound.
+    3. **reach** (``reach_steps``): ``num_targets`` balls of different colours appear; the
+       hand must dwell on the one with the cue's colour. Dwelling on another ends the
+       episode as a failure.
+
+    **Observation**: ``image``, ``audio``, ``proprio``, ``touch`` as MuscleReach; nothing
+    tells the cue once it is gone: the agent must remember it.
+
+    **Action** ``Dict(muscles=Box(0, 1, (6,), float32))``.
+
+    **Reward**: in the reach phase as MuscleReach (distance to the matching ball, effort,
+    ``success_bonus``) plus ``-wrong_penalty`` for dwelling on a wrong ball; before it only
+    the effort term. ``info["phase"]`` names the phase, ``info["cue"]`` the cue colour.
+
+    **Termination**: success or a wrong choice. **Truncation**: after
+    ``cue_steps + delay_steps + reach_steps`` steps.
+
+    **Version history**: v0: initial version.
+    """
+
+    _STATE_ATTRS: ClassVar[tuple[str, ...]] = (
+        *ReachEnv._STATE_ATTRS, "_cue", "_distractor_left", "_distractor_color",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        *,
+        arm: str = "capsule",
+        cue: str = "both",
+        cue_steps: int = 5,
+        delay_steps: int = 20,
+        reach_steps: int = 50,
+        num_targets: int = 3,
+        distractor_rate: float = 0.1,
+        distractor_steps: int = 3,
+        tone_level: float = 0.25,
+        success_radius: float | None = None,
+        hold_steps: int = 3,
+        dwell_speed: float = 0.15,
+        distance_weight: float = 1.0,
+        success_bonus: float = 5.0,
+        effort_weight: float = 0.05,
+        wrong_penalty: float = 5.0,
+        obs_keys: Sequence[str] | None = None,
+        image_size: int = 64,
+        render_size: int = 256,
+        render_mode: str | None = None,
+        audio: AudioConfig | None = None,
+        audio_info: bool = False,
+    ) -> None:
+        check_choice("cue", cue, CUE_MODES)
+        check_positive("cue_steps", cue_steps)
+        check_non_negative("delay_steps", delay_steps)
+        check_positive("reach_steps", reach_steps)
+        if not 2 <= num_targets <= len(vocab.COLORS):
+            raise ValueError(f"num_targets must be in [2, {len(vocab.COLORS)}], got {num_targets}")
+        if not 0.0 <= distractor_rate <= 1.0:
+            raise ValueError(f"distractor_rate must be in [0, 1], got {distractor_rate}")
+        check_positive("distractor_steps", distractor_steps)
+        check_positive("tone_level", tone_level)
+        self.cue_mode = cue
+        self.cue_steps, self.delay_steps = int(cue_steps), int(delay_steps)
+        self.reach_start = self.cue_steps + self.delay_steps
+        self.distractor_rate, self.distractor_steps = float(distractor_rate), int(distractor_steps)
+        self.tone_level = float(tone_level)
+        super().__init__(
+            arm=arm,
+            num_objects=num_targets,
+            max_steps=self.reach_start + int(reach_steps),
+            success_radius=success_radius,
+            hold_steps=hold_steps,
+            dwell_speed=dwell_speed,
+            distance_weight=distance_weight,
+            success_bonus=success_bonus,
+            effort_weight=effort_weight,
+            wrong_penalty=wrong_penalty,
+            obs_keys=obs_keys,
+            image_size=image_size,
+            render_size=render_size,
+            render_mode=render_mode,
+            audio=audio,
+            audio_info=audio_info,
+        )
+
+    def _build_extras(self, spec: mujoco.MjSpec) -> None:
+        # Cue and distractor lights: visual only (no contact), placed once, shown by group.
+        r = 0.8 * self.arm.object_radius
+        for name in ("cue", "distractor"):
+            body = spec.worldbody.add_body(name=f"{name}_light", mocap=True, pos=self.arm.cue_pos)
+            body.add_geom(
+                name=f"{name}_light", type=mujoco.mjtGeom.mjGEOM_SPHERE, size=[r, 0, 0],
+                rgba=[1, 1, 1, 1], contype=0, conaffinity=0, group=OFF_GROUP,
+            )  # fmt: skip
+
+    def _setup(self) -> None:
+        super()._setup()
+        m = self.model
+        self._cue_geom = m.geom("cue_light").id
+        self._dis_geom = m.geom("distractor_light").id
+        self._dis_mocap = m.body("distractor_light").mocapid[0]
+        self._cue = 0
+        self._distractor_left = 0  # steps the current distractor still shows (0: none)
+        self._distractor_color = 0
+
+    @property
+    def phase(self) -> str:
+        t = self._step_count
+        return "cue" if t < self.cue_steps else "delay" if t < self.reach_start else "reach"
+
+    def _light(self, geom: int, color: int | None) -> None:
+        m = self.model
+        if color is None:
+            m.geom_group[geom] = OFF_GROUP
+        else:
+            m.geom_group[geom] = 0
+            m.geom_rgba[geom] = COLOR_RGBA[vocab.COLORS[color]]
+
+    def _reset_task(self, options: dict[str, Any] | None) -> None:
+        self._reset_arm()
+        self._cue = int(self.np_random.integers(len(vocab.COLORS)))
+        self._distractor_left = 0
+        self._light(self._dis_geom, None)
+        self._light(self._cue_geom, self._cue if self.cue_mode != "sound" else None)
+        self._goal = 0
+
+    def _update_phase(self) -> None:
+        """Runs after each step: switch lights, start/stop distractors, show targets."""
+        t = self._step_count
+        if t == self.cue_steps:
+            self._light(self._cue_geom, None)
+        if self.cue_steps <= t < self.reach_start:
+            if self._distractor_left > 0:
+                self._distractor_left -= 1
+            elif self.np_random.random() < self.distractor_rate:
+                self._distractor_left = self.distractor_steps
+                self._distractor_color = int(self.np_random.integers(len(vocab.COLORS)))
+                side = 1.0 if self.np_random.random() < 0.5 else -1.0
+                pos = self.arm.cue_pos + side * 0.25 * self.arm.side_axis
+                self.data.mocap_pos[self._dis_mocap] = pos
+            self._light(self._dis_geom, self._distractor_color if self._distractor_left else None)
+        if t == self.reach_start:
+            self._light(self._dis_geom, None)
+            self._distractor_left = 0
+            self._show_targets()
+
+    def _show_targets(self) -> None:
+        n = self.num_objects
+        others = [c for c in range(len(vocab.COLORS)) if c != self._cue]
+        colors = [self._cue, *self.np_random.choice(others, size=n - 1, replace=False)]
+        qs, points = self._sample_points(n, avoid=[self.hand_pos()])
+        order = self.np_random.permutation(n)  # the goal's slot is random, not always 0
+        for slot, k in enumerate(order):
+            self._show_object(slot, qs[slot], points[slot], int(colors[k]))
+        self._goal = int(np.flatnonzero(order == 0)[0])
+
+    def _task_step(self) -> tuple[float, bool, dict[str, Any]]:
+        in_reach = self._step_count > self.reach_start
+        reward, done, info = self._reach_step(goal_visible=in_reach)
+        self._update_phase()
+        info.update(phase=self.phase, cue=vocab.COLORS[self._cue])
+        return reward, done, info
+
+    def _reset_info(self) -> dict[str, Any]:
+        return {"is_success": False, "phase": self.phase, "cue": vocab.COLORS[self._cue]}
+
+    def _tones(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+        if self.cue_mode == "color":
+            return None
+        ids, pos, hz = [], [], []
+        if self._step_count < self.cue_steps:
+            ids.append(0)
+            pos.append(self.arm.cue_pos)
+            hz.append(COLOR_TONE_HZ[vocab.COLORS[self._cue]])
+        if self._distractor_left > 0:
+            ids.append(1)
+            pos.append(self.data.mocap_pos[self._dis_mocap].copy())
+            hz.append(COLOR_TONE_HZ[vocab.COLORS[self._distractor_color]])
+        if not ids:
+            return None
+        level = np.full(len(ids), self.tone_level)
+        return np.array(ids), np.array(pos), np.array(hz), level

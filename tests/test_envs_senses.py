@@ -1,0 +1,349 @@
+"""The senses carry information: impacts sound, tones are heard from their side, target
+colours are in the image, instructions name the object; plus the audio synthesis itself,
+the muscle expert's solver, the wrappers and the GL backend choice."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+import pytest
+
+import envs
+from envs import gl, vocab
+from envs.audio import AudioConfig, AudioSynth, ContactTracker
+from envs.count_answer import QUESTION
+from envs.experts import bounded_lsq
+from envs.reach import COLOR_RGBA
+from envs.wrappers import FlattenActionWrapper, MujocoSensesWrapper
+
+
+def energy(audio: np.ndarray) -> np.ndarray:
+    """Per-channel energy ``(2,)`` of a ``(2, S)`` buffer."""
+    return (audio.astype(np.float64) ** 2).sum(axis=1)
+
+
+# ---------------------------------------------------------------- hearing
+def test_impacts_make_sound_and_silence_is_exact_zero() -> None:
+    with gym.make(
+        "mindloop/CountAnswer-v0", min_events=2, max_events=2, obs_keys=("audio",)
+    ) as env:
+        obs, _ = env.reset(seed=0)
+        u = env.unwrapped
+        first_release = int(u._release_steps[:2].min())
+        loud = []
+        for t in range(1, u.watch_steps + 1):
+            obs, *_ = env.step({"text": 0})
+            e = energy(obs["audio"]).sum()
+            if t < first_release + 3:  # nothing can have landed yet (a fall takes ~11 steps)
+                assert e == 0.0, f"sound at step {t} before any ball could land"
+            loud.append(e)
+    # Two balls landed: at least two clearly audible steps.
+    assert sum(e > 1.0 for e in loud) >= 2
+
+
+def drop_energy(height: float) -> float:
+    """Total sound energy of one ball dropped from ``height`` onto a floor."""
+    model = mujoco.MjModel.from_xml_string(f"""
+        <mujoco><option timestep="0.002"/><worldbody>
+          <geom type="plane" size="2 2 .1"/><camera name="ear" pos="0 -1 0.3" xyaxes="1 0 0 0 0 1"/>
+          <body pos="0 0 {height}"><freejoint/><geom type="sphere" size="0.03" mass="0.05"/></body>
+        </worldbody></mujoco>""")
+    data = mujoco.MjData(model)
+    synth, tracker = AudioSynth(AudioConfig(), dt=0.04), ContactTracker(model)
+    rng = np.random.default_rng(0)
+    total = 0.0
+    for _ in range(30):
+        synth.begin(data.time)
+        for k in range(20):
+            mujoco.mj_step(model, data)
+            tracker.after_substep(data, (k + 1) * 0.002)
+        synth.ears.set_from_camera(data, 0)
+        synth.add_impacts(*tracker.pop_events(), rng)
+        total += energy(synth.end()).sum()
+    return total
+
+
+def test_impact_loudness_follows_the_impulse() -> None:
+    low, high = drop_energy(0.1), drop_energy(0.6)
+    assert low > 0 and high > 1.5 * low
+
+
+def sound_reach_at(side: float) -> np.ndarray:
+    """Audio of one step with SoundReach's hidden target moved to image-``side`` (-1 left)."""
+    with gym.make("mindloop/SoundReach-v0", obs_keys=("audio",)) as env:
+        env.reset(seed=0)
+        u = env.unwrapped
+        arm = u.arm
+        head = u.data.cam_xpos[u._cam_id]
+        # A reachable point well to one side: the shoulder swung toward image left or right.
+        for swing in (1.0, -1.0):
+            q = np.deg2rad([60.0 * swing, 60.0])
+            point = u._fk_point(q)
+            if np.sign((point - head) @ arm.side_axis) == side:
+                break
+        u._show_object(0, q, point, color=0, hidden=True)
+        obs, *_ = env.step({"muscles": np.zeros(6, np.float32)})
+        return obs["audio"]
+
+
+@pytest.mark.parametrize("side", [-1.0, 1.0])
+def test_tone_is_louder_and_earlier_at_the_near_ear(side: float) -> None:
+    audio = sound_reach_at(side)
+    left, right = energy(audio)
+    near, far = (left, right) if side < 0 else (right, left)
+    # The head looks down on the table, so sources are ~25 degrees off the midline: a
+    # modest but clear level difference (energy ratio ~1.3-1.7).
+    assert near > 1.15 * far, (left, right)
+    # Interaural time difference: the far ear hears the tone later. ``roll(right, lag)``
+    # matches ``left`` at ``lag = -(right ear's delay)``, within half a 440 Hz period.
+    lags = np.arange(-10, 11)
+    a, b = audio[0].astype(np.float64), audio[1].astype(np.float64)
+    xcorr = [np.dot(a[20:-20], np.roll(b, lag)[20:-20]) for lag in lags]
+    best = lags[int(np.argmax(xcorr))]
+    assert (best < 0) if side < 0 else (best > 0), best
+
+
+def test_level_and_delay_follow_the_ear_geometry() -> None:
+    cfg = AudioConfig()
+    synth = AudioSynth(cfg, dt=0.04)
+    synth.ears.set_pose(np.zeros(3), np.array([1.0, 0.0, 0.0]))  # right ear at +x
+    synth.begin(0.0)
+    synth.add_tones(np.array([0]), np.array([[2.0, 0.0, 0.0]]), np.array([500.0]), np.array([1.0]))
+    audio = synth.end()
+    left, right = np.abs(audio).max(axis=1)
+    # Straight to the right, 2 m away: the left ear is 0.18 m farther and in the head's shadow.
+    expected = (1.0 - cfg.head_shadow) * (2.0 - 0.09) / (2.0 + 0.09)
+    assert left / right == pytest.approx(expected, rel=0.02)
+    silence = AudioSynth(cfg, dt=0.04)
+    silence.begin(0.0)
+    assert not silence.end().any()
+
+
+def test_tones_are_phase_continuous_across_steps() -> None:
+    with gym.make("mindloop/SoundReach-v0", obs_keys=("audio",)) as env:
+        env.reset(seed=0)
+        a, *_ = env.step({"muscles": np.zeros(6, np.float32)})
+        b, *_ = env.step({"muscles": np.zeros(6, np.float32)})
+    joined = np.concatenate([a["audio"][0], b["audio"][0]])
+    # No click at the boundary: the jump there is like any other sample-to-sample change.
+    steps = np.abs(np.diff(joined))
+    assert steps[len(a["audio"][0]) - 1] <= 1.05 * steps.max()
+
+
+# ---------------------------------------------------------------- seeing
+def color_pixels(image: np.ndarray, color: str) -> int:
+    """Pixels whose colour points the way of ``color``'s RGB (shading changes brightness)."""
+    rgb = image.reshape(-1, 3).astype(np.float64)
+    ref = np.array(COLOR_RGBA[color][:3])
+    cos = rgb @ ref / (np.linalg.norm(rgb, axis=1) * np.linalg.norm(ref) + 1e-9)
+    return int(((cos > 0.97) & (rgb.max(axis=1) > 60)).sum())
+
+
+@pytest.mark.parametrize("color", vocab.COLORS)
+def test_target_colour_is_in_the_image(color: str) -> None:
+    with gym.make("mindloop/MuscleReach-v0", target_color=color, obs_keys=("image",)) as env:
+        for seed in range(8):  # wherever the target is, the camera sees it
+            obs, _ = env.reset(seed=seed)
+            assert color_pixels(obs["image"], color) >= 4, seed
+        env.unwrapped._hide_object(0)
+        mujoco.mj_forward(env.unwrapped.model, env.unwrapped.data)
+        assert color_pixels(env.unwrapped._observe()["image"], color) == 0
+
+
+def test_sound_target_is_invisible_but_shown_in_videos() -> None:
+    with gym.make("mindloop/SoundReach-v0", render_mode="rgb_array") as env:
+        obs, _ = env.reset(seed=0)
+        color = vocab.COLORS[int(env.unwrapped._obj_color[0])]
+        assert color_pixels(obs["image"], color) == 0
+        assert color_pixels(env.render(), color) > 0
+
+
+def test_cue_recall_shows_the_cue_then_hides_it() -> None:
+    with gym.make("mindloop/CueRecall-v0", cue="color", distractor_rate=0.0, delay_steps=10) as env:
+        obs, info = env.reset(seed=2)
+        assert color_pixels(obs["image"], info["cue"]) >= 2
+        for _ in range(env.unwrapped.cue_steps):
+            obs, _, _, _, info = env.step({"muscles": np.zeros(6, np.float32)})
+        assert info["phase"] == "delay" and color_pixels(obs["image"], info["cue"]) == 0
+
+
+# ---------------------------------------------------------------- reading
+@pytest.mark.parametrize("mode", ["both", "color", "shape"])
+def test_instruction_tokens_decode_to_the_intended_object(mode: str) -> None:
+    with gym.make("mindloop/InstructedReach-v0", instruction=mode, obs_keys=("text",)) as env:
+        for seed in range(5):
+            obs, info = env.reset(seed=seed)
+            u = env.unwrapped
+            color, shape = u.target_description()
+            words = {"both": f"{color} {shape}", "color": color, "shape": shape}[mode]
+            assert vocab.decode(obs["text"]) == f"reach the {words}" == info["text_shown"]
+            # Exactly one object fits the words, and it is the goal.
+            colors = [vocab.COLORS[c] for c in u._obj_color]
+            shapes = [vocab.SHAPES[s] for s in u._obj_shape]
+            fits = [
+                i for i in range(u.num_objects)
+                if (mode == "shape" or colors[i] == color) and (mode == "color" or shapes[i] == shape)
+            ]  # fmt: skip
+            assert fits == [u._goal]
+            geom = u._obj_geoms[u._goal][u._obj_shape[u._goal]]
+            np.testing.assert_allclose(u.model.geom_rgba[geom], COLOR_RGBA[color])
+
+
+def test_count_answer_asks_the_question_and_grades_the_answer() -> None:
+    with gym.make("mindloop/CountAnswer-v0", obs_keys=("text",)) as env:
+        obs, info = env.reset(seed=4)
+        u = env.unwrapped
+        assert not obs["text"].any()
+        for _ in range(u.watch_steps):
+            obs, _, _, _, info = env.step({"text": 0})
+        assert vocab.decode(obs["text"]) == QUESTION
+        wrong = vocab.number_token((info["count"] + 1) % (vocab.MAX_NUMBER + 1))
+        obs, reward, terminated, _, info = env.step({"text": wrong})
+        assert terminated and not info["is_success"] and reward <= 0
+        obs, info = env.reset(seed=4)
+        for _ in range(u.watch_steps):
+            env.step({"text": 0})
+        obs, reward, terminated, _, info = env.step({"text": vocab.number_token(info["count"])})
+        assert terminated and info["is_success"] and reward == 1.0
+        assert info["text_emitted"] == str(info["count"])
+
+
+# ---------------------------------------------------------------- feeling
+def test_hand_feels_the_target_under_it() -> None:
+    with gym.make("mindloop/MuscleReach-v0", obs_keys=("touch",)) as env:
+        env.reset(seed=0)
+        u = env.unwrapped
+        assert u._observe()["touch"][0] == 0.0
+        for _ in range(30):  # the expert brings the hand over the target
+            obs, _, terminated, _, info = env.step(u.expert_action())
+            if terminated:
+                break
+        assert info["is_success"] and obs["touch"][0] > 0.0
+
+
+# ---------------------------------------------------------------- muscle solver
+def test_bounded_lsq_matches_projected_gradient() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        m, n = int(rng.integers(1, 4)), int(rng.integers(2, 9))
+        a, b = rng.normal(size=(m, n)), 3 * rng.normal(size=m)
+        x = bounded_lsq(a, b, reg=1e-2)
+        h = a.T @ a
+        h += 1e-2 * np.trace(h) / n * np.eye(n)
+        g = a.T @ b
+        y = np.zeros(n)
+        step = 1.0 / np.linalg.eigvalsh(h)[-1]
+        for _ in range(5000):
+            y = np.clip(y - step * (h @ y - g), 0.0, 1.0)
+        assert (x >= 0).all() and (x <= 1).all()
+        assert 0.5 * x @ h @ x - g @ x <= 0.5 * y @ h @ y - g @ y + 1e-9
+
+
+# ---------------------------------------------------------------- wrappers
+@pytest.mark.filterwarnings("ignore:.*(infinity|different from the unwrapped).*:UserWarning")
+def test_senses_wrapper_gives_gymnasium_mujoco_envs_eyes_and_ears() -> None:
+    from gymnasium.utils.env_checker import check_env
+
+    with MujocoSensesWrapper(gym.make("Hopper-v5")) as env:
+        check_env(env, skip_render_check=True)
+        obs, _ = env.reset(seed=0)
+        assert set(obs) == {"proprio", "image", "audio"}
+        assert obs["image"].shape == (64, 64, 3) and obs["image"].std() > 5
+        assert obs["audio"].shape == (2, round(16_000 * env.unwrapped.dt))
+        env.action_space.seed(0)
+        heard = 0.0
+        for _ in range(200):  # a random hopper falls over: its body hits the floor
+            obs, _, terminated, truncated, _ = env.step(env.action_space.sample())
+            heard += energy(obs["audio"]).sum()
+            if terminated or truncated:
+                env.reset()
+        assert heard > 0.0
+    # The wrapper puts the env's own stepping back when closed.
+    assert "_step_mujoco_simulation" not in vars(env.unwrapped)
+
+
+def test_senses_wrapper_rejects_non_mujoco_envs() -> None:
+    with pytest.raises(ValueError, match="MujocoEnv"):
+        MujocoSensesWrapper(gym.make("CartPole-v1"))
+
+
+def test_flatten_wrapper() -> None:
+    with FlattenActionWrapper(gym.make("mindloop/CountAnswer-v0", obs_keys=("text",))) as env:
+        assert env.action_space == gym.spaces.Discrete(vocab.VOCAB_SIZE)
+        env.reset(seed=0)
+        env.step(0)
+    with pytest.raises(ValueError, match="exactly one key"):
+        FlattenActionWrapper(gym.make("CartPole-v1"))
+
+
+def test_sb3_ppo_runs_on_a_dict_observation_world() -> None:
+    from stable_baselines3 import PPO
+
+    with FlattenActionWrapper(gym.make(envs.DEFAULT_TASK_ID), rescale=True) as env:
+        model = PPO("MultiInputPolicy", env, n_steps=16, batch_size=16, n_epochs=1, seed=0)
+        model.learn(32)
+        action, _ = model.predict(env.reset(seed=0)[0], deterministic=True)
+        assert env.action_space.contains(action)
+
+
+def test_async_vector_env_workers_render() -> None:
+    # Workers inherit the GL choice through MUJOCO_GL (spawned: nothing GL is inherited).
+    vec = gym.make_vec(
+        envs.DEFAULT_TASK_ID, num_envs=2, vectorization_mode="async",
+        vector_kwargs={"context": "spawn"},
+    )  # fmt: skip
+    try:
+        obs, _ = vec.reset(seed=0)
+        obs, *_ = vec.step(vec.action_space.sample())
+        assert obs["image"].shape == (2, 64, 64, 3) and obs["image"].std() > 5
+    finally:
+        vec.close()
+
+
+# ---------------------------------------------------------------- GL backend
+def test_gl_backend_is_exported_for_subprocesses() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "PYOPENGL_PLATFORM")}
+    code = "import os, envs; print(os.environ['MUJOCO_GL'], envs.gl.gl_backend())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    chosen, reported = out.stdout.split()
+    assert chosen == reported and chosen in gl.HEADLESS_BACKENDS
+
+
+def test_torch_optimizer_after_rendering_does_not_crash() -> None:
+    # Regression: Triton's LLVM segfaulted when loaded after Mesa's (envs.gl.preload_triton).
+    code = (
+        "import envs, gymnasium as gym\n"
+        "env = gym.make('mindloop/MuscleReach-v0'); env.reset(seed=0); env.close()\n"
+        "import torch\n"
+        "torch.optim.Adam(torch.nn.Linear(2, 2).parameters())\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_user_mujoco_gl_is_respected(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gl, "_selected", gl._selected)
+    monkeypatch.setenv("MUJOCO_GL", "osmesa")
+    assert gl.select_gl_backend() == "osmesa"
+
+
+def test_no_working_backend_names_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gl, "_selected", None)
+    monkeypatch.setattr(gl, "_failure", None)
+    monkeypatch.delenv("MUJOCO_GL", raising=False)
+    monkeypatch.setattr(gl, "_probe", lambda backend, timeout=60.0: False)
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert gl.select_gl_backend() is None
+    with pytest.raises(RuntimeError) as err:
+        gl.gl_context_class()
+    message = str(err.value)
+    assert "\n" not in message
+    for package in ("libegl1", "libegl-mesa0", "libgl1-mesa-dri", "libosmesa6"):
+        assert package in message
