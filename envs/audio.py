@@ -18,6 +18,7 @@ exact zeros. Everything is vectorized over sources, ears and samples with numpy.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import mujoco
@@ -76,67 +77,117 @@ class AudioSynth:
 
     Per step: :meth:`begin` with the step's start time, then :meth:`add_tones` /
     :meth:`add_impacts`, then :meth:`end` returns the samples (clipped to [-1, 1]). Tones are
-    identified by a stable integer ``source_id`` so level changes ramp smoothly.
+    identified by a stable integer ``source_id``: a tone's level is ramped across a step when
+    it changes, it fades in over the step where it starts and out over the step after the
+    one where it was last added, so nothing clicks.
     """
 
     def __init__(self, config: AudioConfig, dt: float) -> None:
         self.config = config
-        self.samples_per_step = round(config.sample_rate * dt)
+        self.samples_per_step = s = round(config.sample_rate * dt)
         self.ears = Ears(config.ear_distance)
-        s = self.samples_per_step
         self._n = np.arange(s, dtype=np.float64)
+        self._basis_cache: dict[float, tuple[np.ndarray, np.ndarray]] = {}
         self._ramp = self._n / s  # (S,) 0 -> 1 across the step
         # Impacts ring for ~6 decay constants; their tails spill into the next steps.
         self._tail_len = int(6 * config.impact_decay * config.sample_rate) + 16
         self._acc = np.zeros((2, s + self._tail_len))
-        self._prev_gain: dict[int, np.ndarray] = {}
+        self._tail_steps = 0  # steps for which _acc beyond this step still holds a tail
+        self._dirty = False  # something was added to this step
+        # source id -> (gain (2,), distance (2,), Hz) of the last step it sounded in
+        self._tones: dict[int, tuple[np.ndarray, np.ndarray, float]] = {}
+        self._active: set[int] = set()
         self._t0 = 0.0
-        self._active_tones: set[int] = set()
 
     def reset(self) -> None:
         self._acc[:] = 0.0
-        self._prev_gain.clear()
+        self._tail_steps = 0
+        self._dirty = False
+        self._tones.clear()
+        self._active = set()
 
     def _ear_geometry(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per-ear distances ``(K, 2)`` and gains ``(K, 2)`` for source positions ``(K, 3)``."""
+        """Per-ear distances ``(K, 2)`` and gains ``(K, 2)`` for source positions ``(K, 3)``.
+
+        Plain Python per source: K is a handful, and numpy's per-call overhead on 3-vectors
+        would cost more than the arithmetic.
+        """
         cfg = self.config
-        rel = pos[:, None, :] - self.ears.pos[None, :, :]  # (K, 2, 3)
-        dist = np.sqrt(np.einsum("kej,kej->ke", rel, rel))  # (K, 2)
-        to_src = pos - self.ears.center  # (K, 3)
-        norm = np.sqrt(np.einsum("kj,kj->k", to_src, to_src)) + 1e-9
-        side = (to_src @ self.ears.right) / norm  # (K,) -1 = left, +1 = right
-        # Near ear full level, far ear reduced: gain = 1 - shadow * (1 -/+ side) / 2.
-        shadow = np.stack([1.0 - cfg.head_shadow * (1.0 + side) / 2.0,
-                           1.0 - cfg.head_shadow * (1.0 - side) / 2.0], axis=1)  # fmt: skip
-        gain = shadow / np.maximum(dist, cfg.min_distance)
-        return dist, gain
+        (lx, ly, lz), (rx, ry, rz) = self.ears.pos.tolist()
+        cx, cy, cz = self.ears.center.tolist()
+        ux, uy, uz = self.ears.right.tolist()
+        half, floor = 0.5 * cfg.head_shadow, cfg.min_distance
+        dist, gain = [], []
+        for x, y, z in np.asarray(pos, dtype=np.float64).reshape(-1, 3).tolist():
+            dl = math.sqrt((x - lx) ** 2 + (y - ly) ** 2 + (z - lz) ** 2)
+            dr = math.sqrt((x - rx) ** 2 + (y - ry) ** 2 + (z - rz) ** 2)
+            vx, vy, vz = x - cx, y - cy, z - cz
+            # side: -1 straight left ... +1 straight right. Near ear full level, far ear less.
+            side = (vx * ux + vy * uy + vz * uz) / (math.sqrt(vx * vx + vy * vy + vz * vz) + 1e-9)
+            dist.append((dl, dr))
+            gain.append(
+                (
+                    (1.0 - half * (1.0 + side)) / max(dl, floor),
+                    (1.0 - half * (1.0 - side)) / max(dr, floor),
+                )
+            )
+        return np.array(dist), np.array(gain)
 
     def begin(self, t0: float) -> None:
         """Start a step that begins at simulation time ``t0`` (seconds)."""
         self._t0 = t0
-        self._active_tones = set()
+        self._active = set()
+        self._dirty = False
+
+    def _basis(self, freq: float) -> tuple[np.ndarray, np.ndarray]:
+        """``(sin(w n), cos(w n))`` over the step's samples for a tone of ``freq`` Hz."""
+        basis = self._basis_cache.get(freq)
+        if basis is None:
+            w = 2.0 * np.pi * freq / self.config.sample_rate
+            basis = (np.sin(w * self._n), np.cos(w * self._n))
+            if len(self._basis_cache) < 256:
+                self._basis_cache[freq] = basis
+        return basis
+
+    def _render_tones(
+        self, dist: np.ndarray, freq: np.ndarray, g0: np.ndarray, g1: np.ndarray
+    ) -> None:
+        """Add sines ``(K,)`` Hz heard at ear distances ``(K, 2)``, level ``g0 -> g1``."""
+        c = self.config.speed_of_sound
+        head = self._acc[:, : self.samples_per_step]  # (2, S)
+        for k, f in enumerate(freq.tolist()):
+            sin_n, cos_n = self._basis(f)
+            # Each ear hears the wave emitted dist/c earlier, evaluated at absolute time so
+            # the phase continues exactly from the previous step:
+            # sin(phi + w n) = sin(phi) cos(w n) + cos(phi) sin(w n).
+            phi = [2.0 * np.pi * f * (self._t0 - d / c) for d in dist[k].tolist()]
+            cos_phi = np.array([math.cos(p) for p in phi])
+            sin_phi = np.array([math.sin(p) for p in phi])
+            if g0[k].tolist() == g1[k].tolist():  # steady level: fold it into the weights
+                head += np.outer(g1[k] * cos_phi, sin_n)
+                head += np.outer(g1[k] * sin_phi, cos_n)
+            else:
+                wave = np.outer(cos_phi, sin_n) + np.outer(sin_phi, cos_n)  # (2, S)
+                wave *= g0[k][:, None] + (g1[k] - g0[k])[:, None] * self._ramp
+                head += wave
+        self._dirty = True
 
     def add_tones(
         self, source_ids: np.ndarray, pos: np.ndarray, freq: np.ndarray, level: np.ndarray
     ) -> None:
         """Tones ``(K,)`` ids, ``(K, 3)`` positions, ``(K,)`` Hz, ``(K,)`` amplitude at 1 m."""
-        if len(source_ids) == 0:
+        ids = [int(i) for i in source_ids]
+        if not ids:
             return
-        s = self.samples_per_step
-        dist, gain = self._ear_geometry(np.asarray(pos, dtype=np.float64))
-        gain = gain * np.asarray(level, dtype=np.float64)[:, None]  # (K, 2)
-        prev = np.stack(
-            [self._prev_gain.get(int(i), g) for i, g in zip(source_ids, gain, strict=True)]
-        )
-        for i, g in zip(source_ids, gain, strict=True):
-            self._prev_gain[int(i)] = g
-            self._active_tones.add(int(i))
-        # Time each sample left the source, per ear: (K, 2, S).
-        t = self._t0 + self._n / self.config.sample_rate
-        t_emit = t[None, None, :] - (dist / self.config.speed_of_sound)[:, :, None]
-        wave = np.sin(2.0 * np.pi * np.asarray(freq, dtype=np.float64)[:, None, None] * t_emit)
-        ramp = prev[:, :, None] + (gain - prev)[:, :, None] * self._ramp  # (K, 2, S)
-        self._acc[:, :s] += np.einsum("kes,kes->es", wave, ramp)
+        freq = np.asarray(freq, dtype=np.float64)
+        dist, gain = self._ear_geometry(np.asarray(pos, dtype=np.float64).reshape(-1, 3))
+        gain *= np.asarray(level, dtype=np.float64)[:, None]
+        silent = np.zeros(2)
+        prev = np.array([self._tones[i][0] if i in self._tones else silent for i in ids])
+        self._render_tones(dist, freq, prev, gain)
+        for k, i in enumerate(ids):
+            self._tones[i] = (gain[k], dist[k], float(freq[k]))
+            self._active.add(i)
 
     def add_impacts(
         self,
@@ -163,26 +214,38 @@ class AudioSynth:
         ring = np.sin(2.0 * np.pi * freq[:, None] * tau[None, :])  # (K, L)
         shape = (ring + noise) * env  # (K, L)
         # Integer sample onset per ear: when the impact happened plus the travel time.
-        onset = np.rint((t_offset[:, None] + dist / cfg.speed_of_sound) * cfg.sample_rate).astype(
-            int
-        )
+        travel = t_offset[:, None] + dist / cfg.speed_of_sound  # (K, 2)
+        onset = np.rint(travel * cfg.sample_rate).astype(int)
         limit = self._acc.shape[1]
         for k in range(len(impulse)):
             for e in range(2):
                 start = min(int(onset[k, e]), limit)
                 stop = min(start + length, limit)
                 self._acc[e, start:stop] += amp[k, e] * shape[k, : stop - start]
+        self._dirty = True
+        self._tail_steps = -(-self._acc.shape[1] // self.samples_per_step)  # ceil
 
     def end(self) -> np.ndarray:
         """The step's ``(2, S)`` float32 samples; shifts impact tails to the next step."""
         s = self.samples_per_step
-        out = np.clip(self._acc[:, :s], -1.0, 1.0).astype(np.float32)
-        self._acc[:, :-s] = self._acc[:, s:]
-        self._acc[:, -s:] = 0.0
-        # Tones that stopped sounding restart from silence (ramp up) when they come back.
-        for i in list(self._prev_gain):
-            if i not in self._active_tones:
-                del self._prev_gain[i]
+        gone = [i for i in self._tones if i not in self._active]
+        if gone:  # tones that stopped fade out over this step
+            g0 = np.array([self._tones[i][0] for i in gone])
+            dist = np.array([self._tones[i][1] for i in gone])
+            freq = np.array([self._tones[i][2] for i in gone])
+            self._render_tones(dist, freq, g0, np.zeros_like(g0))
+            for i in gone:
+                del self._tones[i]
+        if not self._dirty and self._tail_steps == 0:
+            return np.zeros((2, s), dtype=np.float32)  # silence: exact zeros
+        out = self._acc[:, :s].astype(np.float32)
+        np.clip(out, -1.0, 1.0, out=out)
+        if self._tail_steps > 0:
+            self._acc[:, :-s] = self._acc[:, s:]
+            self._acc[:, -s:] = 0.0
+            self._tail_steps -= 1
+        else:
+            self._acc[:, :s] = 0.0
         return out
 
 

@@ -110,6 +110,11 @@ class MindloopEnv(gym.Env[Obs, Action]):
         self.dt = self.model.opt.timestep * self.frame_skip
         self.metadata = {**self.metadata, "render_fps": round(1.0 / self.dt)}
         self._cam_id = self.model.camera(camera).id
+        # A camera fixed to the world never moves: place the ears once per episode.
+        self._cam_static = bool(
+            self.model.cam_bodyid[self._cam_id] == 0
+            and self.model.cam_mode[self._cam_id] == mujoco.mjtCamLight.mjCAMLIGHT_FIXED
+        )
 
         # Audio is synthesized when observed or asked for in info (for videos).
         self.audio_config = audio or AudioConfig()
@@ -198,6 +203,7 @@ class MindloopEnv(gym.Env[Obs, Action]):
         self._contacts.reset()
         self._contacts.prime(self.data)
         self._synth.reset()
+        self._synth.ears.set_from_camera(self.data, self._cam_id)
         # The first audio frame is the sound of the moment before t=0: tones, no impacts.
         if self._audio_on:
             self._synth.begin(self.data.time - self.dt)
@@ -249,7 +255,8 @@ class MindloopEnv(gym.Env[Obs, Action]):
 
     def _make_audio(self) -> np.ndarray:
         synth = self._synth
-        synth.ears.set_from_camera(self.data, self._cam_id)
+        if not self._cam_static:
+            synth.ears.set_from_camera(self.data, self._cam_id)
         tones = self._tones()
         if tones is not None:
             synth.add_tones(*tones)
@@ -349,3 +356,4 @@ class MindloopEnv(gym.Env[Obs, Action]):
         mujoco.mj_forward(m, d)
         self._contacts.reset()
         self._contacts.prime(d)
+        self._synth.ears.set_from_camera(d, self._cam_id)
