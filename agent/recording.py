@@ -1,0 +1,578 @@
+"""Episode records: what an agent saw, did, thought and heard, step by step, as Minari datasets.
+
+One format for both uses: evaluation records (``eval.py --record DIR``) and the expert
+demonstrations behaviour cloning learns from (:mod:`agent.datasets`). A record is a
+`Minari <https://minari.farama.org>`_ dataset (HDF5, JSON metadata; nothing is pickled),
+readable with ``minari.MinariDataset(path / "data")`` by anyone, and with
+:func:`read_records` here. Images are stored raw (``jpeg_encoding=False``): lossless, so a
+round trip gives back the exact observations.
+
+Layout of one Minari episode (T steps; Minari's own fields first):
+
+* ``observations`` ``(T+1, ...)`` per key, ``actions`` ``(T, ...)`` per key, ``rewards``,
+  ``terminations``, ``truncations`` ``(T,)``;
+* ``infos`` (all ``(T+1, ...)``, entry ``t`` belongs to frame ``t``, i.e. after reset for
+  ``t = 0`` and after step ``t - 1`` otherwise):
+
+  - ``state/<name>``: the env's ``get_state()`` (MuJoCo integration state, per-episode
+    colours, task variables) for replay without the model; a value whose shape changes
+    during the episode is zero-padded and its true shapes kept in ``state_shape/<name>``;
+  - ``audio`` ``(T+1, 2, S)``: the sound of each control step (only when ``audio`` is not
+    already an observation);
+  - ``text_shown``: the instruction/question on screen; ``is_success``;
+  - ``agent/think_steps``, ``agent/text_emitted`` and ``agent/memory/<stat>``: the decision
+    made *at* frame ``t`` (the last frame has none: -1, "" and 0).
+
+* per-episode attributes: ``seed``, ``success``, ``return``, ``length``.
+* dataset metadata (``metadata.json``): Minari's fields plus ``mindloop`` =
+  ``{"format": "mindloop.episodes", "version": 1, "env_id", "env_kwargs", "policy",
+  "audio_sample_rate", "dt", ...}``, which is how :func:`read_records` knows a mindloop record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+RECORD_FORMAT = "mindloop.episodes"
+RECORD_VERSION = 1
+_PROJECT_URL = "https://github.com/mindloop/mindloop"
+
+StateDict = dict[str, np.ndarray]
+
+
+@dataclass
+class EpisodeRecord:
+    """One episode of ``T`` steps, in memory. Arrays are stacked over time."""
+
+    env_id: str
+    env_kwargs: dict[str, Any]
+    """Constructor arguments the env was made with (JSON-like), to rebuild it for replay."""
+    seed: int | None
+    observations: dict[str, np.ndarray]
+    """Per key ``(T+1, ...)``: after reset, then after every step."""
+    actions: dict[str, np.ndarray]
+    """Per key ``(T, ...)``."""
+    rewards: np.ndarray
+    """``(T,)`` float64."""
+    terminations: np.ndarray
+    """``(T,)`` bool."""
+    truncations: np.ndarray
+    """``(T,)`` bool."""
+    is_success: np.ndarray
+    """``(T+1,)`` bool: ``info["is_success"]`` at each frame."""
+    text_shown: list[str]
+    """``T+1`` strings: the instruction or question on screen at each frame ("" if none)."""
+    states: list[StateDict] | None = None
+    """``T+1`` ``get_state()`` snapshots (for replay), or ``None`` if not recorded."""
+    audio: np.ndarray | None = None
+    """``(T+1, 2, S)`` float32 stereo sound of each frame's control step, or ``None``."""
+    think_steps: np.ndarray | None = None
+    """``(T,)`` int: think steps the agent took at each frame (``None``: not a thinking agent)."""
+    text_emitted: list[str] = field(default_factory=list)
+    """``T`` words the agent said at each frame ("" = silence); empty if it cannot speak."""
+    memory: dict[str, np.ndarray] = field(default_factory=dict)
+    """Per memory stat ``(T,)``: calls this frame (``set``, ``get``, ``hit``, ``evicted``) and
+    the store after it (``occupancy`` items, ``store_bytes``)."""
+    audio_sample_rate: int | None = None
+    dt: float | None = None
+    """Seconds per control step (frame)."""
+
+    @property
+    def length(self) -> int:
+        return len(self.rewards)
+
+    @property
+    def success(self) -> bool:
+        return bool(self.is_success[-1])
+
+    @property
+    def episode_return(self) -> float:
+        return float(np.sum(self.rewards))
+
+    def frame_audio(self, t: int) -> np.ndarray | None:
+        """``(2, S)`` sound of frame ``t`` (from ``audio`` or the ``audio`` observation)."""
+        if self.audio is not None:
+            return self.audio[t]
+        if "audio" in self.observations:
+            return self.observations["audio"][t]
+        return None
+
+
+class EpisodeRecorder:
+    """Builds an :class:`EpisodeRecord` one step at a time (used by the evaluation loop)."""
+
+    def __init__(
+        self,
+        env_id: str,
+        env_kwargs: dict[str, Any],
+        seed: int | None,
+        *,
+        audio_sample_rate: int | None = None,
+        dt: float | None = None,
+    ) -> None:
+        self.env_id, self.env_kwargs, self.seed = env_id, dict(env_kwargs), seed
+        self.audio_sample_rate, self.dt = audio_sample_rate, dt
+        self._obs: list[dict[str, np.ndarray]] = []
+        self._actions: list[dict[str, np.ndarray]] = []
+        self._rewards: list[float] = []
+        self._term: list[bool] = []
+        self._trunc: list[bool] = []
+        self._success: list[bool] = []
+        self._text_shown: list[str] = []
+        self._states: list[StateDict] = []
+        self._audio: list[np.ndarray] = []
+        self._think: list[int] = []
+        self._said: list[str] = []
+        self._memory: list[dict[str, float]] = []
+
+    def frame(
+        self,
+        obs: dict[str, np.ndarray],
+        *,
+        is_success: bool,
+        text_shown: str = "",
+        state: StateDict | None = None,
+        audio: np.ndarray | None = None,
+    ) -> None:
+        """What the env showed after reset (the first call) or after a step."""
+        self._obs.append({k: np.array(v, copy=True) for k, v in obs.items()})
+        self._success.append(bool(is_success))
+        self._text_shown.append(str(text_shown))
+        if state is not None:
+            self._states.append({k: np.array(v, copy=True) for k, v in state.items()})
+        if audio is not None:
+            self._audio.append(np.array(audio, dtype=np.float32, copy=True))
+
+    def step(
+        self,
+        action: dict[str, np.ndarray],
+        reward: float,
+        terminated: bool,
+        truncated: bool,
+        *,
+        think_steps: int | None = None,
+        text_emitted: str | None = None,
+        memory: dict[str, float] | None = None,
+    ) -> None:
+        """The decision taken on the last frame and the step's outcome (then call ``frame``)."""
+        self._actions.append({k: np.array(v, copy=True) for k, v in action.items()})
+        self._rewards.append(float(reward))
+        self._term.append(bool(terminated))
+        self._trunc.append(bool(truncated))
+        if think_steps is not None:
+            self._think.append(int(think_steps))
+        if text_emitted is not None:
+            self._said.append(text_emitted)
+        if memory:
+            self._memory.append(dict(memory))
+
+    def finish(self) -> EpisodeRecord:
+        """The finished record (frames must be one more than steps)."""
+        t = len(self._rewards)
+        if len(self._obs) != t + 1:
+            raise RuntimeError(
+                f"an episode of {t} steps needs {t + 1} frames, got {len(self._obs)}"
+            )
+        return EpisodeRecord(
+            env_id=self.env_id,
+            env_kwargs=self.env_kwargs,
+            seed=self.seed,
+            observations=_stack_dicts(self._obs),
+            actions=_stack_dicts(self._actions),
+            rewards=np.asarray(self._rewards, dtype=np.float64),
+            terminations=np.asarray(self._term, dtype=bool),
+            truncations=np.asarray(self._trunc, dtype=bool),
+            is_success=np.asarray(self._success, dtype=bool),
+            text_shown=list(self._text_shown),
+            states=list(self._states) if len(self._states) == t + 1 else None,
+            audio=np.stack(self._audio) if len(self._audio) == t + 1 else None,
+            think_steps=np.asarray(self._think, dtype=np.int64) if len(self._think) == t else None,
+            text_emitted=list(self._said) if len(self._said) == t else [],
+            memory=(
+                {k: np.asarray([m.get(k, 0.0) for m in self._memory]) for k in self._memory[0]}
+                if len(self._memory) == t and t > 0
+                else {}
+            ),
+            audio_sample_rate=self.audio_sample_rate,
+            dt=self.dt,
+        )
+
+
+def _stack_dicts(items: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    if not items:
+        return {}
+    return {k: np.stack([np.asarray(it[k]) for it in items]) for k in items[0]}
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def write_records(
+    path: str | os.PathLike,
+    records: Sequence[EpisodeRecord],
+    observation_space: gym.spaces.Space,
+    action_space: gym.spaces.Space,
+    *,
+    dataset_id: str | None = None,
+    policy: str = "",
+    description: str | None = None,
+    extra_metadata: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``records`` as one Minari dataset at ``path`` (a directory); returns ``path``.
+
+    The dataset is built in a temporary directory next to ``path`` and moved into place with
+    ``os.replace``, so ``path`` is either the complete old dataset or the complete new one.
+    ``dataset_id`` (Minari's ``namespace/name-vN``) defaults to
+    ``mindloop/<Task>/<policy>-v0``; with ``MINARI_DATASETS_PATH`` pointing at a root and
+    ``path = root / dataset_id``, ``minari.load_dataset(dataset_id)`` finds it too.
+    """
+    import minari
+
+    if not records:
+        raise ValueError("no episodes to write: records is empty")
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise ValueError(f"{path} already exists; choose another path or pass overwrite=True")
+    first = records[0]
+    for r in records[1:]:
+        if (r.env_id, r.env_kwargs) != (first.env_id, first.env_kwargs):
+            raise ValueError(
+                f"all records of a dataset must come from one env; got {first.env_id!r} "
+                f"{first.env_kwargs} and {r.env_id!r} {r.env_kwargs}"
+            )
+    dataset_id = dataset_id or default_dataset_id(first.env_id, policy or "episodes")
+    _check_json("env_kwargs", first.env_kwargs)
+    meta = {
+        "format": RECORD_FORMAT,
+        "version": RECORD_VERSION,
+        "env_id": first.env_id,
+        "env_kwargs": first.env_kwargs,
+        "policy": policy,
+        "audio_sample_rate": first.audio_sample_rate,
+        "dt": first.dt,
+        "has_states": all(r.states is not None for r in records),
+        **(extra_metadata or {}),
+    }
+    _check_json("extra_metadata", meta)
+    buffers = [_to_buffer(i, r) for i, r in enumerate(records)]
+    spec = _env_spec(first.env_id, first.env_kwargs)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_root = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        with _minari_root(tmp_root), warnings.catch_warnings():
+            # Minari warns about every optional metadata field left empty (author e-mail...).
+            warnings.filterwarnings("ignore", category=UserWarning, module="minari")
+            dataset = minari.create_dataset_from_buffers(
+                dataset_id,
+                buffers,
+                env=spec,
+                eval_env=spec,
+                algorithm_name=policy or None,
+                author="mindloop",
+                code_permalink=_PROJECT_URL,
+                observation_space=observation_space,
+                action_space=action_space,
+                description=description or f"mindloop episodes of {first.env_id} ({policy})",
+                jpeg_encoding=False,  # lossless: a round trip gives the exact images back
+            )
+            dataset.storage.update_metadata({"mindloop": meta})
+            dataset.storage.update_episode_metadata(
+                [
+                    {"success": r.success, "return": r.episode_return, "length": r.length}
+                    for r in records
+                ]
+            )
+        built = tmp_root / dataset_id
+        if path.exists():  # overwrite: move the old dataset aside, then the new one in
+            os.replace(path, tmp_root / "replaced")
+        os.replace(built, path)
+    finally:
+        shutil.rmtree(tmp_root, ignore_errors=True)
+    return path
+
+
+def default_dataset_id(env_id: str, kind: str) -> str:
+    """``mindloop/MuscleReach/expert-v0`` for ``mindloop/MuscleReach-v0`` and ``expert``."""
+    name = env_id.split("/")[-1].split(":")[-1]
+    task = name.rsplit("-v", 1)[0] if "-v" in name else name
+    kind = "".join(c if c.isalnum() or c in "_." else "_" for c in kind) or "episodes"
+    return f"mindloop/{task}/{kind}-v0"
+
+
+@contextlib.contextmanager
+def _minari_root(root: Path) -> Iterator[None]:
+    """Point Minari's dataset root at ``root`` for the duration (nothing goes to ``~``)."""
+    old = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(root)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("MINARI_DATASETS_PATH", None)
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = old
+
+
+def _env_spec(env_id: str, env_kwargs: dict[str, Any]) -> gym.envs.registration.EnvSpec | None:
+    """The registered spec with these kwargs (Minari stores it to recover the env)."""
+    if env_id not in gym.registry:
+        return None
+    spec = gym.spec(env_id)
+    return dataclasses.replace(spec, kwargs={**spec.kwargs, **env_kwargs})
+
+
+def _check_json(name: str, value: Any) -> None:
+    try:
+        json.dumps(value)
+    except TypeError as e:
+        raise ValueError(f"{name} must be JSON-serializable to be recorded ({e})") from None
+
+
+def _to_buffer(index: int, r: EpisodeRecord) -> Any:
+    from minari.data_collector import EpisodeBuffer
+
+    n = r.length + 1  # infos have one entry per frame
+    infos: dict[str, Any] = {
+        "is_success": r.is_success.astype(bool),
+        "text_shown": list(r.text_shown),
+    }
+    if r.states is not None:
+        values, shapes = _pack_states(r.states)
+        infos["state"] = _nest(values)
+        if shapes:
+            infos["state_shape"] = _nest(shapes)
+    if r.audio is not None and "audio" not in r.observations:
+        infos["audio"] = r.audio.astype(np.float32)
+    agent: dict[str, Any] = {}
+    if r.think_steps is not None:
+        agent["think_steps"] = np.append(r.think_steps, -1).astype(np.int64)
+    if r.text_emitted:
+        agent["text_emitted"] = [*r.text_emitted, ""]
+    if r.memory:
+        agent["memory"] = {k: np.append(v, 0.0).astype(np.float64) for k, v in r.memory.items()}
+    if agent:
+        infos["agent"] = agent
+    for key, value in _flatten(infos).items():
+        if len(value) != n:
+            raise RuntimeError(f"info {key!r} has {len(value)} entries, expected {n}")
+    return EpisodeBuffer(
+        id=index,
+        seed=r.seed,
+        observations=_space_value(r.observations),
+        actions=_space_value(r.actions),
+        rewards=r.rewards.tolist(),
+        terminations=r.terminations.tolist(),
+        truncations=r.truncations.tolist(),
+        infos=infos,
+    )
+
+
+def _pack_states(states: list[StateDict]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Stack ``get_state()`` snapshots over time: ``(T+1, ...)`` per key. A key whose shape
+    changes during the episode (e.g. an answer growing token by token) is zero-padded to
+    its largest shape; its true shapes go to the second dict as ``(T+1, ndim)``."""
+    values, shapes = {}, {}
+    for key in states[0]:
+        arrays = [np.asarray(s[key]) for s in states]
+        dims = {a.shape for a in arrays}
+        if len(dims) == 1:
+            values[key] = np.stack(arrays)
+            continue
+        ndim = arrays[0].ndim
+        big = tuple(max(a.shape[d] for a in arrays) for d in range(ndim))
+        out = np.zeros((len(arrays), *big), dtype=arrays[0].dtype)
+        for i, a in enumerate(arrays):
+            out[(i, *(slice(0, s) for s in a.shape))] = a
+        values[key] = out
+        shapes[key] = np.array([a.shape for a in arrays], dtype=np.int64).reshape(len(arrays), ndim)
+    return values, shapes
+
+
+def _unpack_states(
+    values: dict[str, np.ndarray], shapes: dict[str, np.ndarray], n: int
+) -> list[StateDict]:
+    out: list[StateDict] = []
+    for t in range(n):
+        snap = {}
+        for key, v in values.items():
+            if key in shapes:
+                snap[key] = v[(t, *(slice(0, int(s)) for s in shapes[key][t]))].copy()
+            else:
+                snap[key] = v[t]
+        out.append(snap)
+    return out
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    """``{"task/_goal": x}`` -> ``{"task": {"_goal": x}}``: HDF5 groups, as the names say."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = out
+        *parents, leaf = key.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def _flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in nested.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, name + "/"))
+        else:
+            out[name] = value
+    return out
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def open_dataset(path: str | os.PathLike) -> Any:
+    """The ``minari.MinariDataset`` at ``path`` (the dataset directory or its ``data/``);
+    a one-line ``ValueError`` if there is none."""
+    import minari
+
+    data = _data_dir(path)
+    try:
+        return minari.MinariDataset(data)
+    except (ValueError, KeyError, OSError) as e:
+        raise ValueError(f"{path} is not a readable Minari dataset ({e})") from None
+
+
+def record_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``mindloop`` metadata of the record at ``path``; a one-line ``ValueError`` if
+    ``path`` is not a mindloop record."""
+    data = _data_dir(path)
+    with open(data / "metadata.json") as f:
+        meta = json.load(f)
+    mind = meta.get("mindloop")
+    if not isinstance(mind, dict) or mind.get("format") != RECORD_FORMAT:
+        raise ValueError(
+            f"{path} is a Minari dataset but not a mindloop record (no 'mindloop' metadata); "
+            "record episodes with `python eval.py --record DIR`"
+        )
+    if int(mind.get("version", 0)) > RECORD_VERSION:
+        raise ValueError(
+            f"{path} is a mindloop record of version {mind['version']}, newer than this "
+            f"mindloop reads ({RECORD_VERSION}); upgrade mindloop"
+        )
+    return mind
+
+
+def _data_dir(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise ValueError(f"record {p} does not exist")
+    for candidate in (p, p / "data"):
+        if (candidate / "metadata.json").is_file():
+            return candidate
+    raise ValueError(
+        f"{p} is not a Minari dataset (no metadata.json in it or in {p / 'data'}); "
+        "give the directory written by `eval.py --record` or `collect_expert_dataset`"
+    )
+
+
+def num_episodes(path: str | os.PathLike) -> int:
+    record_metadata(path)
+    return int(open_dataset(path).total_episodes)
+
+
+def read_records(
+    path: str | os.PathLike, episodes: Sequence[int] | None = None
+) -> list[EpisodeRecord]:
+    """Read mindloop records (all episodes, or those indexed by ``episodes``)."""
+    meta = record_metadata(path)
+    dataset = open_dataset(path)
+    total = dataset.total_episodes
+    indices = list(range(total)) if episodes is None else [int(i) for i in episodes]
+    for i in indices:
+        if not 0 <= i < total:
+            raise ValueError(f"episode {i} is not in {path}: it has episodes 0..{total - 1}")
+    storage = dataset.storage
+    seeds = [m.get("seed") for m in storage.get_episode_metadata(indices)]
+    episodes_data = dataset.iterate_episodes(indices)
+    return [_from_episode(ep, meta, s) for s, ep in zip(seeds, episodes_data, strict=True)]
+
+
+def _from_episode(ep: Any, meta: dict[str, Any], seed: Any) -> EpisodeRecord:
+    infos = _flatten(ep.infos or {})
+    n = len(ep.rewards) + 1
+    state_values = {k[len("state/") :]: v for k, v in infos.items() if k.startswith("state/")}
+    state_shapes = {
+        k[len("state_shape/") :]: v for k, v in infos.items() if k.startswith("state_shape/")
+    }
+    memory = {
+        k[len("agent/memory/") :]: np.asarray(v)[:-1]
+        for k, v in infos.items()
+        if k.startswith("agent/memory/")
+    }
+    think = infos.get("agent/think_steps")
+    said = infos.get("agent/text_emitted")
+    return EpisodeRecord(
+        env_id=meta["env_id"],
+        env_kwargs=dict(meta.get("env_kwargs") or {}),
+        seed=None if seed is None else int(seed),
+        observations=_as_dict(ep.observations),
+        actions=_as_dict(ep.actions),
+        rewards=np.asarray(ep.rewards, dtype=np.float64),
+        terminations=np.asarray(ep.terminations, dtype=bool),
+        truncations=np.asarray(ep.truncations, dtype=bool),
+        is_success=np.asarray(infos.get("is_success", np.zeros(n)), dtype=bool),
+        text_shown=_strings(infos.get("text_shown"), n),
+        states=_unpack_states(state_values, state_shapes, n) if state_values else None,
+        audio=np.asarray(infos["audio"], dtype=np.float32) if "audio" in infos else None,
+        think_steps=None if think is None else np.asarray(think, dtype=np.int64)[:-1],
+        text_emitted=[] if said is None else _strings(said, n)[:-1],
+        memory=memory,
+        audio_sample_rate=meta.get("audio_sample_rate"),
+        dt=meta.get("dt"),
+    )
+
+
+def _space_value(value: dict[str, np.ndarray]) -> Any:
+    """A record's per-key arrays as Minari wants them: a dict for a ``Dict`` space, the bare
+    array for any other space (held under the key "")."""
+    return value[""] if set(value) == {""} else dict(value)
+
+
+def _as_dict(value: Any) -> dict[str, np.ndarray]:
+    """Minari gives Dict spaces as dicts and other spaces as bare arrays (key "")."""
+    if isinstance(value, dict):
+        return {k: np.asarray(v) for k, v in value.items()}
+    return {"": np.asarray(value)}
+
+
+def _strings(value: Any, n: int) -> list[str]:
+    if value is None:
+        return [""] * n
+    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in value]
+
+
+__all__ = [
+    "RECORD_FORMAT",
+    "EpisodeRecord",
+    "EpisodeRecorder",
+    "default_dataset_id",
+    "num_episodes",
+    "open_dataset",
+    "read_records",
+    "record_metadata",
+    "write_records",
+]

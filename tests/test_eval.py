@@ -1,0 +1,261 @@
+"""agent.evaluation and eval.py: numbers match hand-computed rollouts, bad input fails in one line."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import envs  # noqa: F401  (registers the mindloop/ ids)
+from agent.evaluation import (
+    POLICIES,
+    AgentPolicy,
+    EvalPolicy,
+    evaluate,
+    make_eval_env,
+    make_policy,
+)
+
+REACH = "mindloop/MuscleReach-v0"
+# A fast body-only variant for agents: no image, so no CNN and no rendering per step.
+BODY_ONLY = {"obs_keys": ["proprio", "touch"], "max_steps": 8}
+
+
+def tiny_agent(env_id: str = REACH, env_kwargs: dict | None = None, memory: bool = True):
+    """A small MindloopAgent (GRU 32, k_max 2, optional two-tier memory) for env_id."""
+    from agent.agent import MindloopAgent
+    from agent.config import AgentConfig
+    from agent.cores import CoreConfig
+    from agent.memory import MemoryConfig
+    from agent.think import ThinkConfig
+    from encoders.fusion import FusedEncoderConfig
+
+    torch.manual_seed(0)
+    env = gym.make(env_id, **(env_kwargs or {}))
+    config = AgentConfig(
+        encoders=FusedEncoderConfig(embed_dim=32),
+        core=CoreConfig(hidden_dim=32),
+        think=ThinkConfig(k_max=2),
+        # Even op logits: the untrained agent calls set and get often, so stats are non-zero.
+        memory=MemoryConfig(
+            slot_dim=16, code_dim=8, key_dim=8, capacity=4, op_init_logits=(0.0, 0.0, 0.0)
+        ),
+        use_memory=memory,
+    )
+    agent = MindloopAgent(env.observation_space, env.action_space, config)
+    env.close()
+    return agent, config
+
+
+def hand_rollout(env_id: str, seed: int, choose, env_kwargs: dict | None = None):
+    """(return, length, success) of one episode in a plain env, actions from choose(env)."""
+    env = gym.make(env_id, **(env_kwargs or {}))
+    env.reset(seed=seed)
+    total, steps, done, info = 0.0, 0, False, {}
+    while not done:
+        _, reward, terminated, truncated, info = env.step(choose(env))
+        total += reward
+        steps += 1
+        done = terminated or truncated
+    env.close()
+    return total, steps, bool(info["is_success"])
+
+
+def test_registry_has_expert_and_random():
+    assert {"expert", "random"} <= set(POLICIES.names())
+    for name in ("expert", "random"):
+        assert isinstance(make_policy(name), EvalPolicy)
+    with pytest.raises(ValueError, match=r"unknown policy 'nope'; available: expert, random"):
+        make_policy("nope")
+
+
+@pytest.mark.parametrize("num_envs", [1, 2])
+def test_expert_matches_hand_rollout(num_envs):
+    """Episode k runs on seed + k whatever the number of envs; the numbers are the env's."""
+    result = evaluate(make_policy("expert"), REACH, episodes=3, seed=5, num_envs=num_envs)
+    assert [e.seed for e in result.episodes] == [5, 6, 7]
+    for e in result.episodes:
+        ret, length, success = hand_rollout(
+            REACH, e.seed, lambda env: env.unwrapped.expert_action()
+        )
+        assert e.length == length
+        assert e.success == success
+        assert e.episode_return == pytest.approx(ret, abs=1e-9)
+    summary = result.summary()
+    assert summary["success_rate"] == np.mean([e.success for e in result.episodes])
+    assert summary["length_mean"] == np.mean([e.length for e in result.episodes])
+    assert summary["env_steps"] == sum(e.length for e in result.episodes)
+
+
+def test_random_matches_hand_rollout():
+    """The random policy samples a seeded copy of the single action space, once per frame."""
+    env_id, kwargs = "mindloop/CountAnswer-v0", {"obs_keys": ["text"]}
+    result = evaluate(make_policy("random"), env_id, episodes=2, seed=7, env_kwargs=kwargs)
+    space = copy.deepcopy(gym.make(env_id, **kwargs).action_space)
+    space.seed(7)
+    for e in result.episodes:  # episodes run one after the other in one env: one RNG stream
+        ret, length, success = hand_rollout(env_id, e.seed, lambda env: space.sample(), kwargs)
+        assert (e.episode_return, e.length, e.success) == (pytest.approx(ret), length, success)
+    # A random speaker says something; its words are reported.
+    assert all(e.said for e in result.episodes)
+
+
+def test_agent_think_and_memory_match_hand_rollout():
+    """Think steps per frame and memory calls equal what the agent's StepInfo said."""
+    agent, _ = tiny_agent(env_kwargs=BODY_ONLY)
+    result = evaluate(
+        AgentPolicy(agent, deterministic=True), REACH, episodes=2, seed=1, env_kwargs=BODY_ONLY
+    )
+    for e in result.episodes:
+        env = gym.make(REACH, **BODY_ONLY)
+        obs, _ = env.reset(seed=e.seed)
+        state, start, done = agent.initial_state(1), True, False
+        think, sets, gets, ret = [], 0.0, 0.0, 0.0
+        while not done:
+            batch = {k: v[None] for k, v in obs.items()}
+            actions, state, info = agent.act(batch, state, torch.tensor([start]), True)
+            think.append(int(info.think_steps[0]))
+            sets += float(info.memory_stats["set"][0].sum())
+            gets += float(info.memory_stats["get"][0].sum())
+            obs, reward, terminated, truncated, _ = env.step({k: v[0] for k, v in actions.items()})
+            ret += reward
+            start, done = False, terminated or truncated
+        env.close()
+        assert e.think_steps == think
+        assert e.memory["set"] == sets and e.memory["get"] == gets
+        assert e.episode_return == pytest.approx(ret, abs=1e-6)
+        assert 0 <= e.memory["max_occupancy"] <= 4  # capacity
+    s = result.summary()
+    all_think = [k for e in result.episodes for k in e.think_steps]
+    assert s["think_steps_mean"] == pytest.approx(np.mean(all_think))
+    assert sum(s["think_steps_hist"]) == len(all_think)
+    assert s["memory_set_per_episode"] == pytest.approx(
+        np.mean([e.memory["set"] for e in result.episodes])
+    )
+    assert s["state_bytes_per_env"] > 0
+    table = result.table()
+    assert "think/frame" in table and "mem set/get/hit" in table
+
+
+def test_json_and_table(tmp_path):
+    result = evaluate(make_policy("expert"), REACH, episodes=2, seed=0)
+    path = result.save_json(tmp_path / "out" / "eval.json")
+    data = json.loads(path.read_text())
+    assert data["env_id"] == REACH and data["policy"] == "expert"
+    assert data["summary"]["success_rate"] == result.success_rate
+    assert [e["return"] for e in data["episodes"]] == [e.episode_return for e in result.episodes]
+    assert not list(tmp_path.glob("out/.*"))  # no temp file left
+    assert "success" in result.table().splitlines()[-1]
+
+
+def test_accepts_single_and_vector_envs():
+    single = gym.make(REACH)
+    a = evaluate(make_policy("expert"), single, episodes=2, seed=3)
+    vec = make_eval_env(REACH, num_envs=2)
+    b = evaluate(make_policy("expert"), vec, episodes=2, seed=3)
+    vec.close()
+    single.close()
+    assert [e.episode_return for e in a.episodes] == [e.episode_return for e in b.episodes]
+    auto = gym.make_vec(REACH, num_envs=1)  # autoreset on: evaluate refuses it
+    with pytest.raises(ValueError, match=r"AutoresetMode\.DISABLED"):
+        evaluate(make_policy("expert"), auto, episodes=1)
+    auto.close()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"episodes": 0}, "episodes must be >= 1"),
+        ({"env": "mindloop/Nope-v0"}, "unknown env 'mindloop/Nope-v0'; mindloop tasks: "),
+        ({"vectorization": "threads"}, "unknown vectorization 'threads'; allowed: sync, async"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    args = {"env": REACH, "episodes": 1, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        evaluate(make_policy("expert"), args.pop("env"), **args)
+
+
+# --------------------------------------------------------------------------- eval.py
+
+
+def run_cli(argv, capsys):
+    import eval as eval_cli
+
+    code = eval_cli.main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_expert_video_record_json_and_replay(tmp_path, capsys):
+    video, rec, js = tmp_path / "e.mp4", tmp_path / "rec", tmp_path / "e.json"
+    code, out, _ = run_cli(
+        ["--policy", "expert", "--episodes", 2, "--video", video, "--video-size", 128,
+         "--record", rec, "--json", js],
+        capsys,
+    )  # fmt: skip
+    assert code == 0
+    assert "success 100.0%" in out and f"video: {video}" in out and f"record: {rec}" in out
+    assert video.stat().st_size > 0 and (rec / "data" / "metadata.json").is_file()
+    assert json.loads(js.read_text())["summary"]["episodes"] == 2
+    code, out, _ = run_cli(["replay", rec, "--video", tmp_path / "r.mp4", "--size", 128], capsys)
+    assert code == 0 and (tmp_path / "r.mp4").stat().st_size > 0
+
+
+def test_cli_checkpoint(tmp_path, capsys):
+    """eval.py rebuilds the agent and its env from the checkpoint directory alone."""
+    from agent.checkpoint import save_checkpoint
+    from agent.config import EnvConfig, TrainConfig
+
+    agent, agent_config = tiny_agent(env_kwargs=BODY_ONLY)
+    config = TrainConfig(
+        env=EnvConfig(id=REACH, kwargs={"max_steps": 8}, obs_keys=("proprio", "touch")),
+        agent=agent_config,
+    )
+    save_checkpoint(tmp_path / "run" / "checkpoints", agent, config, step=1)
+    code, out, err = run_cli(["--checkpoint", tmp_path / "run", "--episodes", 2], capsys)
+    assert code == 0, err
+    assert f"on {REACH}" in out and "think/frame" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--policy", "nope"], "unknown policy 'nope'; available: expert, random"),
+        (["--policy", "expert", "--env", "mindloop/Nope-v0"], "unknown env 'mindloop/Nope-v0'"),
+        (["--checkpoint", "/no/such/run"], "no checkpoint at '/no/such/run'"),
+        (["--policy", "expert", "--video", "out.avi"], "video path must end in .mp4"),
+        (["replay", "/no/such/record"], "record /no/such/record does not exist"),
+    ],
+)
+def test_cli_bad_input_one_line(argv, message, capsys):
+    code, out, err = run_cli(argv, capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("eval.py: error: ") and message in err
+    assert "Traceback" not in err + out
+
+
+def test_cli_not_a_record(tmp_path, capsys):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "metadata.json").write_text('{"dataset_id": "x/y-v0"}')
+    code, _, err = run_cli(["replay", tmp_path], capsys)
+    assert code == 2 and "not a mindloop record" in err and err.count("\n") == 1
+
+
+def test_cli_config_errors_exit_nonzero(capsys):
+    import eval as eval_cli
+
+    for argv in (
+        [],
+        ["--policy", "expert", "--checkpoint", "x"],
+        ["--policy", "expert", "--episodes", "0"],
+    ):
+        with pytest.raises(SystemExit) as e:
+            eval_cli.main(argv)
+        assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "nothing to evaluate" in err
