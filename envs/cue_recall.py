@@ -185,6 +185,7 @@ class CueRecallEnv(ReachEnv):
         in_reach = self._step_count > self.reach_start
         reward, done, info = self._reach_step(goal_visible=in_reach)
         self._update_phase()
+        mujoco.mj_kinematics(self.model, self.data)  # moved lights/targets: seen this frame
         info.update(phase=self.phase, cue=vocab.COLORS[self._cue])
         return reward, done, info
 
