@@ -173,6 +173,69 @@ class AgentPolicy:
         )
 
 
+class SB3Policy:
+    """Adapts a Stable-Baselines3 / sb3-contrib model (``PPO``, ``RecurrentPPO``, ...) trained
+    on the flat action space of :class:`envs.wrappers.FlattenActionWrapper` to
+    :class:`EvalPolicy`, so baselines are measured by the same loop as mindloop agents.
+
+    Args:
+        model: anything with SB3's ``predict(obs, state, episode_start, deterministic)``.
+        action_key: the ``Dict`` action key the flat action belongs to (default: the env's
+            only key).
+        rescale: the model acts in ``[-1, 1]`` (``FlattenActionWrapper(rescale=True)``); map
+            its actions back to the env's bounds.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        action_key: str | None = None,
+        rescale: bool = False,
+        deterministic: bool = True,
+        name: str | None = None,
+    ) -> None:
+        self.model = model
+        self.action_key = action_key
+        self.rescale = rescale
+        self.deterministic = deterministic
+        self.name = name or type(model).__name__
+        self._state: Any = None
+        self._space: gym.Space | None = None
+
+    def reset(self, env: VectorEnv, seed: int | None) -> None:
+        space = env.single_action_space
+        if not isinstance(space, gym.spaces.Dict):
+            raise ValueError(
+                "SB3Policy maps flat actions onto a Dict action space; the env has none"
+            )
+        if self.action_key is None:
+            if len(space.spaces) != 1:
+                raise ValueError(
+                    f"the env has several action keys {list(space.spaces)}; give action_key"
+                )
+            self.action_key = next(iter(space.spaces))
+        if self.action_key not in space.spaces:
+            raise ValueError(
+                f"unknown action key {self.action_key!r}; the env has {list(space.spaces)}"
+            )
+        self._space = space.spaces[self.action_key]
+        self._state = None
+
+    def act(
+        self, obs: dict[str, np.ndarray], episode_start: np.ndarray, env: VectorEnv
+    ) -> PolicyStep:
+        actions, self._state = self.model.predict(
+            obs, state=self._state, episode_start=episode_start, deterministic=self.deterministic
+        )
+        actions = np.asarray(actions)
+        if self.rescale and isinstance(self._space, gym.spaces.Box):
+            low, high = self._space.low, self._space.high
+            actions = low + (np.clip(actions, -1.0, 1.0) + 1.0) * 0.5 * (high - low)
+        if self._space is not None and self._space.dtype is not None:
+            actions = actions.astype(self._space.dtype)
+        return PolicyStep(actions={self.action_key: actions})
+
+
 def summarize_step_info(info: StepInfo) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Think steps ``(B,)`` and per-frame memory stats ``(B,)`` from a ``StepInfo``.
 
@@ -248,7 +311,7 @@ def accepts_kwarg(env_id: str, name: str) -> bool:
         params = inspect.signature(entry).parameters
     except (TypeError, ValueError):
         return False
-    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+    return name in params  # not **kwargs: MuJoCo envs pass those on to a base that refuses them
 
 
 # --------------------------------------------------------------------------- results
@@ -638,6 +701,14 @@ def _run(
     speaks = isinstance(vec.single_action_space, gym.spaces.Dict) and "text" in (
         vec.single_action_space.spaces
     )
+    if n_record:
+        try:
+            vec.get_attr("get_state")
+        except AttributeError:
+            raise ValueError(
+                f"recording episodes (for --record or --video) needs an env with get_state() "
+                f"and set_state() for replay, like the mindloop/ tasks; {env_id} has none"
+            ) from None
     audio_rate, dt = _audio_rate(vec) if n_record else (None, None)
     policy.reset(vec, seed)
     start = time.perf_counter()
@@ -663,7 +734,7 @@ def _run(
     while any(ep is not None for ep in running):
         step = policy.act(obs, episode_start, vec)
         state_bytes = step.state_bytes if step.state_bytes is not None else state_bytes
-        obs, reward, terminated, truncated, info = vec.step(step.actions)
+        obs, reward, terminated, truncated, info = vec.step(_env_actions(step.actions))
         done = np.logical_or(terminated, truncated)
         for i, ep in enumerate(running):
             if ep is not None:
@@ -774,6 +845,7 @@ def _record_frames(
             frame,
             is_success=bool(_info(info, "is_success", i, False)),
             text_shown=str(_info(info, "text_shown", i, "") or ""),
+            phase=str(_info(info, "phase", i, "") or ""),
             state=states[i],
             audio=None if audio is None or "audio" in frame else audio,
         )
@@ -806,8 +878,16 @@ def _word(token: int) -> str:
     return vocab.VOCAB[token]
 
 
-def _stack_actions(per_env: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+def _stack_actions(per_env: Sequence[Any]) -> dict[str, np.ndarray]:
+    """Per-env actions -> per key ``(B, ...)``; a non-``Dict`` action goes under key ""."""
+    if not isinstance(per_env[0], Mapping):
+        return {"": np.stack([np.asarray(a) for a in per_env])}
     return {k: np.stack([np.asarray(a[k]) for a in per_env]) for k in per_env[0]}
+
+
+def _env_actions(actions: dict[str, np.ndarray]) -> Any:
+    """What ``vector_env.step`` takes: the dict, or the bare array of a non-``Dict`` space."""
+    return actions[""] if set(actions) == {""} else actions
 
 
 def _copy_space(space: gym.Space) -> gym.Space:
@@ -831,6 +911,7 @@ __all__ = [
     "ExpertPolicy",
     "PolicyStep",
     "RandomPolicy",
+    "SB3Policy",
     "evaluate",
     "evaluate_and_save",
     "load_checkpoint_policy",

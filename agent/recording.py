@@ -19,7 +19,8 @@ Layout of one Minari episode (T steps; Minari's own fields first):
     during the episode is zero-padded and its true shapes kept in ``state_shape/<name>``;
   - ``audio`` ``(T+1, 2, S)``: the sound of each control step (only when ``audio`` is not
     already an observation);
-  - ``text_shown``: the instruction/question on screen; ``is_success``;
+  - ``text_shown``: the instruction/question on screen; ``is_success``; ``phase`` (the
+    task's ``info["phase"]``, when it has one);
   - ``agent/think_steps``, ``agent/text_emitted`` and ``agent/memory/<stat>``: the decision
     made *at* frame ``t`` (the last frame has none: -1, "" and 0).
 
@@ -75,6 +76,8 @@ class EpisodeRecord:
     """``(T+1,)`` bool: ``info["is_success"]`` at each frame."""
     text_shown: list[str]
     """``T+1`` strings: the instruction or question on screen at each frame ("" if none)."""
+    phase: list[str] = field(default_factory=list)
+    """``T+1`` task phases (``info["phase"]``, e.g. CueRecall's cue/delay/reach), or empty."""
     states: list[StateDict] | None = None
     """``T+1`` ``get_state()`` snapshots (for replay), or ``None`` if not recorded."""
     audio: np.ndarray | None = None
@@ -132,6 +135,7 @@ class EpisodeRecorder:
         self._trunc: list[bool] = []
         self._success: list[bool] = []
         self._text_shown: list[str] = []
+        self._phase: list[str] = []
         self._states: list[StateDict] = []
         self._audio: list[np.ndarray] = []
         self._think: list[int] = []
@@ -144,6 +148,7 @@ class EpisodeRecorder:
         *,
         is_success: bool,
         text_shown: str = "",
+        phase: str = "",
         state: StateDict | None = None,
         audio: np.ndarray | None = None,
     ) -> None:
@@ -151,6 +156,7 @@ class EpisodeRecorder:
         self._obs.append({k: np.array(v, copy=True) for k, v in obs.items()})
         self._success.append(bool(is_success))
         self._text_shown.append(str(text_shown))
+        self._phase.append(str(phase))
         if state is not None:
             self._states.append({k: np.array(v, copy=True) for k, v in state.items()})
         if audio is not None:
@@ -197,6 +203,7 @@ class EpisodeRecorder:
             truncations=np.asarray(self._trunc, dtype=bool),
             is_success=np.asarray(self._success, dtype=bool),
             text_shown=list(self._text_shown),
+            phase=list(self._phase) if any(self._phase) else [],
             states=list(self._states) if len(self._states) == t + 1 else None,
             audio=np.stack(self._audio) if len(self._audio) == t + 1 else None,
             think_steps=np.asarray(self._think, dtype=np.int64) if len(self._think) == t else None,
@@ -351,6 +358,8 @@ def _to_buffer(index: int, r: EpisodeRecord) -> Any:
         "is_success": r.is_success.astype(bool),
         "text_shown": list(r.text_shown),
     }
+    if r.phase:
+        infos["phase"] = list(r.phase)
     if r.states is not None:
         values, shapes = _pack_states(r.states)
         infos["state"] = _nest(values)
@@ -536,6 +545,7 @@ def _from_episode(ep: Any, meta: dict[str, Any], seed: Any) -> EpisodeRecord:
         truncations=np.asarray(ep.truncations, dtype=bool),
         is_success=np.asarray(infos.get("is_success", np.zeros(n)), dtype=bool),
         text_shown=_strings(infos.get("text_shown"), n),
+        phase=_strings(infos["phase"], n) if "phase" in infos else [],
         states=_unpack_states(state_values, state_shapes, n) if state_values else None,
         audio=np.asarray(infos["audio"], dtype=np.float32) if "audio" in infos else None,
         think_steps=None if think is None else np.asarray(think, dtype=np.int64)[:-1],

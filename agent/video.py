@@ -414,6 +414,7 @@ def frame_texts(record: EpisodeRecord, title: str, episode_label: str = "") -> l
     think = record.think_steps
     think_max = int(think.max()) if think is not None and len(think) else 1
     said: list[str] = []
+    phase = record.phase or [""] * (T + 1)
     texts = []
     ret = 0.0
     for t in range(T + 1):
@@ -425,7 +426,7 @@ def frame_texts(record: EpisodeRecord, title: str, episode_label: str = "") -> l
         memory = {k: float(v[t]) for k, v in record.memory.items()} if t < T else None
         texts.append(
             FrameText(
-                header=" | ".join(p for p in (title, episode_label, f"t={t}") if p),
+                header=" | ".join(p for p in (title, episode_label, f"t={t}", phase[t]) if p),
                 shown=record.text_shown[t] if t < len(record.text_shown) else "",
                 said=tuple(said),
                 word=word,

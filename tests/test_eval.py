@@ -230,6 +230,10 @@ def test_cli_checkpoint(tmp_path, capsys):
         (["--checkpoint", "/no/such/run"], "no checkpoint at '/no/such/run'"),
         (["--policy", "expert", "--video", "out.avi"], "video path must end in .mp4"),
         (["replay", "/no/such/record"], "record /no/such/record does not exist"),
+        (  # any Gymnasium env evaluates; only mindloop envs (get_state) can be recorded
+            ["--policy", "random", "--env", "Reacher-v5", "--episodes", "1", "--video", "r.mp4"],
+            "needs an env with get_state() and set_state()",
+        ),
     ],
 )
 def test_cli_bad_input_one_line(argv, message, capsys):
@@ -259,3 +263,32 @@ def test_cli_config_errors_exit_nonzero(capsys):
         assert e.value.code == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "nothing to evaluate" in err
+
+
+@pytest.mark.parametrize("algo", ["PPO", "RecurrentPPO"])
+def test_sb3_baseline_matches_its_own_predict(algo):
+    """An SB3 model on the flattened env is evaluated by the same loop, same numbers."""
+    import sb3_contrib
+    import stable_baselines3
+
+    from agent.evaluation import SB3Policy
+    from envs.wrappers import FlattenActionWrapper
+
+    cls = getattr(sb3_contrib if algo == "RecurrentPPO" else stable_baselines3, algo)
+    policy = "MultiInputLstmPolicy" if algo == "RecurrentPPO" else "MultiInputPolicy"
+    train_env = FlattenActionWrapper(gym.make(REACH, **BODY_ONLY), rescale=True)
+    model = cls(policy, train_env, n_steps=8, batch_size=8, seed=0, device="cpu",
+                policy_kwargs={"net_arch": [16]} if algo == "PPO" else {"lstm_hidden_size": 8})  # fmt: skip
+    result = evaluate(
+        SB3Policy(model, rescale=True), REACH, episodes=2, seed=4, env_kwargs=BODY_ONLY
+    )
+    for e in result.episodes:  # SB3's own loop on the wrapped env
+        obs, _ = train_env.reset(seed=e.seed)
+        state, start, done, total = None, np.ones(1, bool), False, 0.0
+        while not done:
+            action, state = model.predict({k: v[None] for k, v in obs.items()}, state=state,
+                                          episode_start=start, deterministic=True)  # fmt: skip
+            obs, reward, terminated, truncated, _ = train_env.step(action[0])
+            total, start, done = total + reward, np.zeros(1, bool), terminated or truncated
+        assert e.episode_return == pytest.approx(total, abs=1e-5)
+    train_env.close()

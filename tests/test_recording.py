@@ -50,6 +50,7 @@ def assert_records_equal(a: EpisodeRecord, b: EpisodeRecord) -> None:
     for name in ("rewards", "terminations", "truncations", "is_success"):
         assert np.array_equal(getattr(a, name), getattr(b, name)), name
     assert a.text_shown == b.text_shown and a.text_emitted == b.text_emitted
+    assert a.phase == b.phase
     assert (a.think_steps is None) == (b.think_steps is None)
     if a.think_steps is not None:
         assert np.array_equal(a.think_steps, b.think_steps)
@@ -80,6 +81,9 @@ def test_replay_frames_identical_to_live_render(env_id, tmp_path):
     path = write_records(tmp_path / "rec", result.records, result.observation_space,
                          result.action_space, policy="expert")  # fmt: skip
     (record,) = read_records(path)
+    assert_records_equal(result.records[0], record)
+    if env_id == "mindloop/CueRecall-v0":
+        assert record.phase[0] == "cue" and record.phase[-1] == "reach"
     with EpisodeRenderer(SIZE) as renderer:
         replayed = list(renderer.frames(record))
     assert len(replayed) == len(live) == record.length + 1
