@@ -579,7 +579,9 @@ def evaluate_and_save(
     from agent.video import write_episodes_video
 
     if record_dir is not None and Path(record_dir).exists() and not overwrite:
-        raise ValueError(f"record {record_dir} already exists; choose another path or overwrite")
+        raise ValueError(
+            f"record {record_dir} already exists; choose another path or overwrite it (--overwrite)"
+        )
     if video is not None and Path(video).suffix.lower() != ".mp4":
         raise ValueError(f"video path must end in .mp4, got {str(video)!r}")
     if video is not None and video_episodes < 1:
