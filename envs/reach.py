@@ -31,6 +31,7 @@ from envs.base import (
     MindloopEnv,
     check_non_negative,
     check_positive,
+    clip_,
 )
 from envs.experts import MuscleReacher
 
@@ -54,6 +55,14 @@ _SHAPE_GEOM = {
 assert tuple(_SHAPE_GEOM) == vocab.SHAPES
 _GRAZE = 0.003
 """How far (m) an object reaches into the hand's plane: a light touch, never a wall."""
+
+
+def _as_slice(index: np.ndarray) -> slice | np.ndarray:
+    """``index`` as a slice when it is a contiguous ascending run, else unchanged."""
+    index = np.asarray(index)
+    if len(index) and np.array_equal(index, np.arange(index[0], index[0] + len(index))):
+        return slice(int(index[0]), int(index[0]) + len(index))
+    return index
 
 
 class ReachEnv(MindloopEnv):
@@ -152,11 +161,20 @@ class ReachEnv(MindloopEnv):
         self._obj_geoms = np.array(
             [[m.geom(f"obj{i}_{s}").id for s in self.shapes] for i in range(self.num_objects)]
         )  # (n_objects, n_shapes)
+        # Slices, not index arrays: both arms' joints and muscles are contiguous, and slicing
+        # MjData arrays is several times cheaper than fancy indexing every step.
+        self._qadr = _as_slice(self._qadr)
+        self._vadr = _as_slice(self._vadr)
+        self._ctrl_slice = _as_slice(self._muscles)
+        self._act_slice = _as_slice(m.actuator_actadr[self._muscles])
+        self._n_joints, self._n_muscles = len(arm.joints), len(self._muscles)
+        self._proprio_buf = np.zeros(2 * self._n_joints + 4 * self._n_muscles)
         lr = m.actuator_lengthrange[self._muscles]
         self._len0, self._len_span = lr[:, 0], np.maximum(lr[:, 1] - lr[:, 0], 1e-6)
         # Peak isometric force: the ``force`` attribute, or MuJoCo's automatic scale / acc0.
         gp = m.actuator_gainprm[self._muscles]
         self._fmax = np.where(gp[:, 2] > 0, gp[:, 2], gp[:, 3] / m.actuator_acc0[self._muscles])
+        self._neg_fmax = -self._fmax  # muscle force is negative when pulling
         self._fk = mujoco.MjData(m)
         self._expert = MuscleReacher(m, arm.joints)
         n = self.num_objects
@@ -238,7 +256,7 @@ class ReachEnv(MindloopEnv):
 
     # ----------------------------------------------------------------- episode
     def _reset_arm(self) -> None:
-        noise = self.np_random.uniform(-self.arm.home_noise, self.arm.home_noise, len(self._qadr))
+        noise = self.np_random.uniform(-self.arm.home_noise, self.arm.home_noise, self._n_joints)
         self.data.qpos[self._qadr] = self.arm.home_qpos + noise
         mujoco.mj_kinematics(self.model, self.data)
         self._prev_hand[:] = self.hand_pos()
@@ -248,24 +266,36 @@ class ReachEnv(MindloopEnv):
             self._hide_object(i)
 
     def _apply_action(self, action: Action) -> None:
-        self.data.ctrl[self._muscles] = np.clip(action["muscles"], 0.0, 1.0)
+        self.data.ctrl[self._ctrl_slice] = clip_(
+            np.array(action["muscles"], dtype=np.float64), 0.0, 1.0
+        )
 
     def _reach_step(self, goal_visible: bool = True) -> tuple[float, bool, dict[str, Any]]:
-        """Dwell bookkeeping and reward for the current goal; used by every reach task."""
-        hand = self.hand_pos()
-        dv = hand - self._prev_hand
-        speed = math.sqrt(float(dv @ dv)) / self.dt
-        self._prev_hand[:] = hand
-        diff = self._obj_point - hand  # (n_objects, 3)
-        dists = np.sqrt(np.einsum("ij,ij->i", diff, diff))
-        inside = self._obj_active & (dists < self.success_radius) & (speed < self.dwell_speed)
-        self._dwell = np.where(inside, self._dwell + 1, 0)
-        held = self._dwell >= self.hold_steps
-        success = bool(held[self._goal]) and goal_visible
-        held[self._goal] = False
-        wrong = bool(held.any())
-        dist = float(dists[self._goal]) if goal_visible else 0.0
-        ctrl = self.data.ctrl[self._muscles]
+        """Dwell bookkeeping and reward for the current goal; used by every reach task.
+
+        Plain Python over the few objects: numpy's per-call overhead on 3-vectors would
+        cost more than the arithmetic, and this runs every control step.
+        """
+        hx, hy, hz = self.data.site_xpos[self._hand].tolist()
+        px, py, pz = self._prev_hand.tolist()
+        speed = math.sqrt((hx - px) ** 2 + (hy - py) ** 2 + (hz - pz) ** 2) / self.dt
+        self._prev_hand[:] = (hx, hy, hz)
+        slow = speed < self.dwell_speed
+        goal, radius, hold = self._goal, self.success_radius, self.hold_steps
+        success = wrong = False
+        dist = 0.0
+        for i, ((x, y, z), active) in enumerate(
+            zip(self._obj_point.tolist(), self._obj_active.tolist(), strict=True)
+        ):
+            d = math.sqrt((x - hx) ** 2 + (y - hy) ** 2 + (z - hz) ** 2)
+            dwell = int(self._dwell[i]) + 1 if (active and slow and d < radius) else 0
+            self._dwell[i] = dwell
+            if i == goal:
+                dist = d if goal_visible else 0.0
+                success = dwell >= hold and goal_visible
+            elif dwell >= hold:
+                wrong = True
+        ctrl = self.data.ctrl[self._ctrl_slice]
         terms = {
             "reward_distance": -self.distance_weight * dist,
             "reward_effort": -self.effort_weight * float(ctrl @ ctrl) / len(ctrl),
@@ -280,17 +310,18 @@ class ReachEnv(MindloopEnv):
         """Joint angles and velocities, then per muscle: length (0..1 over its range),
         lengthening speed (ranges/s), force (fraction of peak, pulling > 0), activation."""
         d = self.data
-        mus = self._muscles
-        return np.concatenate(
-            [
-                d.qpos[self._qadr],
-                d.qvel[self._vadr],
-                (d.actuator_length[mus] - self._len0) / self._len_span,
-                d.actuator_velocity[mus] / self._len_span,
-                -d.actuator_force[mus] / self._fmax,
-                d.act[mus] if self.model.na else d.ctrl[mus],
-            ]
-        ).astype(np.float32)
+        mus = self._ctrl_slice
+        out = self._proprio_buf  # (2J + 4M,) float64 scratch; the result is a fresh float32
+        j, m = self._n_joints, self._n_muscles
+        out[:j] = d.qpos[self._qadr]
+        out[j : 2 * j] = d.qvel[self._vadr]
+        k = 2 * j
+        np.subtract(d.actuator_length[mus], self._len0, out=out[k : k + m])
+        out[k : k + m] /= self._len_span
+        np.divide(d.actuator_velocity[mus], self._len_span, out=out[k + m : k + 2 * m])
+        np.divide(d.actuator_force[mus], self._neg_fmax, out=out[k + 2 * m : k + 3 * m])
+        out[k + 3 * m :] = d.act[self._act_slice] if self.model.na else d.ctrl[mus]
+        return out.astype(np.float32)
 
     def _touch(self) -> np.ndarray:
         """The hand's touch sensor: normal force (N) of whatever the hand is touching."""

@@ -79,7 +79,7 @@ def test_module_prefix_make_works() -> None:
 
 @pytest.mark.parametrize("env_id", IDS)
 def test_gymnasium_check_env(env_id: str) -> None:
-    with make(env_id, render_mode="rgb_array") as env, warnings.catch_warnings():
+    with make(env_id, render_mode="rgb_array", render_size=64) as env, warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # no Gymnasium warning may be left
         gym_check_env(env.unwrapped, skip_render_check=False)
 
