@@ -92,6 +92,8 @@ class AudioSynth:
         # Impacts ring for ~6 decay constants; their tails spill into the next steps.
         self._tail_len = int(6 * config.impact_decay * config.sample_rate) + 16
         self._acc = np.zeros((2, s + self._tail_len))
+        self._tau = np.arange(self._tail_len) / config.sample_rate  # (L,) seconds after impact
+        self._decay = np.exp(-self._tau / config.impact_decay)  # (L,) impact envelope
         self._tail_steps = 0  # steps for which _acc beyond this step still holds a tail
         self._dirty = False  # something was added to this step
         # source id -> (gain (2,), distance (2,), Hz) of the last step it sounded in
@@ -207,12 +209,10 @@ class AudioSynth:
         dist, gain = self._ear_geometry(np.asarray(pos, dtype=np.float64))
         loud = cfg.impact_gain * impulse / (1.0 + impulse / cfg.impact_knee)  # (K,)
         amp = gain * loud[:, None]  # (K, 2)
-        length = self._tail_len
-        tau = np.arange(length) / cfg.sample_rate  # (L,)
-        env = np.exp(-tau / cfg.impact_decay)
+        length, tau = self._tail_len, self._tau
         noise = rng.standard_normal((len(impulse), length)) * 0.5  # (K, L)
-        ring = np.sin(2.0 * np.pi * freq[:, None] * tau[None, :])  # (K, L)
-        shape = (ring + noise) * env  # (K, L)
+        ring = np.sin((2.0 * np.pi * freq)[:, None] * tau)  # (K, L)
+        shape = (ring + noise) * self._decay  # (K, L)
         # Integer sample onset per ear: when the impact happened plus the travel time.
         travel = t_offset[:, None] + dist / cfg.speed_of_sound  # (K, 2)
         onset = np.rint(travel * cfg.sample_rate).astype(int)
@@ -278,25 +278,34 @@ class ContactTracker:
 
     def reset(self) -> None:
         self._prev_keys = np.empty(0, dtype=np.int64)
+        self._prev_raw = b""
         self.events: list[tuple[float, np.ndarray, float, float]] = []
 
     def prime(self, data: mujoco.MjData) -> None:
         """Take the current contacts as already touching (call after reset/set_state)."""
-        n = data.ncon
-        g = data.contact.geom[:n]
-        self._prev_keys = np.sort(g[:, 0].astype(np.int64) * self._ngeom + g[:, 1])
+        g = data.contact.geom[: data.ncon]
+        self._prev_raw = g.tobytes()
+        self._prev_keys = g[:, 0].astype(np.int64) * self._ngeom + g[:, 1]
 
     def after_substep(self, data: mujoco.MjData, t_offset: float) -> None:
         """Record onsets of the substep that just ran, ``t_offset`` seconds into the step."""
         n = data.ncon
         if n == 0:
-            if len(self._prev_keys):
+            if self._prev_raw:
+                self._prev_raw = b""
                 self._prev_keys = np.empty(0, dtype=np.int64)
             return
         g = data.contact.geom[:n]
+        raw = g.tobytes()
+        # Common case: the same contacts as a substep ago, in the same order (collision
+        # detection visits pairs in a fixed order), so nothing new touched.
+        if raw == self._prev_raw:
+            return
+        self._prev_raw = raw
         keys = g[:, 0].astype(np.int64) * self._ngeom + g[:, 1]
-        new = ~np.isin(keys, self._prev_keys)
+        prev = self._prev_keys
         self._prev_keys = keys
+        new = ~np.isin(keys, prev)
         if not new.any():
             return
         # A pair can touch at several points (a box on a plane: 4); it makes one sound.
