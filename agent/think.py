@@ -97,11 +97,11 @@ class ThinkInput(nn.Module):
         elif config.step_encoding == "sinusoidal":
             self.register_buffer("step_table", _sinusoid(n_steps, input_dim), persistent=False)
 
-    def _content(self, h: torch.Tensor) -> torch.Tensor:
+    def _content(self, h: torch.Tensor, x_obs: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def forward(self, h: torch.Tensor, k: int, x_obs: torch.Tensor) -> torch.Tensor:
-        x = self._content(h)  # (B, D) or (D,)
+        x = self._content(h, x_obs)  # (B, D) or (D,)
         if self.step_encoding != "none":
             x = x + self.step_table[k]
         if self.reinject_obs:
@@ -127,7 +127,7 @@ class ThinkToken(ThinkInput):
         super().__init__(input_dim, hidden_dim, config)
         self.token = nn.Parameter(torch.randn(input_dim) * 0.5)
 
-    def _content(self, h: torch.Tensor) -> torch.Tensor:
+    def _content(self, h: torch.Tensor, x_obs: torch.Tensor) -> torch.Tensor:
         return self.token  # (D,), broadcast over the batch
 
 
@@ -136,20 +136,25 @@ class HiddenAdapter(ThinkInput):
     """Continuous CoT: the last hidden state, mapped back into input space by a learned MLP.
 
     The LayerNorm puts h on a fixed scale first: the core's input layer was trained on
-    observation embeddings, not on raw hidden states.
+    observation embeddings, not on raw hidden states. With ``reinject_obs`` the MLP also sees
+    the frame's observation embedding, so a think step can combine what it thought with what
+    it sees non-linearly (e.g. look at a different part of the input at each step) before the
+    core's gates, instead of only adding the two.
     """
 
     def __init__(self, input_dim: int, hidden_dim: int, config: ThinkConfig) -> None:
         super().__init__(input_dim, hidden_dim, config)
+        self.norm = nn.LayerNorm(hidden_dim)
+        in_dim = hidden_dim + (input_dim if config.reinject_obs else 0)
         self.adapter = nn.Sequential(
-            nn.LayerNorm(hidden_dim),
-            nn.Linear(hidden_dim, input_dim),
-            nn.GELU(),
-            nn.Linear(input_dim, input_dim),
+            nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, input_dim)
         )
 
-    def _content(self, h: torch.Tensor) -> torch.Tensor:
-        return self.adapter(h)  # (B, D)
+    def _content(self, h: torch.Tensor, x_obs: torch.Tensor) -> torch.Tensor:
+        z = self.norm(h)  # (B, H)
+        if self.reinject_obs:
+            z = torch.cat([z, x_obs], dim=-1)  # (B, H + D)
+        return self.adapter(z)  # (B, D)
 
 
 # --------------------------------------------------------------------------- halting

@@ -16,7 +16,9 @@ Fairness notes:
   step's cost does not depend on the cached values, and stepping 4,096 frames to fill it
   would only make the run longer.
 - ``torch.set_num_threads(1)`` (``--threads``): the machine is shared; one thread makes both
-  contenders compete for the same resources. Times are medians over repeats, interleaved.
+  contenders compete for the same resources. Times are the CPU time of that thread per step
+  (``time.thread_time``), so waiting for a busy core is not counted; wall-clock speedups are
+  printed beside them. Medians over repeats, contenders interleaved.
 
     python benchmarks/core_latency.py --quick
     nice -n 5 python benchmarks/core_latency.py
@@ -89,14 +91,18 @@ def filled_transformer_state(core, batch: int, history: int, gen: torch.Generato
 
 
 @torch.inference_mode()
-def time_steps(core, state: State, x: torch.Tensor, steps: int) -> float:
-    """Seconds per step (frame), stepping ``core`` ``steps`` times from ``state``."""
+def time_steps(core, state: State, x: torch.Tensor, steps: int) -> tuple[float, float]:
+    """(CPU seconds, wall seconds) per step (frame), stepping ``core`` from ``state``.
+
+    CPU time of this thread (``time.thread_time``) is what the step costs; on a shared
+    machine the wall time also counts the time spent waiting for a core.
+    """
     for _ in range(3):  # warm-up
         _, state = core.step(x, state)
-    start = time.perf_counter()
+    cpu, wall = time.thread_time(), time.perf_counter()
     for _ in range(steps):
         _, state = core.step(x, state)
-    return (time.perf_counter() - start) / steps
+    return (time.thread_time() - cpu) / steps, (time.perf_counter() - wall) / steps
 
 
 def main(args: Args) -> dict:
@@ -128,15 +134,19 @@ def main(args: Args) -> dict:
                 state = filled_transformer_state(tf_func, batch, history, gen)
                 steps = max(5, args.steps // 5)  # the functional path copies the cache: slower
                 times["transformer_functional"].append(time_steps(tf_func, state, x, steps))
-            med = {k: statistics.median(v) for k, v in times.items()}
+            cpu = {k: statistics.median(c for c, _ in v) for k, v in times.items()}
+            wall = {k: statistics.median(w for _, w in v) for k, v in times.items()}
             rows.append(
                 {
                     "history": history,
                     "batch": batch,
-                    "gru_us": med["gru"] * 1e6,
-                    "transformer_us": med["transformer"] * 1e6,
-                    "transformer_functional_us": med["transformer_functional"] * 1e6,
-                    "speedup": med["transformer"] / med["gru"],
+                    "gru_us": cpu["gru"] * 1e6,
+                    "transformer_us": cpu["transformer"] * 1e6,
+                    "transformer_functional_us": cpu["transformer_functional"] * 1e6,
+                    "speedup": cpu["transformer"] / cpu["gru"],
+                    "gru_wall_us": wall["gru"] * 1e6,
+                    "transformer_wall_us": wall["transformer"] * 1e6,
+                    "speedup_wall": wall["transformer"] / wall["gru"],
                     "gru_state_bytes": state_nbytes(gru.initial_state(1)),
                     "transformer_state_bytes": state_nbytes(tf_fast.initial_state(1)),
                 }
@@ -145,7 +155,8 @@ def main(args: Args) -> dict:
             print(
                 f"  history {history:5d} batch {batch:3d}: gru {r['gru_us']:9.1f} us  "
                 f"transformer {r['transformer_us']:9.1f} us (functional cache "
-                f"{r['transformer_functional_us']:9.1f} us)  speedup {r['speedup']:7.1f}x",
+                f"{r['transformer_functional_us']:9.1f} us)  speedup {r['speedup']:7.1f}x "
+                f"(wall {r['speedup_wall']:.1f}x)",
                 flush=True,
             )
 
@@ -153,16 +164,17 @@ def main(args: Args) -> dict:
         f"\nparameters: GRU {params['gru']:,}  transformer {params['transformer']:,} "
         f"(1 block, 4 heads, mlp_ratio {ratio:g})"
     )
+    print("times: CPU microseconds per frame (median); speedup = transformer / GRU")
     header = (
         f"{'history':>7} {'batch':>5} | {'GRU us/frame':>12} {'TF us/frame':>12} "
-        f"{'TF functional':>13} | {'speedup':>8} | {'GRU state B':>11} {'TF state B':>11}"
+        f"{'TF functional':>13} | {'speedup':>8} {'wall':>7} | {'GRU state B':>11} {'TF state B':>11}"
     )
     print(header)
     print("-" * len(header))
     for r in rows:
         print(
             f"{r['history']:>7} {r['batch']:>5} | {r['gru_us']:12.1f} {r['transformer_us']:12.1f} "
-            f"{r['transformer_functional_us']:13.1f} | {r['speedup']:7.1f}x | "
+            f"{r['transformer_functional_us']:13.1f} | {r['speedup']:7.1f}x {r['speedup_wall']:6.1f}x | "
             f"{r['gru_state_bytes']:>11,} {r['transformer_state_bytes']:>11,}"
         )
     for batch in args.batches:

@@ -67,8 +67,14 @@ class Args:
     """Tiny budget (under a minute): checks the pipeline, not the targets."""
     protocols: tuple[str, ...] = ("interpolation", "extrapolation")
     """Which protocols to run."""
-    minutes: float = 12.0
-    """Training wall-clock budget per contender and protocol."""
+    minutes_interpolation: float = 22.0
+    """Training wall-clock budget of mindloop on the interpolation protocol."""
+    minutes_extrapolation: float = 14.0
+    """Training wall-clock budget of mindloop on the extrapolation protocol."""
+    baseline_minutes: float = 7.0
+    """Training wall-clock budget of the no-think baseline (per protocol)."""
+    stop_accuracy: float = 0.995
+    """Stop early once the curriculum is at its maximum and the running accuracy passes this."""
     max_updates: int = 200_000
     """Upper bound on updates per contender (the time budget usually ends training first)."""
     batch: int = 128
@@ -76,14 +82,16 @@ class Args:
     core: str = "gru"
     hidden: int = 128
     core_layers: int = 1
-    encoder_hidden: int = 128
-    """Width of the MLP input encoder (0 = feed the raw vector to the core)."""
+    encoder: str = "elementwise"
+    """Input encoder: mlp (a 2-layer MLP on the vector), elementwise (DeepSets), none (raw)."""
+    encoder_hidden: int = 32
+    """Hidden width of the input encoder."""
     embed_dim: int = 64
     """Observation embedding size the encoder produces."""
     think: ThinkConfig = field(
         default_factory=lambda: ThinkConfig(
             k_max=12,
-            think_input="token",
+            think_input="adapter",
             step_encoding="learned",
             reinject_obs=True,
             init_halt_prob=0.1,
@@ -96,6 +104,8 @@ class Args:
     curriculum_start: int = 4
     curriculum_step: int = 2
     curriculum_threshold: float = 0.95
+    frontier_fraction: float = 0.5
+    """Share of each batch drawn near the curriculum maximum (the rest: 1..maximum)."""
     eval_batches: int = 8
     """Test batches per bucket of non-zeros."""
     bucket_width: int = 8
@@ -107,29 +117,56 @@ class Args:
     log_every: int = 250
 
     def __post_init__(self) -> None:
+        if self.encoder not in ("mlp", "elementwise", "none"):
+            raise ValueError(f"unknown encoder {self.encoder!r}; available: mlp, elementwise, none")
         bad = [p for p in self.protocols if p not in PROTOCOLS]
         if bad:
             raise ValueError(f"unknown protocol {bad[0]!r}; available: {', '.join(PROTOCOLS)}")
         if self.quick:
-            self.minutes = min(self.minutes, 0.2)
+            self.minutes_interpolation = self.minutes_extrapolation = 0.15
+            self.baseline_minutes = 0.1
             self.eval_batches = 1
             self.log_every = 100
 
 
+class ElementwiseEncoder(nn.Module):
+    """DeepSets encoder (Zaheer et al. 2017): a shared MLP on every entry, summed.
+
+    The entries of a parity input are exchangeable, so a set encoder makes counts of entry
+    values linear features of the embedding; the parity of a count, the part that needs
+    depth, is left to the core. The sum is scaled by a constant (not normalised) so counts
+    beyond the training range stay distinguishable (extrapolation).
+    """
+
+    def __init__(self, dims: int, hidden: int, embed_dim: int) -> None:
+        super().__init__()
+        self.phi = nn.Sequential(nn.Linear(1, hidden), nn.ReLU(), nn.Linear(hidden, embed_dim))
+        self.scale = 8.0 / dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.phi(x[..., None]).sum(dim=-2) * self.scale  # (B, dims, E) -> (B, E)
+
+
+def build_encoder(dims: int, args: Args) -> tuple[nn.Module, int]:
+    """The observation encoder named by ``args.encoder`` and its embedding size."""
+    if args.encoder == "elementwise":
+        return ElementwiseEncoder(dims, args.encoder_hidden, args.embed_dim), args.embed_dim
+    if args.encoder == "mlp":
+        mlp = nn.Sequential(
+            nn.Linear(dims, args.encoder_hidden),
+            nn.ReLU(),
+            nn.Linear(args.encoder_hidden, args.embed_dim),
+        )
+        return mlp, args.embed_dim
+    return nn.Identity(), dims
+
+
 class ParityNet(nn.Module):
-    """MLP encoder (the observation embedding) + a MindloopPolicy answering Discrete(2)."""
+    """Input encoder (the observation embedding) + a MindloopPolicy answering Discrete(2)."""
 
     def __init__(self, dims: int, args: Args, think: ThinkConfig) -> None:
         super().__init__()
-        if args.encoder_hidden > 0:
-            self.encoder = nn.Sequential(
-                nn.Linear(dims, args.encoder_hidden),
-                nn.ReLU(),
-                nn.Linear(args.encoder_hidden, args.embed_dim),
-            )
-            obs_dim = args.embed_dim
-        else:
-            self.encoder, obs_dim = nn.Identity(), dims
+        self.encoder, obs_dim = build_encoder(dims, args)
         config = PolicyConfig(
             core=CoreConfig(name=args.core, hidden_dim=args.hidden, num_layers=args.core_layers),
             think=think,
@@ -154,7 +191,7 @@ def make_batch(
     return x, y, m
 
 
-def train(net: ParityNet, proto: Protocol, args: Args, label: str) -> dict:
+def train(net: ParityNet, proto: Protocol, args: Args, label: str, minutes: float) -> dict:
     """PonderNet training with a curriculum on the number of non-zeros; returns a log."""
     gen = torch.Generator().manual_seed(args.seed + 1)
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
@@ -163,7 +200,11 @@ def train(net: ParityNet, proto: Protocol, args: Args, label: str) -> dict:
     acc_ema, start, history = 0.5, time.perf_counter(), []
     update = 0
     for update in range(1, args.max_updates + 1):
-        x, y, m = make_batch(proto.dims, lo, cur, args.batch, gen)
+        n_front = int(args.batch * args.frontier_fraction)
+        front_lo = max(lo, cur - 2 * args.curriculum_step + 1)
+        x1, y1, m1 = make_batch(proto.dims, lo, cur, args.batch - n_front, gen)
+        x2, y2, m2 = make_batch(proto.dims, front_lo, cur, n_front, gen)
+        x, y, m = torch.cat([x1, x2]), torch.cat([y1, y2]), torch.cat([m1, m2])
         emb = net.encoder(x)
         out, _ = net.policy.ponder(emb, None, torch.ones(args.batch, dtype=torch.bool))
         logits = net.answer_logits(out.hidden)  # (B, K+1, 2)
@@ -205,7 +246,10 @@ def train(net: ParityNet, proto: Protocol, args: Args, label: str) -> dict:
                 f"acc_ema {acc_ema:.3f}  E[steps] {steps:5.2f}  {elapsed:6.0f}s",
                 flush=True,
             )
-        if elapsed > args.minutes * 60:
+        if elapsed > minutes * 60:
+            break
+        if cur == hi and acc_ema >= args.stop_accuracy:
+            print(f"  [{label}] converged at update {update} ({elapsed:.0f}s)", flush=True)
             break
     return {
         "updates": update,
@@ -258,7 +302,10 @@ def run_protocol(proto: Protocol, args: Args) -> dict:
             continue
         torch.manual_seed(args.seed)
         net = ParityNet(proto.dims, args, think)
-        log = train(net, proto, args, f"{proto.name}/{label}")
+        minutes = (
+            args.baseline_minutes if think.k_max == 0 else getattr(args, f"minutes_{proto.name}")
+        )
+        log = train(net, proto, args, f"{proto.name}/{label}", minutes)
         net.eval()
         rows = evaluate(net, proto, args)
         results[label] = {

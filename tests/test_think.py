@@ -68,6 +68,14 @@ def test_reinject_obs_adds_the_observation():
     torch.testing.assert_close(refed(h, 1, x_obs), plain(h, 1, x_obs) + x_obs)
 
 
+def test_reinjecting_adapter_sees_the_observation_nonlinearly():
+    torch.manual_seed(0)
+    adapter = build_think_input(ThinkConfig(think_input="adapter", reinject_obs=True), D, H)
+    h, x1, x2 = torch.randn(B, H), torch.randn(B, D), torch.randn(B, D)
+    # not just additive: the MLP's output (before the residual x_obs) depends on x_obs
+    assert not torch.allclose(adapter(h, 1, x1) - x1, adapter(h, 1, x2) - x2)
+
+
 def test_halting_distribution_is_pondernet_eq():
     lam = torch.tensor([[0.5, 0.5, 0.5], [0.0, 1.0, 0.3]])
     p = halting_distribution(lam)
