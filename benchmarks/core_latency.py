@@ -24,8 +24,8 @@ Fairness notes:
     nice -n 5 python benchmarks/core_latency.py
 
 Writes ``benchmarks/out/core_latency.json``; last line
-``headline: rnn_vs_transformer_at_1024=<speedup> (target >=10)`` (the smaller of the batch 1
-and batch 64 speedups at 1,024 frames).
+``headline: rnn_vs_transformer_at_1024=<speedup> (target >=10)``: the smaller of the batch 1
+and batch 64 CPU-time speedups at 1,024 frames, at the default core width (128).
 """
 
 from __future__ import annotations
@@ -51,8 +51,10 @@ class Args:
 
     quick: bool = False
     """Fewer histories and repeats (under a minute)."""
-    width: int = 256
-    """Hidden width of both cores (and the input size)."""
+    widths: tuple[int, ...] = (128, 256)
+    """Hidden widths of both cores (and the input size)."""
+    headline_width: int = 128
+    """Width of the headline (the default ``CoreConfig.hidden_dim``)."""
     histories: tuple[int, ...] = (64, 256, 1024, 4096)
     batches: tuple[int, ...] = (1, 64)
     steps: int = 50
@@ -64,7 +66,12 @@ class Args:
     def __post_init__(self) -> None:
         if self.quick:
             self.histories = tuple(h for h in self.histories if h in (64, 1024)) or (1024,)
+            self.widths = (self.headline_width,)
             self.steps, self.repeats = 20, 3
+        if self.headline_width not in self.widths:
+            raise ValueError(
+                f"headline_width {self.headline_width} must be one of widths {self.widths}"
+            )
         if 1024 not in self.histories:
             raise ValueError(f"histories must include 1024 for the headline, got {self.histories}")
 
@@ -105,16 +112,12 @@ def time_steps(core, state: State, x: torch.Tensor, steps: int) -> tuple[float, 
     return (time.thread_time() - cpu) / steps, (time.perf_counter() - wall) / steps
 
 
-def main(args: Args) -> dict:
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    gen = torch.Generator().manual_seed(args.seed)
-    W = args.width
+def measure_width(W: int, args: Args, gen: torch.Generator) -> dict:
+    """All histories and batches for cores of width ``W``: rows, parameter counts, MLP ratio."""
     gru = build_core(CoreConfig(name="gru", hidden_dim=W), W).eval()
     ratio = matched_mlp_ratio(W, count_parameters(gru))
     params = {"gru": count_parameters(gru)}
-    print(f"core latency: width {W}, threads {args.threads}, GRU params {params['gru']:,}")
-
+    print(f"width {W}: GRU params {params['gru']:,}", flush=True)
     rows = []
     for history in args.histories:
         tf_cfg = dict(
@@ -138,6 +141,7 @@ def main(args: Args) -> dict:
             wall = {k: statistics.median(w for _, w in v) for k, v in times.items()}
             rows.append(
                 {
+                    "width": W,
                     "history": history,
                     "batch": batch,
                     "gru_us": cpu["gru"] * 1e6,
@@ -154,44 +158,59 @@ def main(args: Args) -> dict:
             r = rows[-1]
             print(
                 f"  history {history:5d} batch {batch:3d}: gru {r['gru_us']:9.1f} us  "
-                f"transformer {r['transformer_us']:9.1f} us (functional cache "
-                f"{r['transformer_functional_us']:9.1f} us)  speedup {r['speedup']:7.1f}x "
-                f"(wall {r['speedup_wall']:.1f}x)",
+                f"transformer {r['transformer_us']:9.1f} us  speedup {r['speedup']:6.1f}x",
                 flush=True,
             )
+    return {"rows": rows, "params": params, "mlp_ratio": ratio}
 
+
+def print_table(W: int, result: dict, batches: tuple[int, ...]) -> None:
+    params, rows = result["params"], result["rows"]
     print(
-        f"\nparameters: GRU {params['gru']:,}  transformer {params['transformer']:,} "
-        f"(1 block, 4 heads, mlp_ratio {ratio:g})"
+        f"\nwidth {W}: parameters GRU {params['gru']:,}, transformer {params['transformer']:,} "
+        f"(1 block, 4 heads, mlp_ratio {result['mlp_ratio']:g}); CPU us per frame (median)"
     )
-    print("times: CPU microseconds per frame (median); speedup = transformer / GRU")
     header = (
-        f"{'history':>7} {'batch':>5} | {'GRU us/frame':>12} {'TF us/frame':>12} "
-        f"{'TF functional':>13} | {'speedup':>8} {'wall':>7} | {'GRU state B':>11} {'TF state B':>11}"
+        f"{'history':>7} {'batch':>5} | {'GRU':>9} {'TF':>10} {'TF functional':>13} | "
+        f"{'speedup':>8} {'wall':>7} | {'GRU state B':>11} {'TF state B':>11}"
     )
     print(header)
     print("-" * len(header))
     for r in rows:
         print(
-            f"{r['history']:>7} {r['batch']:>5} | {r['gru_us']:12.1f} {r['transformer_us']:12.1f} "
-            f"{r['transformer_functional_us']:13.1f} | {r['speedup']:7.1f}x {r['speedup_wall']:6.1f}x | "
-            f"{r['gru_state_bytes']:>11,} {r['transformer_state_bytes']:>11,}"
+            f"{r['history']:>7} {r['batch']:>5} | {r['gru_us']:9.1f} {r['transformer_us']:10.1f} "
+            f"{r['transformer_functional_us']:13.1f} | {r['speedup']:7.1f}x "
+            f"{r['speedup_wall']:6.1f}x | {r['gru_state_bytes']:>11,} "
+            f"{r['transformer_state_bytes']:>11,}"
         )
-    for batch in args.batches:
+    for batch in batches:
         gru_times = [r["gru_us"] for r in rows if r["batch"] == batch]
         print(
             f"GRU flatness at batch {batch}: slowest/fastest over histories = "
             f"{max(gru_times) / min(gru_times):.2f} (the GRU step does not see the history)"
         )
-    at_1024 = min(r["speedup"] for r in rows if r["history"] == 1024)
+
+
+def main(args: Args) -> dict:
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    print(f"core latency: widths {args.widths}, threads {args.threads}")
+    results = {W: measure_width(W, args, gen) for W in args.widths}
+    for W, result in results.items():
+        print_table(W, result, args.batches)
+    head = results[args.headline_width]["rows"]
+    at_1024 = min(r["speedup"] for r in head if r["history"] == 1024)
+    by_batch = ", ".join(
+        f"batch {r['batch']}: {r['speedup']:.1f}x" for r in head if r["history"] == 1024
+    )
+    print(f"\nat 1,024 frames, width {args.headline_width}: {by_batch} (headline: the smaller)")
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "core_latency.json").write_text(
-        json.dumps(
-            {"args": asdict(args), "params": params, "mlp_ratio": ratio, "rows": rows}, indent=1
-        )
+        json.dumps({"args": asdict(args), "results": results}, indent=1)
     )
     print(f"headline: rnn_vs_transformer_at_1024={at_1024:.1f} (target >=10)")
-    return {"rows": rows, "params": params}
+    return results
 
 
 if __name__ == "__main__":
