@@ -76,6 +76,7 @@ def select_gl_backend() -> str | None:
     user = os.environ.get("MUJOCO_GL", "").strip().lower()
     if user:
         _selected = user
+        _check_user_backend(user)
         return user
     if not sys.platform.startswith("linux"):
         return None  # mujoco picks CGL (macOS) / WGL (Windows), both headless-capable
@@ -112,6 +113,20 @@ def preload_triton() -> bool:
     except OSError:
         return False
     return True
+
+
+def _check_user_backend(backend: str) -> None:
+    """``import mujoco`` loads the GL library ``MUJOCO_GL`` names and fails with a long
+    traceback if it is missing; turn that into one line saying what to do."""
+    try:
+        import mujoco  # noqa: F401
+    except (ImportError, AttributeError, OSError, RuntimeError) as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise RuntimeError(
+            f"MUJOCO_GL={backend!r} does not work here ({type(e).__name__}: {first}); unset "
+            "MUJOCO_GL to let mindloop pick a backend, or install it (Debian/Ubuntu: apt-get "
+            "install libegl1 libegl-mesa0 libgl1-mesa-dri for egl, libosmesa6 for osmesa)"
+        ) from None
 
 
 def gl_backend() -> str | None:

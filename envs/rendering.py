@@ -15,7 +15,7 @@ import weakref
 import mujoco
 import numpy as np
 
-from envs.gl import gl_context_class
+from envs.gl import INSTALL_HINT, gl_context_class
 
 _LIVE: weakref.WeakSet[OffscreenRenderer] = weakref.WeakSet()
 _atexit_registered = False
@@ -67,8 +67,15 @@ class OffscreenRenderer:
         self._rect = mujoco.MjrRect(0, 0, self.width, self.height)
         self._buf = np.empty((self.height, self.width, 3), dtype=np.uint8)
 
-        self._gl = gl_context_class()(self.width, self.height)
-        self._gl.make_current()
+        context_class = gl_context_class()
+        try:
+            self._gl = context_class(self.width, self.height)
+            self._gl.make_current()
+        except Exception as e:  # EGL/OSMesa report failures as several exception types
+            self._gl = None
+            raise RuntimeError(
+                f"could not create an OpenGL context ({e}); {INSTALL_HINT}"
+            ) from None
         vis = model.vis
         saved = (vis.global_.offwidth, vis.global_.offheight, vis.quality.shadowsize,
                  vis.quality.offsamples)  # fmt: skip

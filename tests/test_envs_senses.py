@@ -335,6 +335,17 @@ def test_user_mujoco_gl_is_respected(monkeypatch: pytest.MonkeyPatch) -> None:
     assert gl.select_gl_backend() == "osmesa"
 
 
+def test_broken_user_mujoco_gl_is_a_one_line_error() -> None:
+    env = dict(os.environ, MUJOCO_GL="nonsense")
+    out = subprocess.run(
+        [sys.executable, "-c", "import envs"], env=env, capture_output=True, text=True
+    )
+    assert out.returncode != 0
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("RuntimeError: MUJOCO_GL='nonsense' does not work here"), last
+    assert "unset MUJOCO_GL" in last
+
+
 def test_no_working_backend_names_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(gl, "_selected", None)
     monkeypatch.setattr(gl, "_failure", None)
