@@ -145,6 +145,24 @@ class MindloopAgent(nn.Module):
 
     # ------------------------------------------------------------------ training
 
+    def forward(
+        self,
+        obs: ObsBatch,
+        initial_state: State,
+        episode_starts: torch.Tensor,
+        actions: Action | None = None,
+        decisions: Decisions | None = None,
+        ponder: bool = False,
+    ) -> tuple[StepInfo | PonderOutput, State]:
+        """The training forward over (T, B, ...) frames, one entry point so that
+        ``DistributedDataParallel(agent)`` sees every loss: :meth:`ponder_sequence` when
+        ``ponder``, else :meth:`evaluate_sequence` replaying ``actions`` and ``decisions``."""
+        if ponder:
+            return self.ponder_sequence(obs, initial_state, episode_starts)
+        if actions is None or decisions is None:
+            raise ValueError("forward needs actions and decisions to replay (or ponder=True)")
+        return self.evaluate_sequence(obs, initial_state, episode_starts, actions, decisions)
+
     def evaluate_sequence(
         self,
         obs: ObsBatch,

@@ -131,6 +131,36 @@ class TrainerState:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+def pack(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """Split nested data into JSON and tensors: every numpy array / tensor inside ``obj``
+    goes into ``tensors`` under ``prefix/...`` and is replaced by a reference. Tuples become
+    lists (JSON has no tuples)."""
+    if torch.is_tensor(obj) or isinstance(obj, np.ndarray):
+        key = prefix
+        t = torch.as_tensor(np.ascontiguousarray(obj)) if isinstance(obj, np.ndarray) else obj
+        tensors[key] = t.detach().cpu().contiguous()
+        return {"__tensor__": key, "numpy": isinstance(obj, np.ndarray)}
+    if isinstance(obj, dict):
+        return {str(k): pack(v, f"{prefix}/{k}", tensors) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [pack(v, f"{prefix}/{i}", tensors) for i, v in enumerate(obj)]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def unpack(obj: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
+    """Inverse of :func:`pack` (arrays come back as numpy, tensors as tensors)."""
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            t = tensors[obj["__tensor__"]]
+            return t.numpy() if obj.get("numpy") else t
+        return {k: unpack(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [unpack(v, tensors) for v in obj]
+    return obj
+
+
 def optimizer_to_state(optimizer: torch.optim.Optimizer, prefix: str = "optim") -> TrainerState:
     """An optimizer's ``state_dict`` split into tensors and JSON (safetensors holds no
     nested structure)."""
@@ -359,9 +389,11 @@ __all__ = [
     "load_trainer_state",
     "optimizer_from_state",
     "optimizer_to_state",
+    "pack",
     "read_checkpoint_meta",
     "resolve_checkpoint",
     "save_checkpoint",
     "space_from_dict",
     "space_to_dict",
+    "unpack",
 ]

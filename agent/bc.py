@@ -1,0 +1,336 @@
+"""Behaviour cloning from the scripted experts, with soft targets and free think steps.
+
+Loss per frame (the DESIGN's "irreducible uncertainty: soft targets"):
+
+- **Bounded (muscle) heads**: the negative log-likelihood of a *blurred* expert action,
+  ``a* + N(0, target_noise^2)`` clipped into the bounds, one fresh sample per frame. In
+  expectation this is the cross-entropy from the target distribution N(a*, sigma^2) to the
+  policy's Beta, so the Beta cannot collapse to a spike narrower than sigma: it keeps the
+  spread PPO needs to explore when it fine-tunes the clone.
+- **Categorical (text) heads**: cross-entropy with label smoothing (mass ``label_smoothing``
+  spread uniformly over the vocabulary).
+- **Value head**: regressed on the demonstrations' discounted returns-to-go, so PPO starts
+  from a critic that roughly knows the task instead of one that scrambles the clone.
+
+**Think steps get no targets.** With ``think="ponder"`` (default) every frame runs all
+``k_max`` think steps and the loss is PonderNet's expected loss ``sum_n p_n L_n`` over the
+halting distribution p_n, plus ``kl_coef * KL(p || Geometric(lambda_p))`` (Banino et al.
+2021): the halting head learns when more thinking lowers the imitation loss, with an exact,
+low-variance gradient. ``think="sampled"`` trains the path the policy actually samples
+(teacher-forced replay of sampled think steps) and the halting head by REINFORCE on the
+negative imitation loss; noisier, but each frame costs only the steps it took.
+
+DAgger (``dagger_rounds``) collects episodes where the learner acts and the expert labels the
+states it visits, and keeps training on the union, against the compounding errors of plain BC.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from agent.agent import MindloopAgent
+from agent.config import BCConfig
+from agent.demonstrations import Episode, SequenceBatch, SequenceSampler
+from agent.heads import ActionDistribution, BetaHead, CategoricalHead
+from agent.policy import Decisions
+from agent.state import State, detach_state
+from encoders.registry import Registry
+
+SoftTargetLoss = Callable[[object, torch.Tensor, BCConfig, torch.Generator | None], torch.Tensor]
+SOFT_TARGET_LOSSES: Registry[SoftTargetLoss] = Registry("soft-target loss")
+"""Per action-head type (``agent.heads.ACTION_HEADS`` names): the BC loss of one part."""
+
+
+@SOFT_TARGET_LOSSES.register("Box")
+def beta_soft_nll(dist, target, cfg: BCConfig, generator=None) -> torch.Tensor:
+    """NLL of the expert action blurred by N(0, target_noise^2) (scaled to the bounds)."""
+    target = target.reshape(target.shape[0], -1).float()
+    if cfg.target_noise > 0:
+        noise = torch.randn(target.shape, generator=generator, device=target.device)
+        target = target + cfg.target_noise * dist.scale * noise
+    low, high = dist.low, dist.low + dist.scale
+    margin = 1e-3 * dist.scale
+    target = torch.maximum(torch.minimum(target, high - margin), low + margin)
+    return -dist.log_prob(target)  # (N,)
+
+
+@SOFT_TARGET_LOSSES.register("Discrete")
+def categorical_smoothed_ce(dist, target, cfg: BCConfig, generator=None) -> torch.Tensor:
+    """Cross-entropy with label smoothing."""
+    logits = dist.dist.logits  # (N, V)
+    index = target.long().reshape(-1) - dist.start
+    return F.cross_entropy(logits, index, reduction="none", label_smoothing=cfg.label_smoothing)
+
+
+_HEAD_KIND = {BetaHead: "Box", CategoricalHead: "Discrete"}
+
+
+def soft_target_loss(
+    agent: MindloopAgent,
+    dist: ActionDistribution,
+    target: dict[str, torch.Tensor],
+    cfg: BCConfig,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """(N,) BC loss summed over the action keys, each by its head type's soft-target loss."""
+    total = 0.0
+    for key, part in dist.parts.items():
+        kind = _HEAD_KIND.get(type(agent.policy.heads.heads[key]))
+        if kind is None:
+            raise ValueError(
+                f"no soft-target loss for the {type(agent.policy.heads.heads[key]).__name__} "
+                f"head of action {key!r}; known: {', '.join(SOFT_TARGET_LOSSES.names())}"
+            )
+        total = total + SOFT_TARGET_LOSSES.get(kind)(part, target[key], cfg, generator)
+    return total
+
+
+@dataclass
+class BCMetrics:
+    loss: float
+    imitation: float
+    value: float
+    kl: float
+    think_steps: float
+
+
+class BCTrainer:
+    """Gradient steps of behaviour cloning on :class:`SequenceSampler` batches.
+
+    Args:
+        agent: the agent to train (its RunningNorm statistics are fitted on the data first).
+        config: BC settings.
+        gamma: discount of the value targets (PPO's, so the critic carries over).
+        model: what the forward runs through: the agent, or its DDP wrapper.
+        seed: seeds the target noise.
+    """
+
+    def __init__(
+        self,
+        agent: MindloopAgent,
+        config: BCConfig,
+        gamma: float,
+        model: nn.Module | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.agent = agent
+        self.model = model if model is not None else agent
+        self.cfg = config
+        self.gamma = gamma
+        self.optimizer = torch.optim.Adam(agent.parameters(), lr=config.lr, eps=1e-5)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.updates_done = 0
+        self._lane_state: State | None = None
+
+    def lr_at(self, update: int, total: int) -> float:
+        """Cosine from lr to 10% of it over ``total`` updates."""
+        frac = min(update / max(total, 1), 1.0)
+        return self.cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    def train(
+        self,
+        sampler: SequenceSampler,
+        updates: int,
+        total_updates: int | None = None,
+        on_update: Callable[[int, BCMetrics], None] | None = None,
+    ) -> BCMetrics:
+        """``updates`` gradient steps; returns the mean metrics of the last 10%."""
+        total = total_updates or updates
+        self.agent.train()
+        recent: list[BCMetrics] = []
+        for _ in range(updates):
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr_at(self.updates_done, total)
+            metrics = self.step(sampler.next_batch())
+            self.updates_done += 1
+            recent.append(metrics)
+            if on_update is not None:
+                on_update(self.updates_done, metrics)
+        self.agent.eval()
+        tail = recent[-max(1, len(recent) // 10) :]
+        return BCMetrics(
+            *(float(np.mean([getattr(m, f) for m in tail])) for f in BCMetrics.__dataclass_fields__)
+        )
+
+    def step(self, batch: SequenceBatch) -> BCMetrics:
+        """One gradient step on a (T, B) batch; the lanes' state carries to the next batch."""
+        _T, B = batch.episode_starts.shape
+        device = self.agent.device
+        if self._lane_state is None or _batch_of(self._lane_state) != B:
+            self._lane_state = self.agent.initial_state(B, device)
+        starts = batch.episode_starts.to(device)
+        actions = {k: v.to(device) for k, v in batch.actions.items()}
+        if self.cfg.think == "ponder":
+            loss, imitation, kl, steps, value, state = self._ponder_loss(
+                batch.obs, self._lane_state, starts, actions
+            )
+        else:
+            loss, imitation, kl, steps, value, state = self._sampled_loss(
+                batch.obs, self._lane_state, starts, actions
+            )
+        value_loss = 0.5 * (value - batch.returns.to(device)).pow(2).mean()
+        total = loss + value_loss
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        nn.utils.clip_grad_norm_(self.agent.parameters(), 1.0)
+        self.optimizer.step()
+        self._lane_state = detach_state(state)
+        return BCMetrics(float(total), float(imitation), float(value_loss), float(kl), float(steps))
+
+    def _ponder_loss(self, obs, state, starts, actions):
+        out, new_state = self.model(obs, state, starts, ponder=True)
+        T, B, K1, H = out.hidden.shape
+        dist = self.agent.policy.action_distribution(out.hidden.reshape(-1, H))
+        target = {
+            k: v.unsqueeze(2).expand(T, B, K1, *v.shape[2:]).reshape(T * B * K1, *v.shape[2:])
+            for k, v in actions.items()
+        }
+        per_step = soft_target_loss(self.agent, dist, target, self.cfg, self.generator)
+        per_step = per_step.reshape(T, B, K1)
+        imitation = out.expected(per_step).mean()  # sum_n p_n L_n, averaged over frames
+        kl = out.kl_to_geometric(self.cfg.lambda_p).mean() if K1 > 1 else per_step.new_zeros(())
+        loss = imitation + self.cfg.kl_coef * kl
+        return loss, imitation, kl, out.expected_steps().mean(), out.value, new_state
+
+    def _sampled_loss(self, obs, state, starts, actions):
+        # 1) sample the think steps the policy would take (no gradient) ...
+        with torch.no_grad():
+            x = self.agent.encoder(obs)  # (T, B, D)
+            s, steps, ops = state, [], []
+            for t in range(x.shape[0]):
+                _, s, info = self.agent.policy.act(x[t], s, starts[t])
+                steps.append(info.decisions.think_steps)
+                ops.append(info.decisions.mem_ops)
+        decisions = Decisions(torch.stack(steps), torch.stack(ops))
+        # 2) ... then replay them with gradients: imitation through the sampled path, and
+        # REINFORCE on the halting (and memory) decisions with reward -imitation loss.
+        targets = sample_soft_targets(self.agent, actions, self.cfg, self.generator)
+        info, new_state = self.model(obs, state, starts, actions=targets, decisions=decisions)
+        # log-likelihood of a target sampled from the soft target distribution: a one-sample
+        # estimate of the same cross-entropy the ponder path computes in closed form
+        imitation_per = -info.log_prob_action  # (T, B)
+        advantage = -(imitation_per.detach() - imitation_per.detach().mean())
+        decision_lp = info.log_prob_halt + info.log_prob_memory
+        reinforce = -(advantage * decision_lp).mean()
+        imitation = imitation_per.mean()
+        loss = imitation + reinforce
+        steps = info.think_steps.float().mean()
+        return loss, imitation, reinforce.detach(), steps, info.value, new_state
+
+
+def sample_soft_targets(
+    agent: MindloopAgent,
+    actions: dict[str, torch.Tensor],
+    cfg: BCConfig,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """One sample per frame from the soft target distribution around the expert's action:
+    bounded keys blurred by N(0, target_noise^2) (kept inside the bounds), discrete keys
+    replaced by a uniform token with probability label_smoothing."""
+    out = {}
+    for key, value in actions.items():
+        head = agent.policy.heads.heads[key]
+        if isinstance(head, BetaHead):
+            shape = value.shape
+            flat = value.reshape(*shape[: -len(head.shape)], -1).float()
+            noise = torch.randn(flat.shape, generator=generator, device=flat.device)
+            flat = flat + cfg.target_noise * head.scale * noise
+            margin = 1e-3 * head.scale
+            flat = torch.maximum(
+                torch.minimum(flat, head.low + head.scale - margin), head.low + margin
+            )
+            out[key] = flat.reshape(shape)
+        elif isinstance(head, CategoricalHead):
+            n = head.proj.out_features
+            swap = (
+                torch.rand(value.shape, generator=generator, device=value.device)
+                < cfg.label_smoothing
+            )
+            rand = (
+                torch.randint(n, value.shape, generator=generator, device=value.device) + head.start
+            )
+            out[key] = torch.where(swap, rand, value.long())
+        else:
+            raise ValueError(f"no soft targets for the {type(head).__name__} head of {key!r}")
+    return out
+
+
+def _batch_of(state: State) -> int:
+    return next(iter(state.values())).shape[0]
+
+
+@torch.no_grad()
+def action_agreement(agent: MindloopAgent, episodes: list[Episode]) -> dict[str, float]:
+    """How well the deterministic policy matches expert labels, replaying whole episodes.
+
+    Bounded keys: mean absolute error and R^2 over all action dimensions; discrete keys:
+    accuracy. Keys come out as ``<action key>/mae``, ``/r2``, ``/accuracy``.
+    """
+    agent.eval()
+    preds: dict[str, list[np.ndarray]] = {}
+    labels: dict[str, list[np.ndarray]] = {}
+    for ep in episodes:
+        state = agent.initial_state(1)
+        for t in range(len(ep)):
+            obs = {k: v[t : t + 1] for k, v in ep.obs.items()}
+            start = torch.tensor([t == 0])
+            act, state, _ = agent.act(obs, state, start, deterministic=True)
+            for k, v in act.items():
+                preds.setdefault(k, []).append(v.reshape(-1))
+                labels.setdefault(k, []).append(np.asarray(ep.actions[k][t]).reshape(-1))
+    out: dict[str, float] = {}
+    for key in preds:
+        p = np.stack(preds[key]).astype(np.float64)
+        y = np.stack(labels[key]).astype(np.float64)
+        if np.issubdtype(np.asarray(episodes[0].actions[key]).dtype, np.integer):
+            out[f"{key}/accuracy"] = float(np.mean(p == y))
+        else:
+            out[f"{key}/mae"] = float(np.mean(np.abs(p - y)))
+            out[f"{key}/r2"] = float(
+                1 - np.sum((p - y) ** 2) / max(np.sum((y - y.mean(0)) ** 2), 1e-12)
+            )
+    return out
+
+
+def fit_normalization(agent: MindloopAgent, episodes: list[Episode], chunk: int = 4096) -> None:
+    """Set the RunningNorm statistics from demonstration frames (before training on them)."""
+    from agent.agent import NormRecorder
+
+    recorder = NormRecorder(agent)
+    agent.eval()
+    with torch.no_grad(), recorder.recording():
+        for ep in episodes:
+            for start in range(0, len(ep), chunk):
+                _encode_vectors_only(
+                    agent, {k: v[start : start + chunk] for k, v in ep.obs.items()}
+                )
+    recorder.apply()
+
+
+def _encode_vectors_only(agent: MindloopAgent, obs: dict[str, np.ndarray]) -> None:
+    """Run only the encoders that hold a RunningNorm (skips the costly image/audio nets)."""
+    from encoders.normalization import RunningNorm
+
+    for key, encoder in agent.encoder.encoders.items():
+        if any(isinstance(m, RunningNorm) for m in encoder.modules()):
+            encoder(torch.as_tensor(obs[key]).to(agent.device))
+
+
+__all__ = [
+    "SOFT_TARGET_LOSSES",
+    "BCMetrics",
+    "BCTrainer",
+    "action_agreement",
+    "beta_soft_nll",
+    "categorical_smoothed_ce",
+    "fit_normalization",
+    "sample_soft_targets",
+    "soft_target_loss",
+]

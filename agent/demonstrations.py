@@ -1,0 +1,218 @@
+"""Expert-labelled episodes for behaviour cloning, and replaying them as BPTT batches.
+
+Two sources give the same :class:`Episode` list:
+
+- :func:`load_episodes`: a Minari dataset of expert demonstrations written by
+  :func:`agent.datasets.collect_expert_dataset` (also ``eval.py --record``), the format a
+  user keeps, shares and replays to video;
+- :func:`collect_episodes`: a vector env run in-process, either with the expert acting or
+  with a *learner* acting while the expert labels every visited state (DAgger, Ross et al.
+  2011). The expert is ``env.unwrapped.expert_action()``, called in each worker for its
+  current state.
+
+:class:`SequenceSampler` replays episodes as ``B`` parallel lanes, each a stream of random
+episodes back to back, cut into chunks of ``seq_len`` frames: what a vector env's rollout
+looks like, so BC trains the recurrent core with the same truncated BPTT as PPO (the state is
+carried from chunk to chunk of a lane and reset at episode starts).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from gymnasium.vector import VectorEnv
+
+from agent.agent import MindloopAgent
+from agent.vector import expert_actions, step_vector_env
+
+
+@dataclass
+class Episode:
+    """One episode, frames t = 0..L-1."""
+
+    obs: dict[str, np.ndarray]
+    """(L, ...) per key: what the agent saw before acting at t."""
+    actions: dict[str, np.ndarray]
+    """(L, ...) per key: the expert's action for the state at t (the BC label)."""
+    rewards: np.ndarray
+    """(L,) env rewards of the action actually taken (the expert's, for demonstrations)."""
+    success: bool
+
+    def __len__(self) -> int:
+        return len(self.rewards)
+
+    def returns(self, gamma: float) -> np.ndarray:
+        """(L,) discounted returns-to-go (no bootstrap after the last frame)."""
+        out = np.zeros(len(self.rewards), dtype=np.float32)
+        running = 0.0
+        for t in range(len(self.rewards) - 1, -1, -1):
+            running = float(self.rewards[t]) + gamma * running
+            out[t] = running
+        return out
+
+
+def load_episodes(path: str | os.PathLike) -> list[Episode]:
+    """The episodes of a demonstration dataset (Minari, :mod:`agent.datasets`)."""
+    from agent.datasets import load_demonstrations
+
+    demos = load_demonstrations(path)
+    out = []
+    for i, (start, stop) in enumerate(demos.episode_bounds):
+        obs, actions = demos.episode(i)
+        out.append(
+            Episode(
+                obs=obs,
+                actions=actions,
+                rewards=demos.rewards[start:stop].astype(np.float32),
+                success=bool(demos.success[i]),
+            )
+        )
+    return out
+
+
+def collect_episodes(
+    envs: VectorEnv,
+    episodes: int,
+    seeds: list[int] | None = None,
+    agent: MindloopAgent | None = None,
+    deterministic: bool = False,
+) -> list[Episode]:
+    """Run ``envs`` until ``episodes`` complete episodes, every frame labelled by the expert.
+
+    Args:
+        envs: a ``SAME_STEP`` vector env of a task with ``expert_action()``.
+        episodes: complete episodes to return (unfinished ones at the end are dropped).
+        seeds: per-env seeds for the first reset (None: continue from the envs' RNGs).
+        agent: None: the expert acts (demonstrations). An agent: it acts and the expert
+            only labels (DAgger), so the data covers the states the learner really visits.
+        deterministic: the learner acts at its mean/argmax.
+    """
+    n = envs.num_envs
+    obs, _ = envs.reset(seed=seeds)
+    buffers: list[list[tuple[dict, dict, float]]] = [[] for _ in range(n)]
+    out: list[Episode] = []
+    state = agent.initial_state(n) if agent is not None else None
+    start = torch.ones(n, dtype=torch.bool)
+    while len(out) < episodes:
+        labels = expert_actions(envs)  # (N, ...) per key
+        if agent is None:
+            actions = labels
+        else:
+            actions, state, _ = agent.act(obs, state, start, deterministic)
+        step = step_vector_env(envs, actions)
+        for i in range(n):
+            frame_obs = {k: np.array(v[i], copy=True) for k, v in obs.items()}
+            frame_act = {k: np.array(v[i], copy=True) for k, v in labels.items()}
+            buffers[i].append((frame_obs, frame_act, float(step.reward[i])))
+        for i in np.flatnonzero(step.done):
+            frames, buffers[i] = buffers[i], []
+            out.append(
+                Episode(
+                    obs={k: np.stack([f[0][k] for f in frames]) for k in frames[0][0]},
+                    actions={k: np.stack([f[1][k] for f in frames]) for k in frames[0][1]},
+                    rewards=np.array([f[2] for f in frames], dtype=np.float32),
+                    success=bool(step.success[i]),
+                )
+            )
+        obs = step.obs
+        start = torch.as_tensor(step.done)
+    return out[:episodes]
+
+
+@dataclass
+class SequenceBatch:
+    """(T, B, ...) frames of B lanes for one BPTT chunk."""
+
+    obs: dict[str, np.ndarray]
+    actions: dict[str, torch.Tensor]
+    episode_starts: torch.Tensor
+    """(T, B) bool: a new episode starts at this frame (reset the state first)."""
+    returns: torch.Tensor
+    """(T, B) discounted returns-to-go (value targets)."""
+
+
+class SequenceSampler:
+    """Episodes replayed as ``lanes`` parallel streams, ``seq_len`` frames at a time.
+
+    Each lane plays a random episode to its end, then the next random one; a batch is the next
+    ``seq_len`` frames of every lane. The caller carries the recurrent state from one batch to
+    the next (detached) and resets it where ``episode_starts`` is true.
+    """
+
+    def __init__(
+        self, episodes: list[Episode], lanes: int, seq_len: int, gamma: float, seed: int = 0
+    ) -> None:
+        if not episodes:
+            raise ValueError("no demonstration episodes to sample from")
+        self.episodes: list[Episode] = []
+        self._returns: list[np.ndarray] = []
+        self.gamma = gamma
+        self.lanes, self.seq_len = lanes, seq_len
+        self.rng = np.random.default_rng(seed)
+        self.add(episodes)
+        self._episode = self.rng.integers(len(self.episodes), size=lanes)
+        self._pos = np.zeros(lanes, dtype=np.int64)
+
+    @property
+    def frames(self) -> int:
+        return sum(len(e) for e in self.episodes)
+
+    def add(self, episodes: list[Episode]) -> None:
+        """More episodes (DAgger rounds); lanes draw from all of them from their next
+        episode on."""
+        self.episodes = self.episodes + list(episodes)
+        self._returns += [ep.returns(self.gamma) for ep in episodes]
+
+    def next_batch(self) -> SequenceBatch:
+        T, B = self.seq_len, self.lanes
+        first = self.episodes[0]
+        obs = {k: np.empty((T, B, *v.shape[1:]), v.dtype) for k, v in first.obs.items()}
+        act = {k: np.empty((T, B, *v.shape[1:]), v.dtype) for k, v in first.actions.items()}
+        starts = np.zeros((T, B), dtype=bool)
+        returns = np.zeros((T, B), dtype=np.float32)
+        for b in range(B):
+            t = 0
+            while t < T:
+                ep_i, pos = int(self._episode[b]), int(self._pos[b])
+                ep = self.episodes[ep_i]
+                n = min(T - t, len(ep) - pos)  # frames taken from this episode
+                for k in obs:
+                    obs[k][t : t + n, b] = ep.obs[k][pos : pos + n]
+                for k in act:
+                    act[k][t : t + n, b] = ep.actions[k][pos : pos + n]
+                returns[t : t + n, b] = self._returns[ep_i][pos : pos + n]
+                starts[t, b] = pos == 0
+                t += n
+                if pos + n >= len(ep):  # the lane moves on to a random episode
+                    self._episode[b] = self.rng.integers(len(self.episodes))
+                    self._pos[b] = 0
+                else:
+                    self._pos[b] = pos + n
+        return SequenceBatch(
+            obs=obs,
+            actions={k: torch.as_tensor(v) for k, v in act.items()},
+            episode_starts=torch.as_tensor(starts),
+            returns=torch.as_tensor(returns),
+        )
+
+
+def split_episodes(
+    episodes: list[Episode], holdout: float, seed: int = 0
+) -> tuple[list[Episode], list[Episode]]:
+    """Random (train, held-out) split of episodes."""
+    order = np.random.default_rng(seed).permutation(len(episodes))
+    n_hold = round(holdout * len(episodes))
+    return [episodes[i] for i in order[n_hold:]], [episodes[i] for i in order[:n_hold]]
+
+
+__all__ = [
+    "Episode",
+    "SequenceBatch",
+    "SequenceSampler",
+    "collect_episodes",
+    "load_episodes",
+    "split_episodes",
+]

@@ -1,0 +1,402 @@
+"""Recurrent PPO for mindloop agents: think steps and memory calls inside the action.
+
+One update (CleanRL's ``ppo_atari_lstm.py`` structure, with mindloop's decisions):
+
+1. **Rollout**: ``rollout_steps`` (T) steps of ``num_envs`` (N) envs. Every ``bptt_steps``
+   (L) steps the recurrent state is stored: it is the initial state of that sequence chunk
+   for truncated BPTT. Each step records the observation, the action, the think/memory
+   :class:`~agent.policy.Decisions`, the joint log-probability (action + halting + memory
+   ops, :attr:`StepInfo.log_prob`) and the value.
+2. **Rewards**: env reward ``- think_cost * think_steps - memory_cost * memory_calls``
+   (the seed's "reward fewer think tokens"). A *truncated* episode is bootstrapped: its last
+   reward gets ``+ gamma * V(final_obs)``, the value of the observation the time limit cut
+   off (SB3's rule), while a *terminated* one is not; then both count as episode ends.
+3. **GAE** (Schulman et al. 2016) over the T steps, bootstrapped from V(next obs).
+4. **Epochs** over the N*T/L chunks in minibatches: :meth:`MindloopAgent.evaluate_sequence`
+   replays each chunk from its stored initial state with the recorded decisions (teacher
+   forcing), giving new log-probs/values/entropies for the clipped surrogate, the value loss
+   and the entropy bonuses; global grad-norm clip; linear LR schedule.
+
+Running normalization statistics are frozen during the rollout and the update (the replay
+must see the same features the rollout saw) and updated from the rollout's inputs after it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from agent.agent import MindloopAgent, NormRecorder
+from agent.config import PPOConfig
+from agent.policy import Decisions, StepInfo
+from agent.rollout import EnvRunner, memory_calls
+from agent.state import State, cat_states, index_state
+from agent.vector import VectorStep
+
+RewardFn = Callable[[VectorStep, dict[str, np.ndarray], StepInfo], np.ndarray]
+"""Optional reward override: (env step, actions taken, step info) -> (N,) rewards."""
+
+
+@dataclass
+class Rollout:
+    """T steps of N envs, ready for the update. Shapes (T, N, ...) unless noted."""
+
+    obs: dict[str, np.ndarray]
+    actions: dict[str, torch.Tensor]
+    decisions: Decisions
+    episode_starts: torch.Tensor
+    log_probs: torch.Tensor
+    values: torch.Tensor
+    rewards: torch.Tensor
+    """Env reward minus think and memory costs (plus the truncation bootstrap)."""
+    dones: torch.Tensor
+    chunk_states: State
+    """(C*N, ...) initial state of each chunk (c, n) at index c*N + n, C = T / L."""
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    think_steps: torch.Tensor
+    memory_calls: torch.Tensor
+    env_rewards: torch.Tensor
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.rewards.numel())
+
+
+def _chunks(x: Any, T: int, L: int) -> Any:
+    """(T, N, ...) -> (L, C*N, ...) with chunk (c, n) at column c*N + n."""
+    C = T // L
+    if isinstance(x, np.ndarray):
+        y = x.reshape(C, L, *x.shape[1:]).swapaxes(0, 1)
+        return y.reshape(L, C * x.shape[1], *x.shape[2:])
+    y = x.reshape(C, L, *x.shape[1:]).transpose(0, 1)
+    return y.reshape(L, C * x.shape[1], *x.shape[2:])
+
+
+class PPOTrainer:
+    """Collects rollouts with an :class:`EnvRunner` and updates the agent.
+
+    Args:
+        agent: the agent (weights updated in place).
+        runner: envs + carried state; its agent must be ``agent``.
+        config: PPO settings.
+        total_updates: number of updates the LR schedule anneals over.
+        model: what the training forward runs through (``agent`` or its DDP wrapper).
+        memory_cost: reward cost per memory call (None: ``config.memory_cost`` or the
+            agent's memory ``call_cost``).
+        reward_fn: replaces the env reward (e.g. SFT-as-RL's answer-token reward).
+        reduce: averages a float across ranks (DDP); identity on one process.
+        gather: concatenates a tensor across ranks (DDP) for running-norm updates.
+        seed: seeds the minibatch shuffling.
+    """
+
+    def __init__(
+        self,
+        agent: MindloopAgent,
+        runner: EnvRunner,
+        config: PPOConfig,
+        total_updates: int,
+        model: nn.Module | None = None,
+        memory_cost: float | None = None,
+        reward_fn: RewardFn | None = None,
+        reduce: Callable[[float], float] | None = None,
+        gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        seed: int = 0,
+        needs_expert: bool = False,
+    ) -> None:
+        self.agent = agent
+        self.runner = runner
+        self.cfg = config
+        self.total_updates = max(total_updates, 1)
+        self.model = model if model is not None else agent
+        if memory_cost is None:
+            memory_cost = config.memory_cost
+        if memory_cost is None:
+            memory = agent.policy.memory
+            memory_cost = float(getattr(memory, "call_cost", 0.0)) if memory is not None else 0.0
+        self.memory_cost = memory_cost
+        self.reward_fn = reward_fn
+        self.needs_expert = needs_expert
+        self.reduce = reduce or (lambda x: x)
+        self.gather = gather
+        self.optimizer = torch.optim.Adam(agent.parameters(), lr=config.lr, eps=1e-5)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.norms = NormRecorder(agent)
+        self.updates_done = 0
+
+    # ------------------------------------------------------------------ schedule
+
+    def lr_at(self, update: int) -> float:
+        if self.cfg.lr_schedule == "constant":
+            return self.cfg.lr
+        return self.cfg.lr * max(1.0 - update / self.total_updates, 0.0)
+
+    # ------------------------------------------------------------------ rollout
+
+    @torch.no_grad()
+    def collect(self) -> Rollout:
+        """One rollout of T steps from where the runner stands."""
+        cfg, runner, agent = self.cfg, self.runner, self.agent
+        agent.eval()
+        T, L, N = cfg.rollout_steps, cfg.bptt_steps, runner.num_envs
+        dev = agent.device
+        obs_buf: dict[str, list[np.ndarray]] = {k: [] for k in runner.obs}
+        acts, decs, starts, logps, values = [], [], [], [], []
+        rewards, env_rewards, dones, thinks, calls, chunk_states = [], [], [], [], [], []
+        for t in range(T):
+            if t % L == 0:
+                chunk_states.append({k: v.clone() for k, v in runner.state.items()})
+            for k, v in runner.obs.items():
+                obs_buf[k].append(np.array(v, copy=True))
+            start = runner.episode_start.clone()
+            with self.norms.recording():
+                actions, new_state, info = runner.act()
+            np_actions = agent.actions_to_numpy(actions)
+            labels = None
+            if self.needs_expert:
+                from agent.vector import expert_actions
+
+                labels = expert_actions(runner.envs)
+            step = runner.step(np_actions, new_state, info)
+            env_r = torch.as_tensor(step.reward, dtype=torch.float32)
+            if self.reward_fn is not None:
+                base = self.reward_fn(step, np_actions, info, labels)
+                env_r = torch.as_tensor(base, dtype=torch.float32)
+            n_calls = memory_calls(info).float().cpu()
+            think = info.think_steps.float().cpu()
+            reward = env_r - self.cfg.think_cost * think - self.memory_cost * n_calls
+            reward = reward + self._truncation_bootstrap(step, new_state)
+            acts.append({k: v.cpu() for k, v in actions.items()})
+            decs.append(info.decisions)
+            starts.append(start)
+            logps.append(info.log_prob.cpu())
+            values.append(info.value.cpu())
+            rewards.append(reward)
+            env_rewards.append(env_r)
+            dones.append(torch.as_tensor(step.done, dtype=torch.float32))
+            thinks.append(think)
+            calls.append(n_calls)
+        next_value = agent.act_tensors(
+            runner.obs, runner.state, runner.episode_start, deterministic=True
+        )[2].value.cpu()
+        rollout = Rollout(
+            obs={k: np.stack(v) for k, v in obs_buf.items()},
+            actions={k: torch.stack([a[k] for a in acts]) for k in acts[0]},
+            decisions=Decisions(
+                torch.stack([d.think_steps for d in decs]).cpu(),
+                torch.stack([d.mem_ops for d in decs]).cpu(),
+            ),
+            episode_starts=torch.stack(starts),
+            log_probs=torch.stack(logps),
+            values=torch.stack(values),
+            rewards=torch.stack(rewards),
+            dones=torch.stack(dones),
+            chunk_states=cat_states([{k: v.cpu() for k, v in s.items()} for s in chunk_states]),
+            advantages=torch.empty(0),
+            returns=torch.empty(0),
+            think_steps=torch.stack(thinks),
+            memory_calls=torch.stack(calls),
+            env_rewards=torch.stack(env_rewards),
+        )
+        rollout.advantages, rollout.returns = gae(
+            rollout.rewards, rollout.values, rollout.dones, next_value, cfg.gamma, cfg.gae_lambda
+        )
+        del dev
+        return rollout
+
+    def _truncation_bootstrap(self, step: VectorStep, state_after: State) -> torch.Tensor:
+        """(N,) ``gamma * V(final_obs)`` for envs whose episode was truncated, else 0."""
+        out = torch.zeros(len(step.reward))
+        rows = [i for i in np.flatnonzero(step.truncated) if i in step.final_obs]
+        if not rows:
+            return out
+        final = {k: np.stack([step.final_obs[i][k] for i in rows]) for k in step.final_obs[rows[0]]}
+        index = torch.as_tensor(rows)
+        sub = index_state(state_after, index.to(self.agent.device))
+        no_start = torch.zeros(len(rows), dtype=torch.bool)
+        value = self.agent.act_tensors(final, sub, no_start, deterministic=True)[2].value.cpu()
+        out[index] = self.cfg.gamma * value
+        return out
+
+    # ------------------------------------------------------------------ update
+
+    def update(self, rollout: Rollout) -> dict[str, float]:
+        """PPO epochs over the rollout's chunks; returns loss metrics."""
+        cfg, agent = self.cfg, self.agent
+        dev = agent.device
+        lr = self.lr_at(self.updates_done)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        T, N = rollout.rewards.shape
+        L = cfg.bptt_steps
+        S = (T // L) * N
+        seq = {
+            "obs": {k: _chunks(v, T, L) for k, v in rollout.obs.items()},
+            "actions": {k: _chunks(v, T, L) for k, v in rollout.actions.items()},
+            "think": _chunks(rollout.decisions.think_steps, T, L),
+            "ops": _chunks(rollout.decisions.mem_ops, T, L),
+            "starts": _chunks(rollout.episode_starts, T, L),
+            "logp": _chunks(rollout.log_probs, T, L),
+            "values": _chunks(rollout.values, T, L),
+            "adv": _chunks(rollout.advantages, T, L),
+            "ret": _chunks(rollout.returns, T, L),
+        }
+        mb_size = max(S // cfg.minibatches, 1)
+        agent.train()
+        stats: dict[str, list[float]] = {}
+        stop = False
+        for _epoch in range(cfg.epochs):
+            order = torch.randperm(S, generator=self.generator)
+            for first in range(0, S, mb_size):
+                idx = order[first : first + mb_size]
+                m = self._minibatch_step(seq, idx, rollout.chunk_states, dev)
+                for k, v in m.items():
+                    stats.setdefault(k, []).append(v)
+            if cfg.target_kl is not None:
+                kl = self.reduce(float(np.mean(stats["approx_kl"][-(S // mb_size) :])))
+                if kl > cfg.target_kl:
+                    stop = True
+            if stop:
+                break
+        agent.eval()
+        self.norms.apply(self.gather)
+        self.updates_done += 1
+        out = {k: float(np.mean(v)) for k, v in stats.items()}
+        out["explained_variance"] = explained_variance(rollout.values, rollout.returns)
+        out["lr"] = lr
+        return out
+
+    def _minibatch_step(
+        self, seq: dict[str, Any], idx: torch.Tensor, chunk_states: State, dev: torch.device
+    ) -> dict[str, float]:
+        cfg = self.cfg
+        np_idx = idx.numpy()
+        obs = {k: v[:, np_idx] for k, v in seq["obs"].items()}
+        actions = {k: v[:, idx].to(dev) for k, v in seq["actions"].items()}
+        decisions = Decisions(seq["think"][:, idx].to(dev), seq["ops"][:, idx].to(dev))
+        init = {k: v.to(dev) for k, v in index_state(chunk_states, idx).items()}
+        starts = seq["starts"][:, idx].to(dev)
+        old_logp = seq["logp"][:, idx].to(dev)
+        old_v = seq["values"][:, idx].to(dev)
+        adv = seq["adv"][:, idx].to(dev)
+        ret = seq["ret"][:, idx].to(dev)
+
+        info, _ = self.model(obs, init, starts, actions=actions, decisions=decisions)
+        logratio = info.log_prob - old_logp
+        ratio = logratio.exp()
+        if cfg.norm_adv and adv.numel() > 1:
+            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip, 1 + cfg.clip)).mean()
+        value = info.value
+        if cfg.clip_value:
+            v_clipped = old_v + (value - old_v).clamp(-cfg.clip, cfg.clip)
+            v_loss = 0.5 * torch.max((value - ret) ** 2, (v_clipped - ret) ** 2).mean()
+        else:
+            v_loss = 0.5 * ((value - ret) ** 2).mean()
+        ent_action = info.entropy_action.mean()
+        ent_decision = (info.entropy_halt + info.entropy_memory).mean()
+        loss = (
+            pg_loss
+            + cfg.value_coef * v_loss
+            - cfg.entropy_coef * ent_action
+            - cfg.decision_entropy_coef * ent_decision
+        )
+        codec = info.memory_stats.get("codec_loss")
+        memory = self.agent.policy.memory
+        if codec is not None and memory is not None:
+            coef = float(getattr(memory.config, "codec_loss_coef", 0.0))
+            ran = info.memory_stats.get("op")
+            loss = loss + coef * codec.sum() / max(
+                int(codec.numel() if ran is None else (codec != 0).sum()), 1
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(self.agent.parameters(), cfg.max_grad_norm)
+        self.optimizer.step()
+        with torch.no_grad():
+            approx_kl = ((ratio - 1) - logratio).mean()
+            clipfrac = ((ratio - 1).abs() > cfg.clip).float().mean()
+        return {
+            "policy_loss": float(pg_loss),
+            "value_loss": float(v_loss),
+            "entropy": float(ent_action),
+            "decision_entropy": float(ent_decision),
+            "approx_kl": float(approx_kl),
+            "clipfrac": float(clipfrac),
+            "grad_norm": float(grad_norm),
+        }
+
+    # ------------------------------------------------------------------ one iteration
+
+    def iterate(self) -> dict[str, float]:
+        """Collect one rollout and update; returns rollout + loss metrics."""
+        t0 = time.perf_counter()
+        rollout = self.collect()
+        t1 = time.perf_counter()
+        metrics = self.update(rollout)
+        t2 = time.perf_counter()
+        metrics.update(
+            think_steps=float(rollout.think_steps.mean()),
+            memory_calls=float(rollout.memory_calls.mean()),
+            reward=float(rollout.env_rewards.mean()),
+            reward_shaped=float(rollout.rewards.mean()),
+            rollout_seconds=t1 - t0,
+            update_seconds=t2 - t1,
+            fps=rollout.num_steps / max(t2 - t0, 1e-9),
+            steps=float(rollout.num_steps),
+        )
+        return metrics
+
+    # ------------------------------------------------------------------ resume
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "updates_done": self.updates_done,
+            "generator": self.generator.get_state(),
+            "runner": self.runner.state_dict(),
+        }
+
+    def load_state_dict(self, data: dict[str, Any]) -> None:
+        self.updates_done = int(data["updates_done"])
+        self.generator.set_state(torch.as_tensor(data["generator"], dtype=torch.uint8))
+        self.runner.load_state_dict(data["runner"])
+
+
+def gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    dones: torch.Tensor,
+    next_value: torch.Tensor,
+    gamma: float,
+    lam: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalized advantage estimation. rewards/values/dones (T, N), next_value (N,).
+
+    ``dones[t]`` = the episode ended at step t (its successor is a reset observation), so no
+    value flows back across it. Returns (advantages, returns), each (T, N).
+    """
+    T = rewards.shape[0]
+    adv = torch.zeros_like(rewards)
+    last = torch.zeros_like(next_value)
+    for t in range(T - 1, -1, -1):
+        nv = next_value if t == T - 1 else values[t + 1]
+        nonterminal = 1.0 - dones[t]
+        delta = rewards[t] + gamma * nv * nonterminal - values[t]
+        last = delta + gamma * lam * nonterminal * last
+        adv[t] = last
+    return adv, adv + values
+
+
+def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """1 - Var(target - pred) / Var(target) (1: perfect, 0: no better than the mean)."""
+    var = float(target.var())
+    return float("nan") if var == 0 else 1.0 - float((target - pred).var()) / var
+
+
+__all__ = ["PPOTrainer", "Rollout", "explained_variance", "gae"]
