@@ -121,16 +121,14 @@ class CountAnswerEnv(MindloopEnv):
         xml = resources.files("envs").joinpath("assets/ball_bin.xml").read_text()
         spec = mujoco.MjSpec.from_string(xml)
         for i in range(max(self.max_events, 1)):
-            # Waiting balls hang behind the camera, welded to the world until released.
+            # Waiting balls float behind the camera, held up by an applied force equal to
+            # their weight (``xfrc_applied``: part of the replayable state, and no constraint
+            # rows for the solver, unlike a weld) until released.
             body = spec.worldbody.add_body(name=f"ball{i}", pos=[-3.0 + 0.2 * i, -3.0, 3.0])
             body.add_freejoint(name=f"ball{i}")
             body.add_geom(
                 name=f"ball{i}", type=mujoco.mjtGeom.mjGEOM_SPHERE, size=[0.03, 0, 0],
                 mass=0.05, rgba=[1, 1, 1, 1],
-            )  # fmt: skip
-            spec.add_equality(
-                name=f"hold{i}", type=mujoco.mjtEq.mjEQ_WELD, name1=f"ball{i}",
-                objtype=mujoco.mjtObj.mjOBJ_BODY,
             )  # fmt: skip
         return spec
 
@@ -140,7 +138,9 @@ class CountAnswerEnv(MindloopEnv):
         self._ball_qadr = np.array([m.jnt_qposadr[m.joint(f"ball{i}").id] for i in range(n)])
         self._ball_vadr = np.array([m.jnt_dofadr[m.joint(f"ball{i}").id] for i in range(n)])
         self._ball_geom = np.array([m.geom(f"ball{i}").id for i in range(n)])
-        self._hold_eq = np.array([m.equality(f"hold{i}").id for i in range(n)])
+        self._ball_body = np.array([m.body(f"ball{i}").id for i in range(n)])
+        weight = -m.opt.gravity[2] * m.body_subtreemass[self._ball_body]  # (n,) newtons
+        self._hold_force = weight
         self._count = 0
         self._release_steps = np.full(n, -1, dtype=np.int64)
         self._drop_xy = np.zeros((n, 2))
@@ -168,6 +168,7 @@ class CountAnswerEnv(MindloopEnv):
         self._answer = np.zeros(0, dtype=np.int64)
         self._done_answer = False
         self._token = vocab.SILENCE
+        self.data.xfrc_applied[self._ball_body, 2] = self._hold_force  # every ball waits
 
     def _apply_action(self, action: Action) -> None:
         token = int(np.asarray(action["text"]))
@@ -182,7 +183,7 @@ class CountAnswerEnv(MindloopEnv):
             q = self._ball_qadr[i]
             self.data.qpos[q : q + 7] = [*self._drop_xy[i], 1.0, 1.0, 0.0, 0.0, 0.0]
             self.data.qvel[self._ball_vadr[i] : self._ball_vadr[i] + 6] = 0.0
-            self.data.eq_active[self._hold_eq[i]] = 0
+            self.data.xfrc_applied[self._ball_body[i], 2] = 0.0  # let go
 
     def _task_step(self) -> tuple[float, bool, dict[str, Any]]:
         t, token = self._step_count, self._token
