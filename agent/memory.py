@@ -52,7 +52,7 @@ _STORE_KEYS = (
     "mem/store_codes",
     "mem/store_scale",
     "mem/store_keys",
-    "mem/store_used",
+    "mem/store_count",
     "mem/store_stamp",
     "mem/clock",
 )
@@ -93,6 +93,10 @@ class MemoryConfig:
     nap_merge_threshold: float = 0.95
     """A napped slot whose key has at least this cosine to a stored key overwrites that item
     (consolidation) instead of taking a new slot."""
+    workable_decay: float = 0.0
+    """Fraction of every workable slot (and its key) that fades per step. 0: slots hold until
+    overwritten; > 0 models a short-lived working memory, so what must outlive it has to be
+    set into the store (or napped)."""
     write_gate_bias: float = -3.0
     """Initial bias of the workable write gate: negative keeps slots by default."""
     op_init_logits: tuple[float, float, float] = (2.0, 0.0, 0.0)
@@ -146,6 +150,8 @@ class MemoryConfig:
             raise ValueError(
                 f"memory op_init_logits needs 3 values (none, set, get), got {self.op_init_logits}"
             )
+        if not 0.0 <= self.workable_decay < 1.0:
+            raise ValueError(f"memory workable_decay must be in [0, 1), got {self.workable_decay}")
         if self.call_cost < 0 or self.codec_loss_coef < 0:
             raise ValueError(
                 f"memory call_cost and codec_loss_coef must be >= 0, got {self.call_cost}, "
@@ -200,7 +206,7 @@ class TwoTierMemory(nn.Module):
 
     @property
     def item_nbytes(self) -> int:
-        """Bytes of one stored item: code (+ int8 scale), key, used flag, eviction stamp."""
+        """Bytes of one stored item: code (+ int8 scale), key, eviction stamp."""
         dtype = STORE_DTYPES[self.config.store_dtype]
         return ms.item_nbytes(
             ms.empty_store(1, 1, self.config.code_dim, self.config.key_dim, dtype, None)
@@ -273,10 +279,14 @@ class TwoTierMemory(nn.Module):
         key = F.normalize(key, dim=-1, eps=1e-8)  # (B, K)
         new = dict(state)
 
-        # Workable tier: move the addressed slot(s) toward this step's workable vector.
+        # Workable tier: fade (workable_decay), then move the addressed slot(s) toward this
+        # step's workable vector.
+        slots, slot_keys = state["mem/slots"], state["mem/slot_keys"]  # (B, N, S), (B, N, K)
+        if c.workable_decay > 0:
+            slots, slot_keys = slots * (1 - c.workable_decay), slot_keys * (1 - c.workable_decay)
         mix = (torch.sigmoid(gate) * torch.softmax(addr, dim=-1))[..., None]  # (B, N, 1)
-        slots = state["mem/slots"] + mix * (w[:, None, :] - state["mem/slots"])  # (B, N, S)
-        slot_keys = state["mem/slot_keys"] + mix * (key[:, None, :] - state["mem/slot_keys"])
+        slots = slots + mix * (w[:, None, :] - slots)
+        slot_keys = slot_keys + mix * (key[:, None, :] - slot_keys)
         attn = torch.softmax(torch.einsum("bk,bnk->bn", read_q, slot_keys), dim=-1)  # (B, N)
         new["mem/slots"], new["mem/slot_keys"] = slots, slot_keys
         new["mem/read"] = torch.einsum("bn,bns->bs", attn, slots)  # (B, S)
@@ -285,17 +295,24 @@ class TwoTierMemory(nn.Module):
         clock = state["mem/clock"]
         zeros = torch.zeros(h.shape[0], device=h.device)
         evicted, hit = zeros, zeros
-        if bool(is_set.any()):
-            new, evicted = self._store_item(new, w, key, is_set, clock)
-        if bool(is_get.any()):
-            new, hit = self._fetch(new, key, is_get, clock)
+        # Only the envs that call touch the store (most steps of a trained policy: none).
+        set_rows = is_set.nonzero().squeeze(1)
+        if set_rows.numel():
+            new, ev = self._store_item(new, set_rows, w[set_rows], key[set_rows], clock)
+            evicted = zeros.index_put((set_rows,), ev.to(zeros.dtype))
+        get_rows = is_get.nonzero().squeeze(1)
+        if get_rows.numel():
+            new, found = self._fetch(new, get_rows, key[get_rows], clock)
+            hit = zeros.index_put((get_rows,), found.to(zeros.dtype))
         new["mem/clock"] = clock + 1
 
-        if c.codec_loss_coef > 0:
+        # The codec's auxiliary loss is a training signal: computed when autograd is on (a
+        # BPTT replay), zeros in no-grad rollouts where it would only cost time.
+        if c.codec_loss_coef > 0 and torch.is_grad_enabled():
             codec_loss, codec_cos = self.codec.reconstruction_loss(w)
         else:
             codec_loss, codec_cos = zeros, zeros
-        occupancy = new["mem/store_used"].sum(dim=1).to(torch.float32)
+        occupancy = new["mem/store_count"].to(torch.float32)
         stats = {
             "op": op.to(torch.float32),
             "set": is_set.to(torch.float32),
@@ -311,44 +328,52 @@ class TwoTierMemory(nn.Module):
         return new, stats
 
     # ----------------------------------------------------------------- store operations
+    @staticmethod
+    def _store_of(state: State) -> State:
+        return {k: state[k] for k in _STORE_KEYS if k in state and k != "mem/clock"}
+
     def _store_item(
         self,
         state: State,
+        rows: torch.Tensor,
         w: torch.Tensor,
         key: torch.Tensor,
-        mask: torch.Tensor,
         clock: torch.Tensor,
         index: torch.Tensor | None = None,
     ) -> tuple[State, torch.Tensor]:
-        """Encode w (B, S) under key (B, K) into the store where mask; returns (state, evicted)."""
+        """Encode w (R, S) under key (R, K) into the stores of envs ``rows`` (R,).
+
+        Returns the state and evicted (R,) bool."""
         codes, scale = self.codec.encode(w.detach())
-        dtype = STORE_DTYPES[self.config.store_dtype]
-        keys = ms.encode_keys(key.detach(), dtype)
-        store = {k: state[k] for k in _STORE_KEYS if k in state and k != "mem/clock"}
-        store, _, evicted = ms.write_items(store, mask, codes, scale, keys, clock, index)
-        return {**state, **store}, evicted.to(torch.float32)
+        keys = ms.encode_keys(key.detach(), STORE_DTYPES[self.config.store_dtype])
+        store, _, evicted = ms.write_items(
+            self._store_of(state), rows, codes, scale, keys, clock[rows], index
+        )
+        return {**state, **store}, evicted
 
     def _fetch(
-        self, state: State, query: torch.Tensor, mask: torch.Tensor, clock: torch.Tensor
+        self, state: State, rows: torch.Tensor, query: torch.Tensor, clock: torch.Tensor
     ) -> tuple[State, torch.Tensor]:
-        """Decode the nearest item(s) to query (B, K) into ``mem/got`` where mask."""
+        """Decode the nearest item(s) to query (R, K) into ``mem/got`` of envs ``rows`` (R,).
+
+        Returns the state and found (R,) bool (false: the store was empty, got = zeros)."""
         c = self.config
-        store = {k: state[k] for k in _STORE_KEYS if k in state and k != "mem/clock"}
-        idx, score, valid = ms.lookup(store, query, c.get_topk)  # (B, k) each
-        codes, scale = ms.gather_items(store, idx)
-        items = self.codec.decode(codes, scale)  # (B, k, S)
+        store = self._store_of(state)
+        idx, score, valid = ms.lookup(store, rows, query, c.get_topk)  # (R, k) each
+        codes, scale = ms.gather_items(store, rows, idx)
+        items = self.codec.decode(codes, scale)  # (R, k, S)
         logits = (c.get_temperature * score).masked_fill(~valid, float("-inf"))
         weights = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # all-invalid rows -> 0
-        found = valid[:, 0]  # (B,) the store had at least one item
-        got = torch.einsum("bk,bks->bs", weights, items) * found[:, None]  # zeros on a miss
-        m = mask[:, None]
+        found = valid[:, 0]  # (R,) the store had at least one item
+        got = torch.einsum("rk,rks->rs", weights, items) * found[:, None]  # zeros on a miss
         new = dict(state)
-        new["mem/got"] = torch.where(m, got, state["mem/got"])
-        new["mem/hit"] = torch.where(m, found[:, None].to(got.dtype), state["mem/hit"])
-        new["mem/score"] = torch.where(m, score[:, :1], state["mem/score"])
-        if c.eviction == "lru":
-            new.update(ms.touch(store, idx[:, 0], mask & found, clock))
-        return new, (mask & found).to(torch.float32)
+        new["mem/got"] = state["mem/got"].index_copy(0, rows, got)
+        new["mem/hit"] = state["mem/hit"].index_copy(0, rows, found[:, None].to(got.dtype))
+        new["mem/score"] = state["mem/score"].index_copy(0, rows, score[:, :1])
+        if c.eviction == "lru" and bool(found.any()):
+            hit_rows = found.nonzero().squeeze(1)
+            new.update(ms.touch(store, rows[hit_rows], idx[hit_rows, 0], clock[rows[hit_rows]]))
+        return new, found
 
     # ----------------------------------------------------------------- naps
     @torch.no_grad()
@@ -372,18 +397,17 @@ class TwoTierMemory(nn.Module):
         napped = torch.zeros(batch, device=slots.device)
         merged, evicted = torch.zeros_like(napped), torch.zeros_like(napped)
         for i in range(slots.shape[1]):
-            key = F.normalize(slot_keys[:, i], dim=-1, eps=1e-8)  # (B, K)
-            valid = mask & (slots[:, i].norm(dim=-1) > min_norm)
-            if not bool(valid.any()):
+            rows = (mask & (slots[:, i].norm(dim=-1) > min_norm)).nonzero().squeeze(1)
+            if not rows.numel():
                 continue
-            store = {k: state[k] for k in _STORE_KEYS if k in state and k != "mem/clock"}
-            idx, score, found = ms.lookup(store, key, 1)
+            key = F.normalize(slot_keys[rows, i], dim=-1, eps=1e-8)  # (R, K)
+            idx, score, found = ms.lookup(self._store_of(state), rows, key, 1)
             merge = found[:, 0] & (score[:, 0] >= self.config.nap_merge_threshold)
             index = torch.where(merge, idx[:, 0], torch.full_like(idx[:, 0], -1))
-            state, ev = self._store_item(state, slots[:, i], key, valid, clock, index)
-            napped += valid.float()
-            merged += (valid & merge).float()
-            evicted += ev
+            state, ev = self._store_item(state, rows, slots[rows, i], key, clock, index)
+            napped[rows] += 1.0
+            merged[rows] += merge.float()
+            evicted[rows] += ev.float()
         return state, {"napped": napped, "merged": merged, "evicted": evicted}
 
 

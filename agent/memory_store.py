@@ -5,13 +5,17 @@ The store of each env is ``C`` slots (capacity) held in the recurrent state:
 - ``mem/store_codes`` (B, C, code_dim): codes in the store dtype (int8, float16, float32)
 - ``mem/store_scale`` (B, C) float32: per-item int8 scale (only when codes are int8)
 - ``mem/store_keys`` (B, C, key_dim): unit-norm content keys, int8 (x127) or float
-- ``mem/store_used`` (B, C) bool: slot holds an item
 - ``mem/store_stamp`` (B, C) int32: the clock value the eviction rule compares
+- ``mem/store_count`` (B,) int32: items held
+
+Items fill slots ``0, 1, 2, ...`` and are only ever replaced, never removed one by one (an
+episode start clears a whole store), so the held items are always the prefix
+``[0, count)``: no per-slot "used" flag is needed and a get scores only that prefix.
 
 Eviction when full (a ``set`` with no free slot): the item with the smallest stamp goes.
 With ``lru`` the stamp is refreshed on every ``get`` that returns the item (least recently
-used goes), with ``fifo`` it is the insertion time (oldest goes). Free slots are always
-filled first, lowest index first, so the store never exceeds capacity.
+used goes), with ``fifo`` it is the insertion time (oldest goes). The store never exceeds
+its capacity.
 """
 
 from __future__ import annotations
@@ -38,12 +42,22 @@ def empty_store(
     store = {
         "mem/store_codes": torch.zeros(batch, capacity, code_dim, dtype=dtype, device=device),
         "mem/store_keys": torch.zeros(batch, capacity, key_dim, dtype=dtype, device=device),
-        "mem/store_used": torch.zeros(batch, capacity, dtype=torch.bool, device=device),
         "mem/store_stamp": torch.zeros(batch, capacity, dtype=torch.int32, device=device),
+        "mem/store_count": torch.zeros(batch, dtype=torch.int32, device=device),
     }
     if dtype == torch.int8:
         store["mem/store_scale"] = torch.zeros(batch, capacity, device=device)
     return store
+
+
+def capacity_of(store: State) -> int:
+    return store["mem/store_stamp"].shape[1]
+
+
+def used_mask(store: State) -> torch.Tensor:
+    """(B, C) bool: which slots hold an item (the prefix [0, count))."""
+    slots = torch.arange(capacity_of(store), device=store["mem/store_count"].device)
+    return slots[None, :] < store["mem/store_count"][:, None]
 
 
 def encode_keys(keys: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -54,101 +68,107 @@ def encode_keys(keys: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def decode_keys(keys: torch.Tensor) -> torch.Tensor:
-    """Stored keys -> unit-norm float32 (renormalized after int8 rounding)."""
+    """Stored keys -> float32 (unit norm up to int8 rounding)."""
     k = keys.to(torch.float32)
-    return torch.nn.functional.normalize(k, dim=-1, eps=1e-8)
+    return k / _KEY_SCALE if keys.dtype == torch.int8 else k
 
 
-def choose_slot(used: torch.Tensor, stamp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Where the next item of each env goes: idx (B,) long, evicts (B,) bool.
+def key_similarity(keys: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    """Cosine of stored keys (R, n, key_dim) to unit-norm queries (R, key_dim) -> (R, n).
 
-    Free slots rank below every used one (priority -1 < any stamp >= 0) and argmin returns
-    the first minimum, so the lowest free index is used; when all are used the smallest
-    stamp (least recently used / oldest) is evicted.
+    Stored keys were unit-norm before storage; int8 rounding changes a norm by well under 1%,
+    so dividing by 127 instead of renormalizing every key keeps a get at one batched matmul.
     """
-    priority = torch.where(
-        used, stamp.to(torch.int64), torch.full_like(stamp, -1, dtype=torch.int64)
-    )
-    return priority.argmin(dim=1), used.all(dim=1)
+    scale = 1.0 / _KEY_SCALE if keys.dtype == torch.int8 else 1.0
+    return torch.bmm(keys.to(query.dtype), query[:, :, None]).squeeze(-1) * scale
+
+
+def choose_slot(store: State, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the next item of each env in ``rows`` (R,) goes: idx (R,) long, evicts (R,) bool.
+
+    A store with room takes the next free slot (``count``); a full one evicts the smallest
+    stamp (least recently used / oldest; the lowest index on a tie).
+    """
+    count = store["mem/store_count"][rows]
+    full = count >= capacity_of(store)
+    idx = count.to(torch.int64)
+    if bool(full.any()):  # reading every stamp costs O(capacity): only when some store is full
+        idx = torch.where(full, store["mem/store_stamp"][rows].argmin(dim=1), idx)
+    return idx, full
 
 
 def write_items(
     store: State,
-    mask: torch.Tensor,
+    rows: torch.Tensor,
     codes: torch.Tensor,
     scale: torch.Tensor | None,
     keys: torch.Tensor,
     clock: torch.Tensor,
     index: torch.Tensor | None = None,
 ) -> tuple[State, torch.Tensor, torch.Tensor]:
-    """Write one item per env where ``mask`` (B,) is true; returns (store, idx, evicted).
+    """Write one item into each env of ``rows`` (R,) long; returns (store, idx (R,), evicted (R,)).
 
-    codes (B, code_dim) and keys (B, key_dim) are already in the store dtype. ``index`` (B,)
-    overrides the slot (e.g. a nap merging into an existing item); -1 means "choose by the
-    eviction rule". Functional: returns new tensors, never edits ``store`` in place (a rollout
-    keeps sequence-initial states for BPTT).
+    codes (R, code_dim), keys (R, key_dim) are in the store dtype, scale (R,) or None, clock
+    (R,). ``index`` (R,) overrides the slot with an item already held (a nap merging into
+    it); -1 means "choose by the eviction rule". Functional: the store tensors are cloned,
+    never edited in place (a rollout keeps sequence-initial states for BPTT); the store
+    holds no autograd.
     """
-    used, stamp = store["mem/store_used"], store["mem/store_stamp"]
-    idx, full = choose_slot(used, stamp)
+    idx, full = choose_slot(store, rows)
+    grows = ~full
     if index is not None:
         override = index >= 0
         idx = torch.where(override, index, idx)
-        full = full & ~override
-    capacity = used.shape[1]
-    onehot = (torch.arange(capacity, device=idx.device)[None, :] == idx[:, None]) & mask[:, None]
-    out = dict(store)
-    out["mem/store_codes"] = torch.where(
-        onehot[..., None], codes[:, None, :], store["mem/store_codes"]
-    )
-    out["mem/store_keys"] = torch.where(
-        onehot[..., None], keys[:, None, :], store["mem/store_keys"]
-    )
+        full, grows = full & ~override, grows & ~override
+    out = {k: v.clone() for k, v in store.items()}
+    out["mem/store_codes"][rows, idx] = codes
+    out["mem/store_keys"][rows, idx] = keys
     if scale is not None:
-        out["mem/store_scale"] = torch.where(onehot, scale[:, None], store["mem/store_scale"])
-    out["mem/store_used"] = used | onehot
-    out["mem/store_stamp"] = torch.where(onehot, clock.to(torch.int32)[:, None], stamp)
-    return out, idx, full & mask
+        out["mem/store_scale"][rows, idx] = scale
+    out["mem/store_stamp"][rows, idx] = clock.to(torch.int32)
+    out["mem/store_count"][rows] += grows.to(torch.int32)
+    return out, idx, full
 
 
 def lookup(
-    store: State, query: torch.Tensor, topk: int
+    store: State, rows: torch.Tensor, query: torch.Tensor, topk: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Nearest stored keys by cosine to ``query`` (B, key_dim), unit norm.
+    """Nearest stored keys by cosine to ``query`` (R, key_dim), unit norm, for envs ``rows``.
 
-    Returns idx (B, k) long, score (B, k) cosine (differentiable in ``query``), valid (B, k)
-    bool (false where the store has fewer than k items; all false on an empty store).
+    Returns idx (R, k) long, score (R, k) cosine (differentiable in ``query``), valid (R, k)
+    bool (false where the store has fewer than k items; all false on an empty store). Only
+    the held prefix is scored: a get costs O(items held), not O(capacity).
     """
-    keys = decode_keys(store["mem/store_keys"])  # (B, C, key_dim)
-    sim = torch.einsum("bck,bk->bc", keys, query)  # (B, C)
-    used = store["mem/store_used"]
-    sim = sim.masked_fill(~used, float("-inf"))
-    k = min(topk, used.shape[1])
-    score, idx = sim.topk(k, dim=1)  # (B, k)
+    count = store["mem/store_count"][rows]  # (R,)
+    k = min(topk, capacity_of(store))
+    n = max(int(count.max()), k)
+    sim = key_similarity(store["mem/store_keys"][rows, :n], query)  # (R, n)
+    held = torch.arange(n, device=count.device)[None, :] < count[:, None]
+    sim = sim.masked_fill(~held, float("-inf"))
+    score, idx = sim.topk(k, dim=1)  # (R, k)
     valid = torch.isfinite(score)
     return idx, torch.where(valid, score, torch.zeros_like(score)), valid
 
 
-def gather_items(store: State, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Codes (B, k, code_dim) and scales (B, k) (or None) of the items at idx (B, k)."""
-    codes = store["mem/store_codes"]
-    picked = torch.gather(codes, 1, idx[..., None].expand(-1, -1, codes.shape[-1]))
+def gather_items(
+    store: State, rows: torch.Tensor, idx: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Codes (R, k, code_dim) and scales (R, k) (or None) of items idx (R, k) of envs rows."""
+    codes = store["mem/store_codes"][rows[:, None], idx]
     scale = store.get("mem/store_scale")
-    return picked, (None if scale is None else torch.gather(scale, 1, idx))
+    return codes, (None if scale is None else scale[rows[:, None], idx])
 
 
-def touch(store: State, idx: torch.Tensor, mask: torch.Tensor, clock: torch.Tensor) -> State:
-    """Refresh the stamp of item idx (B,) where mask (B,): the LRU rule's "recently used"."""
-    capacity = store["mem/store_used"].shape[1]
-    onehot = (torch.arange(capacity, device=idx.device)[None, :] == idx[:, None]) & mask[:, None]
+def touch(store: State, rows: torch.Tensor, idx: torch.Tensor, clock: torch.Tensor) -> State:
+    """Refresh the stamps of items idx (R,) of envs rows (R,): the LRU rule's "recently used"."""
     out = dict(store)
-    out["mem/store_stamp"] = torch.where(
-        onehot, clock.to(torch.int32)[:, None], store["mem/store_stamp"]
-    )
+    out["mem/store_stamp"] = store["mem/store_stamp"].clone()
+    out["mem/store_stamp"][rows, idx] = clock.to(torch.int32)
     return out
 
 
 def item_nbytes(store: State) -> int:
-    """Bytes one stored item takes in ``store``: code, scale, key, used flag and stamp."""
-    batch, capacity = store["mem/store_used"].shape
-    total = sum(v.numel() * v.element_size() for v in store.values())
-    return total // (batch * capacity)
+    """Bytes one stored item takes: code (+ int8 scale), key and eviction stamp."""
+    batch, capacity = store["mem/store_stamp"].shape
+    per_slot = [v for k, v in store.items() if k != "mem/store_count"]
+    return sum(v.numel() * v.element_size() for v in per_slot) // (batch * capacity)

@@ -131,7 +131,7 @@ def test_store_never_exceeds_capacity(eviction):
     for _ in range(60):
         op = torch.randint(0, 3, (4,), generator=gen)
         state, stats = mem.apply(torch.randn(4, HIDDEN, generator=gen), op, state)
-        assert state["mem/store_used"].shape == (4, 5)
+        assert state["mem/store_codes"].shape[:2] == (4, 5)
         assert bool((stats["occupancy"] <= 5).all())
     assert bool((stats["occupancy"] == 5).all())  # 60 random steps fill 5 slots
 
@@ -155,11 +155,13 @@ def test_eviction_rule(eviction, evicted_item):
 
 
 def test_choose_slot_fills_free_slots_first_then_smallest_stamp():
-    used = torch.tensor([[True, False, True, False], [True, True, True, True]])
-    stamp = torch.tensor([[5, 0, 1, 0], [7, 2, 9, 4]], dtype=torch.int32)
-    idx, evicts = ms.choose_slot(used, stamp)
-    assert idx.tolist() == [1, 1]
-    assert evicts.tolist() == [False, True]
+    store = {
+        "mem/store_count": torch.tensor([2, 4, 4], dtype=torch.int32),
+        "mem/store_stamp": torch.tensor([[5, 1, 0, 0], [7, 2, 9, 4], [3, 8, 3, 9]]).int(),
+    }
+    idx, evicts = ms.choose_slot(store, torch.arange(3))
+    assert idx.tolist() == [2, 1, 0]  # next free slot; smallest stamp; lowest index on a tie
+    assert evicts.tolist() == [False, True, True]
 
 
 def test_get_on_empty_store_is_zeros_and_miss():
@@ -222,7 +224,7 @@ def test_episode_start_clears_workable_and_store_unless_persistent(persist_store
     for key in ("mem/slots", "mem/slot_keys", "mem/read", "mem/got", "mem/hit", "mem/score"):
         assert state[key][start].abs().sum() == 0, key
         assert torch.equal(state[key][~start], before[key][~start]), key
-    occupancy = state["mem/store_used"].sum(dim=1)
+    occupancy = state["mem/store_count"]
     assert occupancy[1] == 2  # the env that did not start keeps everything
     assert occupancy[0] == (2 if persist_store else 0)
     assert occupancy[2] == (2 if persist_store else 0)
@@ -230,14 +232,29 @@ def test_episode_start_clears_workable_and_store_unless_persistent(persist_store
     assert mem.reset(state, torch.zeros(3, dtype=torch.bool)) is state
 
 
+def test_workable_slots_hold_without_decay_and_fade_with_it():
+    h = torch.randn(2, HIDDEN)
+    norms = {}
+    for decay in (0.0, 0.1):
+        mem = make(workable_decay=decay, write_gate_bias=4.0)
+        state, _ = run_ops(mem, [h], [OP_NONE])
+        with torch.no_grad():
+            mem.proj.bias[-1].fill_(-30.0)  # close the write gate: only the decay acts
+        start = state["mem/slots"].norm()
+        state, _ = run_ops(mem, [h] * 20, [OP_NONE] * 20, state)
+        norms[decay] = (state["mem/slots"].norm() / start).item()
+    assert norms[0.0] == pytest.approx(1.0, abs=1e-5)
+    assert norms[0.1] == pytest.approx(0.9**20, rel=1e-3)
+
+
 def test_nap_on_reset_consolidates_workable_slots_into_a_persistent_store():
     mem = make(persist_store=True, nap_on_reset=True, write_gate_bias=4.0)
     h = torch.randn(2, HIDDEN)
     state, _ = run_ops(mem, [h, h], [OP_NONE, OP_NONE])  # only the workable tier is written
-    assert state["mem/store_used"].sum() == 0
+    assert state["mem/store_count"].sum() == 0
     state = mem.reset(state, torch.tensor([True, False]))
-    assert state["mem/store_used"][0].sum() >= 1  # napped before the workable clear
-    assert state["mem/store_used"][1].sum() == 0
+    assert state["mem/store_count"][0] >= 1  # napped before the workable clear
+    assert state["mem/store_count"][1] == 0
     assert state["mem/slots"][0].abs().sum() == 0
     # The next episode can fetch what the last one held in its workable slots.
     state, stats = mem.apply(h, torch.full((2,), OP_GET), state)
@@ -248,12 +265,12 @@ def test_nap_merges_near_duplicates_instead_of_filling_the_store():
     mem = make(write_gate_bias=4.0)
     state, _ = run_ops(mem, [torch.randn(1, HIDDEN)], [OP_NONE])
     state, first = mem.nap(state)
-    occupancy = state["mem/store_used"].sum().item()
+    occupancy = state["mem/store_count"].sum().item()
     # One write filled all 3 slots with the same content: one item, the others merged.
     assert first["napped"].item() == 3
     assert occupancy == 3 - first["merged"].item() >= 1
     state, second = mem.nap(state)  # same slots again: replayed into the same items
-    assert state["mem/store_used"].sum().item() == occupancy
+    assert state["mem/store_count"].sum().item() == occupancy
     assert second["merged"].item() == second["napped"].item()
 
 
@@ -263,8 +280,8 @@ def test_stored_item_is_at_least_4x_smaller_than_a_workable_slot(store_dtype):
     assert mem.workable_slot_nbytes >= 4 * mem.item_nbytes
     # The accounting matches the tensors actually held in the state.
     state = mem.initial_state(2)
-    store = {k: v for k, v in state.items() if k.startswith("mem/store_")}
-    assert state_nbytes(store) == mem.config.capacity * mem.item_nbytes
+    per_slot = {k: v for k, v in state.items() if k.startswith("mem/store_") and v.dim() > 1}
+    assert state_nbytes(per_slot) == mem.config.capacity * mem.item_nbytes
 
 
 @pytest.mark.parametrize(
@@ -280,6 +297,7 @@ def test_stored_item_is_at_least_4x_smaller_than_a_workable_slot(store_dtype):
         ({"nap_on_reset": True}, "needs persist_store=True"),
         ({"name": "tape"}, "unknown memory 'tape'"),
         ({"call_cost": -1.0}, "must be >= 0"),
+        ({"workable_decay": 1.0}, "workable_decay must be in"),
     ],
 )
 def test_bad_config_fails_at_build_time_with_one_line(overrides, fragment):
@@ -348,4 +366,4 @@ def test_works_with_every_registered_core(core_name):
         grads = [p.grad for p in module.parameters() if p.grad is not None]
         assert grads and all(torch.isfinite(g).all() for g in grads), name
         assert sum(g.abs().sum() for g in grads) > 0, name
-    assert index_state(mem_state, slice(0, 1))["mem/store_used"].shape == (1, 6)
+    assert index_state(mem_state, slice(0, 1))["mem/store_codes"].shape[:2] == (1, 6)
