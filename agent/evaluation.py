@@ -260,8 +260,12 @@ def load_checkpoint_policy(
 ) -> tuple[AgentPolicy, str, dict[str, Any]]:
     """A trained agent from a checkpoint (run dir, ``checkpoints/latest`` or a step dir),
     with the env id and kwargs it was trained on: ``(policy, env_id, env_kwargs)``."""
-    from agent.checkpoint import load_agent
+    from agent.checkpoint import load_agent, read_checkpoint_meta
 
+    if "sb3" in read_checkpoint_meta(checkpoint):  # an SB3 baseline (agent/baselines.py)
+        from agent.baselines import load_sb3_eval_policy
+
+        return load_sb3_eval_policy(checkpoint, deterministic, device)  # type: ignore[return-value]
     agent, config = load_agent(checkpoint, device=device)
     name = f"agent:{Path(checkpoint).name}"
     return AgentPolicy(agent, deterministic, name=name), config.env.id, config.env.make_kwargs()

@@ -106,6 +106,14 @@ def test_every_baseline_trains_end_to_end(algo: str, tmp_path: Path) -> None:
     summary = json.loads((run / "eval.json").read_text())["summary"]
     assert summary["episodes"] == 2
 
+    # eval.py rebuilds the SB3 policy from the run directory alone (SB3Policy adapter).
+    import eval as eval_cli
+
+    out = tmp_path / "eval.json"
+    assert eval_cli.main(["--checkpoint", str(run), "--episodes", "1", "--json", str(out)]) == 0
+    evaluated = json.loads(out.read_text())
+    assert evaluated["policy"].startswith(algo) and evaluated["env_kwargs"] == ENV_KWARGS
+
     tags = tensorboard_tags(run / "tb")
     for tag in ("charts/episodic_return", "charts/sps", "losses/value_loss", "eval/success_rate"):
         assert tag in tags, f"{tag} missing from {sorted(tags)}"
