@@ -24,6 +24,8 @@ from importlib import resources
 import mujoco
 import numpy as np
 
+from envs.registry import Registry
+
 OBJECT_BIT = 2
 """contype/conaffinity bit shared by the hand and task objects (and nothing else)."""
 
@@ -65,28 +67,14 @@ class Arm:
 
 
 ArmBuilder = Callable[[], Arm]
-ARMS: dict[str, ArmBuilder] = {}
-
-
-def register_arm(name: str) -> Callable[[ArmBuilder], ArmBuilder]:
-    """Decorator adding an arm builder under ``name``."""
-
-    def add(fn: ArmBuilder) -> ArmBuilder:
-        if name in ARMS and ARMS[name] is not fn:
-            raise ValueError(f"arm {name!r} is already registered")
-        ARMS[name] = fn
-        return fn
-
-    return add
+ARMS: Registry[ArmBuilder] = Registry("arm (muscle model)")
+register_arm = ARMS.register
+"""Decorator adding an arm builder under a name: ``@register_arm("myarm")``."""
 
 
 def make_arm(name: str) -> Arm:
     """A fresh :class:`Arm` by name; an unknown name is a one-line error listing the choices."""
-    if name not in ARMS:
-        raise ValueError(
-            f"unknown arm (muscle model) {name!r}; available: {', '.join(sorted(ARMS))}"
-        )
-    return ARMS[name]()
+    return ARMS.get(name)()
 
 
 def _sweep_lengthranges(spec: mujoco.MjSpec, points: int = 41) -> np.ndarray:

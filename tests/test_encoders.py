@@ -476,7 +476,7 @@ def test_fused_errors_are_one_line() -> None:
 def test_a_broken_plugin_does_not_break_the_registry(monkeypatch) -> None:
     from importlib.metadata import EntryPoint
 
-    import encoders.registry as registry_module
+    import envs.registry as registry_module
 
     fake = [
         EntryPoint("broken", "no_such_module_xyz:Thing", "mindloop.test"),
