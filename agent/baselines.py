@@ -86,6 +86,7 @@ from agent.config import (
     config_to_dict,
 )
 from agent.evaluation import EvalResult, SB3Policy, evaluate, evaluate_and_save
+from agent.training import EVAL_SEED_OFFSET
 from encoders.registry import Registry
 from encoders.sb3 import sb3_policy_kwargs
 from envs.wrappers import FlattenActionWrapper
@@ -178,10 +179,9 @@ def sb3_algo_kwargs(config: TrainConfig) -> dict[str, Any]:
             f"ppo.minibatches={ppo.minibatches} must divide num_envs x rollout_steps = {samples} "
             "for the SB3 baselines"
         )
-    lr = ppo.lr
     # SB3 calls the schedule with progress_remaining going 1 -> 0 over total_timesteps.
-    schedule = _LinearSchedule(lr) if ppo.lr_schedule == "linear" else _ConstantSchedule(lr)
-    device = config.run.device
+    linear = ppo.lr_schedule == "linear"
+    schedule = _LinearSchedule(ppo.lr) if linear else _ConstantSchedule(ppo.lr)
     return dict(
         n_steps=ppo.rollout_steps,
         batch_size=samples // ppo.minibatches,
@@ -197,7 +197,7 @@ def sb3_algo_kwargs(config: TrainConfig) -> dict[str, Any]:
         max_grad_norm=ppo.max_grad_norm,
         target_kl=ppo.target_kl,
         seed=config.run.seed,
-        device="auto" if device == "auto" else device,
+        device=config.run.device,  # auto, cpu, cuda: the same names in SB3
         verbose=0,
     )
 
@@ -577,20 +577,17 @@ def load_sb3_eval_policy(
 # --------------------------------------------------------------------------- logging
 
 METRIC_ALIASES = {
-    "rollout/ep_rew_mean": "charts/episodic_return",
-    "rollout/ep_len_mean": "charts/episodic_length",
-    "rollout/success_rate": "charts/success_rate",
-    "time/fps": "charts/sps",
     "train/learning_rate": "charts/learning_rate",
     "train/policy_gradient_loss": "losses/policy_loss",
     "train/value_loss": "losses/value_loss",
-    "train/entropy_loss": "losses/entropy_loss",
     "train/approx_kl": "losses/approx_kl",
     "train/clip_fraction": "losses/clipfrac",
     "train/explained_variance": "losses/explained_variance",
     "train/loss": "losses/loss",
 }
-"""SB3's metric names -> mindloop's (both are written, so SB3 users find theirs too)."""
+"""SB3's metric names -> mindloop's (agent.training); both are written, so SB3 users find
+theirs too. SB3's ``train/entropy_loss`` is minus the entropy: ``losses/entropy`` is the
+entropy itself, as mindloop logs it."""
 
 
 class AliasingTensorBoardFormat(TensorBoardOutputFormat):
@@ -604,6 +601,9 @@ class AliasingTensorBoardFormat(TensorBoardOutputFormat):
         for key, alias in METRIC_ALIASES.items():
             if key in values and alias not in values:
                 values[alias], excluded[alias] = values[key], excluded.get(key, ())
+        if "train/entropy_loss" in values:
+            values["losses/entropy"] = -values["train/entropy_loss"]
+            excluded["losses/entropy"] = excluded.get("train/entropy_loss", ())
         super().write(values, excluded, step)
 
 
@@ -621,32 +621,55 @@ def make_logger(run_dir: Path, tensorboard: bool) -> Logger:
 
 @dataclass
 class _Episodes:
-    """Running statistics of the last ``window`` training episodes."""
+    """Training episodes: those finished since the last update (logged as ``charts/``, like
+    mindloop's trainer) and the last ``window`` (for the progress bar)."""
 
     window: int = 100
-    returns: deque = field(default_factory=deque)
-    successes: deque = field(default_factory=deque)
-    count: int = 0
+    recent: deque = field(default_factory=deque)
+    """(return, success or None) of the last ``window`` episodes."""
+    returns: list[float] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+    successes: list[bool] = field(default_factory=list)
 
-    def add(self, ret: float, success: bool | None) -> None:
-        self.count += 1
+    def add(self, ret: float, length: int, success: bool | None) -> None:
         self.returns.append(ret)
+        self.lengths.append(length)
         if success is not None:
             self.successes.append(bool(success))
-        while len(self.returns) > self.window:
-            self.returns.popleft()
-        while len(self.successes) > self.window:
-            self.successes.popleft()
+        self.recent.append((ret, success))
+        while len(self.recent) > self.window:
+            self.recent.popleft()
 
-    @property
-    def success_rate(self) -> float | None:
-        return float(np.mean(self.successes)) if self.successes else None
+    def drain(self) -> dict[str, float]:
+        """Means over the episodes since the last call (mindloop's ``charts/`` names)."""
+        out: dict[str, float] = {}
+        if self.returns:
+            out = {
+                "episodes": float(len(self.returns)),
+                "episode_return": float(np.mean(self.returns)),
+                "episode_length": float(np.mean(self.lengths)),
+            }
+            if self.successes:
+                out["success_rate"] = float(np.mean(self.successes))
+        self.returns, self.lengths, self.successes = [], [], []
+        return out
+
+    def postfix(self) -> dict[str, str]:
+        out = {}
+        if self.recent:
+            out["return"] = f"{np.mean([r for r, _ in self.recent]):.2f}"
+            flags = [s for _, s in self.recent if s is not None]
+            if flags:
+                out["success"] = f"{np.mean(flags):.0%}"
+        return out
 
 
 class MindloopCallback(BaseCallback):
-    """Progress bar (fps, success), periodic evaluation through :mod:`agent.evaluation`
-    (``eval/`` metrics) and periodic safetensors checkpoints, counted in PPO updates like
-    mindloop's trainer (``run.eval_every``, ``run.checkpoint_every``)."""
+    """What mindloop's trainer does around each update, for an SB3 model: a progress bar
+    (fps, success), ``charts/`` per update (episodes finished since the last update, fps of
+    the update), periodic evaluation through :mod:`agent.evaluation` (``eval/``) and
+    periodic safetensors checkpoints, counted in updates (``run.eval_every``,
+    ``run.checkpoint_every``)."""
 
     def __init__(
         self,
@@ -664,15 +687,15 @@ class MindloopCallback(BaseCallback):
         self.episodes = _Episodes()
         self.last_eval: EvalResult | None = None
         self._bar: Any = None
-        self._start_time = 0.0
-        self._start_steps = 0
         self._first_rollout = True
+        self._t_update = 0.0
+        self._steps_update = 0
 
     # SB3 hooks ----------------------------------------------------------------------------
 
     def _on_training_start(self) -> None:
-        self._start_time = time.perf_counter()
-        self._start_steps = self.model.num_timesteps
+        self._t_update = time.perf_counter()
+        self._steps_update = self.model.num_timesteps
         if self.config.run.progress:
             from tqdm import tqdm
 
@@ -688,9 +711,11 @@ class MindloopCallback(BaseCallback):
     def _on_step(self) -> bool:
         infos, dones = self.locals["infos"], self.locals["dones"]
         for i in np.flatnonzero(dones):
-            episode = infos[i].get("episode")
+            episode = infos[i].get("episode")  # SB3's Monitor
             if episode is not None:
-                self.episodes.add(float(episode["r"]), infos[i].get("is_success"))
+                self.episodes.add(
+                    float(episode["r"]), int(episode["l"]), infos[i].get("is_success")
+                )
         if self._bar is not None:
             self._bar.update(len(dones))
         return True
@@ -699,57 +724,48 @@ class MindloopCallback(BaseCallback):
         if self._first_rollout:  # before the first rollout no update has happened
             self._first_rollout = False
             return
-        self._after_update()
-
-    def _on_rollout_end(self) -> None:
-        fps = self.fps
-        if self._bar is not None:
-            postfix = {"fps": f"{fps:.0f}"}
-            if self.episodes.returns:
-                postfix["return"] = f"{np.mean(self.episodes.returns):.2f}"
-            if self.episodes.success_rate is not None:
-                postfix["success"] = f"{self.episodes.success_rate:.0%}"
-            self._bar.set_postfix(postfix)
+        self._after_update(final=False)
 
     def _on_training_end(self) -> None:
-        # SB3's loop ends on an update with no rollout after it: count it here (the caller
+        # SB3's loop ends on an update with no rollout after it: log it here (the caller
         # evaluates and checkpoints the final policy).
         if not self._first_rollout:
-            self.updates += 1
+            self._after_update(final=True)
         if self._bar is not None:
             self._bar.close()
             self._bar = None
 
-    # mindloop's periodic work -------------------------------------------------------------
+    # mindloop's work around an update -----------------------------------------------------
 
-    @property
-    def fps(self) -> float:
-        elapsed = time.perf_counter() - self._start_time
-        return (self.model.num_timesteps - self._start_steps) / max(elapsed, 1e-9)
-
-    def _after_update(self) -> None:
+    def _after_update(self, final: bool) -> None:
         self.updates += 1
+        now, steps = time.perf_counter(), self.model.num_timesteps
+        fps = (steps - self._steps_update) / max(now - self._t_update, 1e-9)
+        charts = {"fps": fps, **self.episodes.drain()}
+        for name, value in charts.items():
+            self.logger.record(f"charts/{name}", value)
+        if self._bar is not None:
+            self._bar.set_postfix({"fps": f"{fps:.0f}", **self.episodes.postfix()})
         run = self.config.run
-        if run.eval_every and self.updates % run.eval_every == 0:
-            self.evaluate()
-        if self.updates % run.checkpoint_every == 0:
-            self.checkpoint()
-        # write this update's train/ losses (and eval/) at the step they belong to
-        self.logger.dump(self.model.num_timesteps)
+        if not final:
+            if run.eval_every and self.updates % run.eval_every == 0:
+                self.evaluate()
+            if self.updates % run.checkpoint_every == 0:
+                self.checkpoint()
+        # this update's train/ losses, charts/ and eval/, at the step they belong to
+        self.logger.dump(steps)
+        self._t_update, self._steps_update = time.perf_counter(), steps
 
     def evaluate(self) -> EvalResult:
         """Evaluate the current policy on ``run.eval_episodes`` seeded episodes."""
-        sb3 = self.model
-        policy = SB3Policy(
-            sb3.policy, rescale=isinstance(sb3.action_space, spaces.Box), name=self.config.algo
-        )
         result = evaluate(
-            policy,
+            sb3_eval_policy(self.model, self.config.algo),
             self.config.env.id,
             max(1, self.config.run.eval_episodes),
             seed=EVAL_SEED_OFFSET + self.config.run.seed,
             num_envs=min(self.config.env.num_envs, max(1, self.config.run.eval_episodes)),
             env_kwargs=self.config.env.make_kwargs(),
+            vectorization=self.config.env.vectorization,
         )
         log_eval(self.logger, result)
         self.last_eval = result
@@ -768,16 +784,18 @@ class MindloopCallback(BaseCallback):
         )
 
 
-EVAL_SEED_OFFSET = 10_000
-"""Evaluation episodes use seeds ``seed + 10000 + k``, away from the training envs' seeds."""
+def sb3_eval_policy(model: BaseAlgorithm, name: str) -> SB3Policy:
+    """``model``'s policy behind :class:`agent.evaluation.SB3Policy` (actions mapped back
+    from [-1, 1] to the env's box)."""
+    return SB3Policy(model.policy, rescale=isinstance(model.action_space, spaces.Box), name=name)
 
 
 def log_eval(logger: Logger, result: EvalResult) -> None:
     """Record an evaluation's summary under mindloop's ``eval/`` names."""
     s = result.summary()
     logger.record("eval/success_rate", s["success_rate"])
-    logger.record("eval/return_mean", s["return_mean"])
-    logger.record("eval/length_mean", s["length_mean"])
+    logger.record("eval/episode_return", s["return_mean"])
+    logger.record("eval/episode_length", s["length_mean"])
 
 
 @dataclass
@@ -856,7 +874,6 @@ def train_sb3(
                 reset_num_timesteps=resume_from is None,
             )
         wall = time.perf_counter() - t0
-        model.logger.dump(model.num_timesteps)  # the last update's losses
         result = None
         if final_eval and config.run.eval_episodes:
             result = final_evaluation(model, config, run_dir, log)
@@ -874,17 +891,15 @@ def final_evaluation(
     model: BaseAlgorithm, config: TrainConfig, run_dir: Path, log: Callable[[str], None] = print
 ) -> EvalResult:
     """Evaluate the trained policy as ``eval.py`` would: table, ``eval.json``, ``video.mp4``."""
-    policy = SB3Policy(
-        model.policy, rescale=isinstance(model.action_space, spaces.Box), name=config.algo
-    )
     episodes = max(1, config.run.eval_episodes)
     return evaluate_and_save(
-        policy,
+        sb3_eval_policy(model, config.algo),
         config.env.id,
         episodes,
         seed=EVAL_SEED_OFFSET + config.run.seed,
         num_envs=min(config.env.num_envs, episodes),
         env_kwargs=config.env.make_kwargs(),
+        vectorization=config.env.vectorization,
         video=run_dir / "video.mp4" if config.run.video else None,
         json_path=run_dir / "eval.json",
         progress=config.run.progress,

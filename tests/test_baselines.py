@@ -115,9 +115,16 @@ def test_every_baseline_trains_end_to_end(algo: str, tmp_path: Path) -> None:
     assert evaluated["policy"].startswith(algo) and evaluated["env_kwargs"] == ENV_KWARGS
 
     tags = tensorboard_tags(run / "tb")
-    for tag in ("charts/episodic_return", "charts/sps", "losses/value_loss", "eval/success_rate"):
+    for tag in (
+        "charts/episode_return",
+        "charts/success_rate",
+        "charts/fps",
+        "losses/value_loss",
+        "losses/entropy",
+        "eval/success_rate",
+    ):
         assert tag in tags, f"{tag} missing from {sorted(tags)}"
-    assert "rollout/ep_rew_mean" in tags  # SB3's own names too
+    assert "rollout/ep_rew_mean" in tags and "train/value_loss" in tags  # SB3's names too
 
 
 @pytest.mark.parametrize("algo", BASELINES.names())
