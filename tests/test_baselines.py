@@ -89,12 +89,15 @@ def tensorboard_tags(folder: Path) -> set[str]:
 
 @pytest.mark.parametrize("algo", BASELINES.names())
 def test_every_baseline_trains_end_to_end(algo: str, tmp_path: Path) -> None:
-    """A tiny run writes the mindloop run layout and a checkpoint eval.py can use."""
+    """``--algo`` through train.py's entry point: a tiny run writes the mindloop run layout
+    and a checkpoint eval.py can use."""
+    from agent.training import train
+
     config = tiny_config(algo, tmp_path / "run")
-    result = train_sb3(config, log=lambda _: None)
+    result = train(config)
 
     run = tmp_path / "run"
-    assert result.steps == 64 and result.model.num_timesteps == 64
+    assert result.run_dir == run and result.success_rate is not None
     assert json.loads((run / "config.json").read_text())["algo"] == algo
     latest = run / "checkpoints" / "latest"
     assert (latest / "model.safetensors").is_file() and (latest / "config.json").is_file()
