@@ -66,6 +66,7 @@ class MindloopAgent(nn.Module):
             PolicyConfig(core=config.core, think=config.think),
             memory=memory,
         )
+        self.value_norm = ValueNormalizer()
         self._action_dtypes = {
             k: np.dtype(space.dtype) if space.dtype is not None else np.dtype(np.int64)
             for k, space in action_space.spaces.items()
@@ -119,7 +120,8 @@ class MindloopAgent(nn.Module):
             deterministic: halting by threshold, memory op by argmax, action at the mean/argmax.
 
         Returns: actions as a dict of (B, ...) numpy arrays in the action space's dtypes
-        (ready for ``vector_env.step``), the new state, and :class:`agent.policy.StepInfo`.
+        (ready for ``vector_env.step``), the new state, and :class:`agent.policy.StepInfo`
+        (its ``value`` is in the normalized units of :attr:`value_norm`).
         """
         actions, state, info = self.act_tensors(obs, state, episode_start, deterministic)
         return self.actions_to_numpy(actions), state, info
@@ -189,6 +191,52 @@ class MindloopAgent(nn.Module):
         return self.policy.ponder_sequence(x, initial_state, episode_starts, deterministic)
 
 
+class ValueNormalizer(nn.Module):
+    """Running mean and std of value targets: the value head predicts returns in these
+    normalized units (MAPPO's ValueNorm, Yu et al. 2022).
+
+    Returns of a task can sit far from 0 (-15 for a reach that times out): an unnormalized
+    head would spend thousands of Adam steps only moving its bias there, while advantages come
+    from a critic that knows nothing. Statistics are debiased exponential moving averages
+    updated once per batch of targets; they are buffers, saved with the weights, so a behaviour
+    cloned critic carries over to PPO and a checkpoint resumes exactly.
+    """
+
+    def __init__(self, decay: float = 0.9, eps: float = 1e-4) -> None:
+        super().__init__()
+        self.decay, self.eps = decay, eps
+        self.register_buffer("mean", torch.zeros(()))
+        self.register_buffer("mean_sq", torch.zeros(()))
+        self.register_buffer("debias", torch.zeros(()))
+
+    @property
+    def std(self) -> torch.Tensor:
+        mean, mean_sq = self._moments()
+        return (mean_sq - mean.square()).clamp_min(self.eps).sqrt()
+
+    def _moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        d = self.debias.clamp_min(1e-8)
+        if float(self.debias) == 0:  # never updated: the identity map
+            return torch.zeros_like(self.mean), torch.ones_like(self.mean_sq)
+        return self.mean / d, self.mean_sq / d
+
+    @torch.no_grad()
+    def update(self, targets: torch.Tensor) -> None:
+        x = targets.detach().reshape(-1).to(self.mean.dtype)
+        w = self.decay
+        self.mean.mul_(w).add_((1 - w) * x.mean())
+        self.mean_sq.mul_(w).add_((1 - w) * x.square().mean())
+        self.debias.mul_(w).add_(1 - w)
+
+    def normalize(self, returns: torch.Tensor) -> torch.Tensor:
+        mean, _ = self._moments()
+        return (returns - mean) / self.std
+
+    def denormalize(self, values: torch.Tensor) -> torch.Tensor:
+        mean, _ = self._moments()
+        return values * self.std + mean
+
+
 class NormRecorder:
     """Collects what every ``RunningNorm`` of a module sees, to update the statistics later.
 
@@ -247,4 +295,4 @@ class NormRecorder:
         ]
 
 
-__all__ = ["MindloopAgent", "NormRecorder"]
+__all__ = ["MindloopAgent", "NormRecorder", "ValueNormalizer"]

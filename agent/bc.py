@@ -2,11 +2,12 @@
 
 Loss per frame (the DESIGN's "irreducible uncertainty: soft targets"):
 
-- **Bounded (muscle) heads**: the negative log-likelihood of a *blurred* expert action,
-  ``a* + N(0, target_noise^2)`` clipped into the bounds, one fresh sample per frame. In
-  expectation this is the cross-entropy from the target distribution N(a*, sigma^2) to the
-  policy's Beta, so the Beta cannot collapse to a spike narrower than sigma: it keeps the
-  spread PPO needs to explore when it fine-tunes the clone.
+- **Bounded (muscle) heads**: the cross-entropy from a target *distribution* around the
+  expert's action, Beta(1 + k u*, 1 + k (1 - u*)) with its mode at the expert's u* and
+  concentration k = ``target_concentration``, to the policy's Beta, in closed form. The
+  policy cannot collapse to a spike narrower than the target: it keeps the spread PPO needs
+  to explore when it fine-tunes the clone, and the loss stays bounded where the expert sits
+  at a bound (excitations are often exactly 0).
 - **Categorical (text) heads**: cross-entropy with label smoothing (mass ``label_smoothing``
   spread uniformly over the vocabulary).
 - **Value head**: regressed on the demonstrations' discounted returns-to-go, so PPO starts
@@ -48,17 +49,33 @@ SOFT_TARGET_LOSSES: Registry[SoftTargetLoss] = Registry("soft-target loss")
 """Per action-head type (``agent.heads.ACTION_HEADS`` names): the BC loss of one part."""
 
 
+def beta_target(head_low, head_scale, target: torch.Tensor, kappa: float):
+    """The soft target of a bounded action: per dimension Beta(1 + kappa u*, 1 + kappa (1 - u*))
+    on the unit interval, whose mode is the expert's u* = (a* - low) / scale."""
+    u = ((target - head_low) / head_scale).clamp(0.0, 1.0)
+    return 1.0 + kappa * u, 1.0 + kappa * (1.0 - u)
+
+
 @SOFT_TARGET_LOSSES.register("Box")
 def beta_soft_nll(dist, target, cfg: BCConfig, generator=None) -> torch.Tensor:
-    """NLL of the expert action blurred by N(0, target_noise^2) (scaled to the bounds)."""
-    target = target.reshape(target.shape[0], -1).float()
-    if cfg.target_noise > 0:
-        noise = torch.randn(target.shape, generator=generator, device=target.device)
-        target = target + cfg.target_noise * dist.scale * noise
-    low, high = dist.low, dist.low + dist.scale
-    margin = 1e-3 * dist.scale
-    target = torch.maximum(torch.minimum(target, high - margin), low + margin)
-    return -dist.log_prob(target)  # (N,)
+    """Cross-entropy from the soft target Beta (mode = expert action, concentration
+    ``target_concentration``) to the policy's Beta, in closed form:
+    ``-E_target[log p(u)] = -(alpha-1) E[log u] - (beta-1) E[log(1-u)] + log B(alpha, beta)``
+    with ``E[log u] = psi(a) - psi(a + b)`` under the target Beta(a, b).
+
+    A proper target *density* keeps the loss bounded where the expert sits at a bound (muscle
+    excitations are often exactly 0): a blurred-then-clipped target would put point masses
+    there, which a Beta can only chase by growing without limit.
+    """
+    target = target.reshape(target.shape[0], -1).float()  # (N, n)
+    a_t, b_t = beta_target(dist.low, dist.scale, target, cfg.target_concentration)
+    alpha, beta = dist.base.concentration1, dist.base.concentration0  # (N, n)
+    digamma_sum = torch.digamma(a_t + b_t)
+    e_log_u = torch.digamma(a_t) - digamma_sum
+    e_log_1mu = torch.digamma(b_t) - digamma_sum
+    log_beta_fn = torch.lgamma(alpha) + torch.lgamma(beta) - torch.lgamma(alpha + beta)
+    ce = -(alpha - 1) * e_log_u - (beta - 1) * e_log_1mu + log_beta_fn  # (N, n)
+    return ce.sum(-1) + torch.log(dist.scale).sum()  # density of the scaled action
 
 
 @SOFT_TARGET_LOSSES.register("Discrete")
@@ -109,7 +126,8 @@ class BCTrainer:
         config: BC settings.
         gamma: discount of the value targets (PPO's, so the critic carries over).
         model: what the forward runs through: the agent, or its DDP wrapper.
-        seed: seeds the target noise.
+        seed: seeds the soft-target samples (sampled think mode).
+        gather: concatenates a tensor across DDP ranks (value-target statistics).
     """
 
     def __init__(
@@ -119,8 +137,10 @@ class BCTrainer:
         gamma: float,
         model: nn.Module | None = None,
         seed: int = 0,
+        gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         self.agent = agent
+        self.gather = gather
         self.model = model if model is not None else agent
         self.cfg = config
         self.gamma = gamma
@@ -143,6 +163,9 @@ class BCTrainer:
     ) -> BCMetrics:
         """``updates`` gradient steps; returns the mean metrics of the last 10%."""
         total = total_updates or updates
+        if float(self.agent.value_norm.debias) == 0:  # value targets' scale, once
+            returns = torch.as_tensor(sampler.all_returns())
+            self.agent.value_norm.update(self.gather(returns) if self.gather else returns)
         self.agent.train()
         recent: list[BCMetrics] = []
         for _ in range(updates):
@@ -175,14 +198,15 @@ class BCTrainer:
             loss, imitation, kl, steps, value, state = self._sampled_loss(
                 batch.obs, self._lane_state, starts, actions
             )
-        value_loss = 0.5 * (value - batch.returns.to(device)).pow(2).mean()
+        target = self.agent.value_norm.normalize(batch.returns.to(device))
+        value_loss = 0.5 * (value - target).pow(2).mean()
         total = loss + value_loss
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         nn.utils.clip_grad_norm_(self.agent.parameters(), 1.0)
         self.optimizer.step()
         self._lane_state = detach_state(state)
-        return BCMetrics(float(total), float(imitation), float(value_loss), float(kl), float(steps))
+        return BCMetrics(*(float(x.detach()) for x in (total, imitation, value_loss, kl, steps)))
 
     def _ponder_loss(self, obs, state, starts, actions):
         out, new_state = self.model(obs, state, starts, ponder=True)
@@ -232,21 +256,16 @@ def sample_soft_targets(
     generator: torch.Generator | None = None,
 ) -> dict[str, torch.Tensor]:
     """One sample per frame from the soft target distribution around the expert's action:
-    bounded keys blurred by N(0, target_noise^2) (kept inside the bounds), discrete keys
-    replaced by a uniform token with probability label_smoothing."""
+    bounded keys from the target Beta of :func:`beta_target`, discrete keys replaced by a
+    uniform token with probability label_smoothing."""
     out = {}
     for key, value in actions.items():
         head = agent.policy.heads.heads[key]
         if isinstance(head, BetaHead):
             shape = value.shape
-            flat = value.reshape(*shape[: -len(head.shape)], -1).float()
-            noise = torch.randn(flat.shape, generator=generator, device=flat.device)
-            flat = flat + cfg.target_noise * head.scale * noise
-            margin = 1e-3 * head.scale
-            flat = torch.maximum(
-                torch.minimum(flat, head.low + head.scale - margin), head.low + margin
-            )
-            out[key] = flat.reshape(shape)
+            flat = value.reshape(*shape[: value.dim() - len(head.shape)], -1).float()
+            a, b = beta_target(head.low, head.scale, flat, cfg.target_concentration)
+            out[key] = (head.low + head.scale * _sample_beta(a, b, generator)).reshape(shape)
         elif isinstance(head, CategoricalHead):
             n = head.proj.out_features
             swap = (
@@ -259,6 +278,34 @@ def sample_soft_targets(
             out[key] = torch.where(swap, rand, value.long())
         else:
             raise ValueError(f"no soft targets for the {type(head).__name__} head of {key!r}")
+    return out
+
+
+def _sample_beta(a: torch.Tensor, b: torch.Tensor, generator: torch.Generator | None):
+    """Beta(a, b) samples from two seeded Gamma draws (torch's Beta sampler takes no
+    generator)."""
+    x = torch._standard_gamma(a) if generator is None else _gamma(a, generator)
+    y = torch._standard_gamma(b) if generator is None else _gamma(b, generator)
+    return (x / (x + y)).clamp(1e-4, 1 - 1e-4)
+
+
+def _gamma(shape_param: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    # Marsaglia-Tsang for shape >= 1 (our targets have a, b >= 1), seeded by ``generator``
+    d = shape_param - 1.0 / 3.0
+    c = 1.0 / torch.sqrt(9.0 * d)
+    out = torch.empty_like(shape_param)
+    todo = torch.ones_like(shape_param, dtype=torch.bool)
+    while bool(todo.any()):
+        z = torch.randn(shape_param.shape, generator=generator, device=shape_param.device)
+        u = torch.rand(shape_param.shape, generator=generator, device=shape_param.device)
+        v = (1 + c * z) ** 3
+        ok = (v > 0) & (
+            torch.log(u.clamp_min(1e-12))
+            < 0.5 * z**2 + d - d * v + d * torch.log(v.clamp_min(1e-12))
+        )
+        take = todo & ok
+        out = torch.where(take, d * v, out)
+        todo = todo & ~ok
     return out
 
 
@@ -299,8 +346,11 @@ def action_agreement(agent: MindloopAgent, episodes: list[Episode]) -> dict[str,
     return out
 
 
-def fit_normalization(agent: MindloopAgent, episodes: list[Episode], chunk: int = 4096) -> None:
-    """Set the RunningNorm statistics from demonstration frames (before training on them)."""
+def fit_normalization(
+    agent: MindloopAgent, episodes: list[Episode], gather=None, chunk: int = 4096
+) -> None:
+    """Set the RunningNorm statistics from demonstration frames (before training on them).
+    ``gather`` concatenates the recorded inputs across DDP ranks (identical statistics)."""
     from agent.agent import NormRecorder
 
     recorder = NormRecorder(agent)
@@ -311,7 +361,7 @@ def fit_normalization(agent: MindloopAgent, episodes: list[Episode], chunk: int 
                 _encode_vectors_only(
                     agent, {k: v[start : start + chunk] for k, v in ep.obs.items()}
                 )
-    recorder.apply()
+    recorder.apply(gather)
 
 
 def _encode_vectors_only(agent: MindloopAgent, obs: dict[str, np.ndarray]) -> None:

@@ -137,7 +137,8 @@ def pack(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
     lists (JSON has no tuples)."""
     if torch.is_tensor(obj) or isinstance(obj, np.ndarray):
         key = prefix
-        t = torch.as_tensor(np.ascontiguousarray(obj)) if isinstance(obj, np.ndarray) else obj
+        # np.array(order=C) keeps 0-d arrays 0-d (np.ascontiguousarray would make them 1-d)
+        t = torch.as_tensor(np.array(obj, order="C")) if isinstance(obj, np.ndarray) else obj
         tensors[key] = t.detach().cpu().contiguous()
         return {"__tensor__": key, "numpy": isinstance(obj, np.ndarray)}
     if isinstance(obj, dict):

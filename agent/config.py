@@ -169,8 +169,9 @@ class BCConfig:
     """Adam learning rate (cosine-annealed to 10% over the updates)."""
     label_smoothing: float = 0.1
     """Soft targets for categorical heads (text tokens): mass spread over other tokens."""
-    target_noise: float = 0.05
-    """Soft targets for bounded (muscle) heads: std of the Gaussian blur of expert actions."""
+    target_concentration: float = 100.0
+    """Soft targets for bounded (muscle) heads: concentration k of the target
+    Beta(1 + k u*, 1 + k (1 - u*)) around the expert's action u* (std ~0.05 at k=100)."""
     think: str = "ponder"
     """Think steps: ponder (expected loss over the halting distribution) or sampled path."""
     lambda_p: float = 0.5
@@ -190,7 +191,7 @@ class BCConfig:
     def __post_init__(self) -> None:
         _check_min("bc", self, ("episodes", "updates", "batch_envs", "seq_len"), 1)
         _check_min("bc", self, ("dagger_rounds", "dagger_episodes"), 0)
-        _check_min("bc", self, ("target_noise", "kl_coef"), 0)
+        _check_min("bc", self, ("target_concentration", "kl_coef"), 0)
         _check_choice("bc.think", self.think, BC_THINK_MODES)
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"bc.label_smoothing must be in [0, 1), got {self.label_smoothing}")

@@ -160,6 +160,10 @@ class SequenceSampler:
     def frames(self) -> int:
         return sum(len(e) for e in self.episodes)
 
+    def all_returns(self) -> np.ndarray:
+        """Every frame's discounted return-to-go (value targets), concatenated."""
+        return np.concatenate(self._returns)
+
     def add(self, episodes: list[Episode]) -> None:
         """More episodes (DAgger rounds); lanes draw from all of them from their next
         episode on."""

@@ -15,7 +15,9 @@ One update (CleanRL's ``ppo_atari_lstm.py`` structure, with mindloop's decisions
 4. **Epochs** over the N*T/L chunks in minibatches: :meth:`MindloopAgent.evaluate_sequence`
    replays each chunk from its stored initial state with the recorded decisions (teacher
    forcing), giving new log-probs/values/entropies for the clipped surrogate, the value loss
-   and the entropy bonuses; global grad-norm clip; linear LR schedule.
+   and the entropy bonuses; global grad-norm clip; linear LR schedule. The critic predicts
+   returns in the normalized units of ``agent.value_norm`` (MAPPO's ValueNorm); rollout
+   values and GAE are in reward units.
 
 Running normalization statistics are frozen during the rollout and the update (the replay
 must see the same features the rollout saw) and updated from the rollout's inputs after it.
@@ -144,8 +146,7 @@ class PPOTrainer:
         """One rollout of T steps from where the runner stands."""
         cfg, runner, agent = self.cfg, self.runner, self.agent
         agent.eval()
-        T, L, N = cfg.rollout_steps, cfg.bptt_steps, runner.num_envs
-        dev = agent.device
+        T, L = cfg.rollout_steps, cfg.bptt_steps
         obs_buf: dict[str, list[np.ndarray]] = {k: [] for k in runner.obs}
         acts, decs, starts, logps, values = [], [], [], [], []
         rewards, env_rewards, dones, thinks, calls, chunk_states = [], [], [], [], [], []
@@ -176,15 +177,17 @@ class PPOTrainer:
             decs.append(info.decisions)
             starts.append(start)
             logps.append(info.log_prob.cpu())
-            values.append(info.value.cpu())
+            values.append(agent.value_norm.denormalize(info.value).cpu())
             rewards.append(reward)
             env_rewards.append(env_r)
             dones.append(torch.as_tensor(step.done, dtype=torch.float32))
             thinks.append(think)
             calls.append(n_calls)
-        next_value = agent.act_tensors(
-            runner.obs, runner.state, runner.episode_start, deterministic=True
-        )[2].value.cpu()
+        next_value = agent.value_norm.denormalize(
+            agent.act_tensors(runner.obs, runner.state, runner.episode_start, deterministic=True)[
+                2
+            ].value
+        ).cpu()
         rollout = Rollout(
             obs={k: np.stack(v) for k, v in obs_buf.items()},
             actions={k: torch.stack([a[k] for a in acts]) for k in acts[0]},
@@ -207,7 +210,6 @@ class PPOTrainer:
         rollout.advantages, rollout.returns = gae(
             rollout.rewards, rollout.values, rollout.dones, next_value, cfg.gamma, cfg.gae_lambda
         )
-        del dev
         return rollout
 
     def _truncation_bootstrap(self, step: VectorStep, state_after: State) -> torch.Tensor:
@@ -220,7 +222,8 @@ class PPOTrainer:
         index = torch.as_tensor(rows)
         sub = index_state(state_after, index.to(self.agent.device))
         no_start = torch.zeros(len(rows), dtype=torch.bool)
-        value = self.agent.act_tensors(final, sub, no_start, deterministic=True)[2].value.cpu()
+        raw = self.agent.act_tensors(final, sub, no_start, deterministic=True)[2].value
+        value = self.agent.value_norm.denormalize(raw).cpu()
         out[index] = self.cfg.gamma * value
         return out
 
@@ -235,6 +238,12 @@ class PPOTrainer:
             group["lr"] = lr
         T, N = rollout.rewards.shape
         L = cfg.bptt_steps
+        # the critic learns returns in normalized units (agent.value_norm, MAPPO's ValueNorm);
+        # statistics from this rollout's returns (all ranks' under DDP, so they agree)
+        returns = rollout.returns.reshape(-1)
+        agent.value_norm.update(self.gather(returns) if self.gather is not None else returns)
+        norm_returns = agent.value_norm.normalize(rollout.returns)
+        norm_values = agent.value_norm.normalize(rollout.values)
         S = (T // L) * N
         seq = {
             "obs": {k: _chunks(v, T, L) for k, v in rollout.obs.items()},
@@ -243,9 +252,9 @@ class PPOTrainer:
             "ops": _chunks(rollout.decisions.mem_ops, T, L),
             "starts": _chunks(rollout.episode_starts, T, L),
             "logp": _chunks(rollout.log_probs, T, L),
-            "values": _chunks(rollout.values, T, L),
+            "values": _chunks(norm_values, T, L),
             "adv": _chunks(rollout.advantages, T, L),
-            "ret": _chunks(rollout.returns, T, L),
+            "ret": _chunks(norm_returns, T, L),
         }
         mb_size = max(S // cfg.minibatches, 1)
         agent.train()
@@ -323,10 +332,10 @@ class PPOTrainer:
             approx_kl = ((ratio - 1) - logratio).mean()
             clipfrac = ((ratio - 1).abs() > cfg.clip).float().mean()
         return {
-            "policy_loss": float(pg_loss),
-            "value_loss": float(v_loss),
-            "entropy": float(ent_action),
-            "decision_entropy": float(ent_decision),
+            "policy_loss": float(pg_loss.detach()),
+            "value_loss": float(v_loss.detach()),
+            "entropy": float(ent_action.detach()),
+            "decision_entropy": float(ent_decision.detach()),
             "approx_kl": float(approx_kl),
             "clipfrac": float(clipfrac),
             "grad_norm": float(grad_norm),

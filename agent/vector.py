@@ -21,6 +21,7 @@ hold the exact state of every env, RNGs included, and ``--resume`` continues bit
 from __future__ import annotations
 
 import functools
+import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -40,8 +41,15 @@ AUTORESET_MODE = AutoresetMode.SAME_STEP
 
 
 def check_env_id(env_id: str) -> None:
-    """A one-line error naming the known tasks for an unknown id."""
+    """A one-line error naming the known tasks for an unknown id. ``"module:id"`` (Gymnasium's
+    syntax for an env registered by importing ``module``) is accepted."""
     mindloop_envs.register_envs()
+    if ":" in env_id:
+        module, _, env_id = env_id.rpartition(":")
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise ValueError(f"cannot import {module!r} for task {env_id!r}: {err}") from None
     if env_id not in gym.registry:
         raise ValueError(
             f"unknown task {env_id!r}; mindloop tasks: {', '.join(mindloop_envs.TASK_IDS)} "

@@ -1,0 +1,157 @@
+"""torchrun / DistributedDataParallel, the standard way (no home-made distributed layer).
+
+``torchrun --nproc_per_node N train.py ...`` starts N processes with ``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK`` and a rendezvous in the environment; :func:`init_distributed` joins the
+process group (``gloo`` on CPU, ``nccl`` on GPU, one GPU per local rank). Each rank runs its
+own vector envs with its own seeds; the agent is wrapped in ``DistributedDataParallel``,
+which broadcasts rank 0's weights at construction and averages gradients in every backward,
+so the ranks keep identical weights. Only rank 0 writes logs and checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands in the job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def init_distributed(device: str = "auto") -> tuple[DistInfo, torch.device]:
+    """Join the torchrun process group if launched by torchrun; pick this rank's device.
+
+    ``device``: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+    """
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("run.device is cuda but no CUDA device is available; use cpu or auto")
+    if not launched_by_torchrun():
+        return DistInfo(), torch.device("cuda" if use_cuda else "cpu")
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:
+        torch.cuda.set_device(local)
+        dev = torch.device("cuda", local)
+    else:
+        dev = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return DistInfo(rank=rank, world_size=world, local_rank=local), dev
+
+
+def wrap_model(module: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
+    """``DistributedDataParallel(module)`` under torchrun, else ``module`` itself.
+
+    ``find_unused_parameters``: a minibatch where no env thinks leaves the think input unused,
+    and DDP must not wait for its gradient. Running-norm buffers are synchronised explicitly
+    (:func:`all_gather_cat`), so DDP does not broadcast buffers.
+    """
+    if not info.enabled:
+        return module
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(
+        module, device_ids=ids, find_unused_parameters=True, broadcast_buffers=False
+    )
+
+
+def all_reduce_mean(value: float, info: DistInfo) -> float:
+    """The mean of a float over ranks (identity on one process)."""
+    if not info.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t) / info.world_size
+
+
+def all_gather_cat(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Concatenate ``x`` from all ranks along dim 0 (rank order; dim 0 may differ by rank,
+    the other dims must agree)."""
+    if not info.enabled:
+        return x
+    sizes = [torch.zeros(1, dtype=torch.long) for _ in range(info.world_size)]
+    dist.all_gather(sizes, torch.tensor([x.shape[0]]))
+    longest = int(max(s.item() for s in sizes))
+    padded = torch.zeros(longest, *x.shape[1:], dtype=x.dtype, device=x.device)
+    padded[: x.shape[0]] = x
+    parts = [torch.empty_like(padded) for _ in range(info.world_size)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[: int(n.item())] for p, n in zip(parts, sizes, strict=True)])
+
+
+def gather_objects(obj: Any, info: DistInfo) -> list[Any] | None:
+    """Every rank's ``obj`` on rank 0 (None elsewhere); ``[obj]`` on one process.
+
+    Used for per-rank env snapshots in checkpoints (in memory only; what is written to disk
+    is safetensors + JSON)."""
+    if not info.enabled:
+        return [obj]
+    out: list[Any] | None = [None] * info.world_size if info.is_main else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
+def scatter_object(objs: list[Any] | None, info: DistInfo) -> Any:
+    """Rank r receives ``objs[r]`` from rank 0 (``objs[0]`` on one process)."""
+    if not info.enabled:
+        assert objs is not None
+        return objs[0]
+    out: list[Any] = [None]
+    dist.scatter_object_list(out, objs if info.is_main else None, src=0)
+    return out[0]
+
+
+def broadcast_object(obj: Any, info: DistInfo) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if not info.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def shutdown(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+__all__ = [
+    "DistInfo",
+    "all_gather_cat",
+    "all_reduce_mean",
+    "barrier",
+    "broadcast_object",
+    "gather_objects",
+    "init_distributed",
+    "launched_by_torchrun",
+    "scatter_object",
+    "shutdown",
+    "wrap_model",
+]

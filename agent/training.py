@@ -1,0 +1,598 @@
+"""The training entry point behind ``train.py``: config in, trained agent + checkpoint out.
+
+:func:`train` sets up a run (directory, seeds, device, torchrun ranks, envs, agent, logger),
+runs the algorithm named by ``config.algo`` from :data:`ALGORITHMS`, then saves the final
+checkpoint and evaluates the agent (success table, ``eval.json``, ``video.mp4``).
+
+An algorithm is a list of *phases* (``bc``, ``ppo``, ...), each a function registered in
+:data:`PHASES` that trains ``run.agent`` in place. A checkpoint records which phases are done
+and the running phase's exact state, so ``--resume`` continues from the phase and update it
+stopped at. The SB3 baselines (``sb3-ppo``, ``sb3-recurrentppo``) plug in as algorithms that
+hand the whole run to :func:`agent.baselines.train_sb3`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from agent.agent import MindloopAgent
+from agent.bc import BCTrainer, action_agreement, fit_normalization
+from agent.checkpoint import (
+    TrainerState,
+    checkpoint_root,
+    load_trainer_state,
+    optimizer_from_state,
+    optimizer_to_state,
+    pack,
+    resolve_checkpoint,
+    save_checkpoint,
+    unpack,
+)
+from agent.config import TrainConfig, config_to_dict
+from agent.demonstrations import (
+    Episode,
+    SequenceSampler,
+    collect_episodes,
+    load_episodes,
+    split_episodes,
+)
+from agent.distributed import (
+    DistInfo,
+    all_gather_cat,
+    all_reduce_mean,
+    broadcast_object,
+    gather_objects,
+    init_distributed,
+    shutdown,
+    wrap_model,
+)
+from agent.logger import RunLogger
+from agent.ppo import PPOTrainer
+from agent.rollout import EnvRunner, run_episodes
+from agent.vector import check_env_id, env_seeds, make_vector_env
+from encoders.registry import Registry
+
+EVAL_SEED_OFFSET = 1_000_000
+"""Evaluation episodes use seeds far from the training envs' (``seed + 1000 r + i``)."""
+
+
+@dataclass
+class Run:
+    """Everything a phase needs (one per process)."""
+
+    config: TrainConfig
+    run_dir: Path
+    dist: DistInfo
+    device: torch.device
+    agent: MindloopAgent
+    model: nn.Module
+    """``agent`` or its DDP wrapper: training forwards go through it."""
+    logger: RunLogger
+    env_step: int = 0
+    """Env steps of the whole job (all ranks) so far, the x-axis of every chart."""
+    phases_done: list[str] = field(default_factory=list)
+    resume: TrainerState | None = None
+    """The checkpoint's trainer state when resuming (consumed by the phase it belongs to)."""
+    results: dict[str, Any] = field(default_factory=dict)
+
+    def log(self, message: str) -> None:
+        self.logger.info(message)
+
+    def save(
+        self, phase_state: dict[str, Any] | None, optimizer: torch.optim.Optimizer | None
+    ) -> Path | None:
+        """A checkpoint (rank 0 writes it; every rank contributes its own state)."""
+        per_rank = gather_objects(phase_state, self.dist)
+        if not self.dist.is_main:
+            return None
+        tensors: dict[str, torch.Tensor] = {}
+        meta: dict[str, Any] = {
+            "env_step": self.env_step,
+            "phases_done": list(self.phases_done),
+            "world_size": self.dist.world_size,
+            "python_random": _jsonable_random_state(),
+            "numpy_random": np.random.get_state()[1].tolist(),
+            "numpy_random_pos": int(np.random.get_state()[2]),
+        }
+        tensors["rng/torch"] = torch.get_rng_state()
+        if per_rank is not None and per_rank[0] is not None:
+            meta["ranks"] = [pack(s, f"rank{r}", tensors) for r, s in enumerate(per_rank)]
+        if optimizer is not None:
+            opt = optimizer_to_state(optimizer)
+            tensors.update(opt.tensors)
+            meta.update(opt.meta)
+        trainer = TrainerState(tensors, meta)
+        path = save_checkpoint(
+            checkpoint_root(self.run_dir),
+            self.agent,
+            self.config,
+            step=self.env_step,
+            trainer=trainer,
+            keep=self.config.run.keep_checkpoints,
+            extra_meta={"phases_done": list(self.phases_done), "results": self.results},
+        )
+        return path
+
+    def take_resume(self, optimizer: torch.optim.Optimizer | None) -> dict[str, Any] | None:
+        """This rank's saved phase state (and the optimizer's), if resuming; else None."""
+        state, self.resume = self.resume, None
+        if state is None or "ranks" not in state.meta:
+            return None
+        if state.meta["world_size"] != self.dist.world_size:
+            raise ValueError(
+                f"the checkpoint was written by {state.meta['world_size']} processes, this run "
+                f"has {self.dist.world_size}; resume with the same --nproc_per_node"
+            )
+        if optimizer is not None and "optim" in state.meta:
+            optimizer_from_state(optimizer, state)
+        mine = unpack(state.meta["ranks"][self.dist.rank], state.tensors)
+        torch.set_rng_state(state.tensors["rng/torch"])
+        if self.dist.enabled:  # each rank's torch RNG is part of its own state
+            torch.set_rng_state(mine["torch_rng"])
+        return mine
+
+
+# --------------------------------------------------------------------------- phases
+
+Phase = Callable[[Run], None]
+PHASES: Registry[Phase] = Registry("training phase")
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """A named sequence of phases (or a whole different trainer, for the SB3 baselines)."""
+
+    phases: tuple[str, ...]
+    description: str
+    external: Callable[[TrainConfig], Any] | None = None
+
+
+ALGORITHMS: Registry[Algorithm] = Registry("algorithm")
+ALGORITHMS.register("ppo")(Algorithm(("ppo",), "recurrent PPO from scratch"))
+ALGORITHMS.register("bc")(Algorithm(("bc",), "behaviour cloning from the scripted expert"))
+ALGORITHMS.register("bc+ppo")(
+    Algorithm(("bc", "ppo"), "behaviour cloning, then recurrent PPO fine-tuning")
+)
+ALGORITHMS.register("sft-rl")(
+    Algorithm(("sft-rl",), "text tasks: PPO rewarded by answer-token correctness (SFT as RL)")
+)
+
+
+def _register_baselines() -> None:
+    """SB3 PPO / RecurrentPPO as algorithms (agent.baselines owns them)."""
+
+    def run_baseline(config: TrainConfig) -> Any:
+        from agent.baselines import train_sb3
+
+        return train_sb3(config)
+
+    for name in ("sb3-ppo", "sb3-recurrentppo"):
+        if name not in ALGORITHMS:
+            ALGORITHMS.register(name)(
+                Algorithm((), f"Stable-Baselines3 baseline {name}", external=run_baseline)
+            )
+
+
+_register_baselines()
+
+
+@PHASES.register("bc")
+def bc_phase(run: Run) -> None:
+    """Behaviour cloning: demonstrations (Minari) -> soft-target BC (+ DAgger rounds)."""
+    cfg, agent = run.config, run.agent
+    bc = cfg.bc
+    t0 = time.perf_counter()
+    episodes = _demonstrations(run)
+    train_eps, held_out = split_episodes(episodes, 0.1, seed=cfg.run.seed)
+    frames = sum(len(e) for e in episodes)
+    run.log(
+        f"bc: {len(episodes)} expert episodes ({frames} frames, success "
+        f"{np.mean([e.success for e in episodes]):.0%}) in {time.perf_counter() - t0:.1f}s"
+    )
+    fit_normalization(agent, train_eps, gather=_gather(run))
+    trainer = BCTrainer(
+        agent, bc, gamma=cfg.ppo.gamma, model=run.model, seed=_rank_seed(run), gather=_gather(run)
+    )
+    sampler = SequenceSampler(
+        train_eps, bc.batch_envs, bc.seq_len, cfg.ppo.gamma, seed=_rank_seed(run)
+    )
+    rounds = bc.dagger_rounds + 1
+    per_round = [
+        bc.updates // rounds + (1 if i < bc.updates % rounds else 0) for i in range(rounds)
+    ]
+    frames_per_update = bc.batch_envs * bc.seq_len * run.dist.world_size
+
+    def on_update(u: int, m: Any) -> None:
+        if u % 10 == 0 or u == bc.updates:
+            run.logger.scalars(
+                "losses",
+                {"bc_loss": m.loss, "bc_imitation": m.imitation, "bc_value": m.value,
+                 "bc_halting_kl": m.kl},
+                u * frames_per_update,
+            )  # fmt: skip
+            run.logger.scalars("charts", {"bc_think_steps": m.think_steps}, u * frames_per_update)
+            run.logger.progress(
+                run.env_step, {"phase": "bc", "update": f"{u}/{bc.updates}", "loss": m.imitation}
+            )
+
+    envs = None
+    try:
+        for r in range(rounds):
+            if r > 0:  # DAgger: the learner drives, the expert labels what it visits
+                if envs is None:
+                    envs = make_vector_env(cfg.env)
+                seeds = env_seeds(cfg.run.seed + 7919 * r, cfg.env.num_envs, run.dist.rank)
+                new = collect_episodes(envs, bc.dagger_episodes, seeds=seeds, agent=agent)
+                run.env_step += sum(len(e) for e in new) * run.dist.world_size
+                sampler.add(new)
+                run.log(
+                    f"bc: DAgger round {r}: learner success {np.mean([e.success for e in new]):.0%}, "
+                    f"{sampler.frames} labelled frames"
+                )
+            metrics = trainer.train(
+                sampler, per_round[r], total_updates=bc.updates, on_update=on_update
+            )
+    finally:
+        if envs is not None:
+            envs.close()
+    agreement = action_agreement(agent, held_out[:20]) if held_out else {}
+    run.logger.scalars("eval", {f"bc_{k}": v for k, v in agreement.items()}, run.env_step)
+    run.results["bc"] = {"imitation_loss": metrics.imitation, **agreement}
+    run.log(
+        f"bc: done in {time.perf_counter() - t0:.0f}s; held-out agreement "
+        + ", ".join(f"{k} {v:.3f}" for k, v in agreement.items())
+    )
+
+
+def _demonstrations(run: Run) -> list[Episode]:
+    """The BC data: the dataset given in ``bc.dataset``, or expert episodes recorded into
+    ``<run>/demos`` (a Minari dataset, one per rank) and read back."""
+    cfg = run.config
+    if cfg.bc.dataset is not None:
+        return load_episodes(cfg.bc.dataset)
+    from agent.datasets import collect_expert_dataset
+
+    path = run.run_dir / ("demos" if not run.dist.enabled else f"demos_rank{run.dist.rank}")
+    if not (path / "data").exists():
+        collect_expert_dataset(
+            cfg.env.id,
+            cfg.bc.episodes,
+            seed=cfg.run.seed + 100_000 * (run.dist.rank + 1),
+            path=path,
+            env_kwargs=cfg.env.make_kwargs(),
+            num_envs=min(cfg.env.num_envs, cfg.bc.episodes),
+            vectorization=cfg.env.vectorization,
+            overwrite=True,
+        )
+    episodes = load_episodes(path)
+    run.env_step += sum(len(e) for e in episodes) * run.dist.world_size
+    return episodes
+
+
+@PHASES.register("ppo")
+def ppo_phase(run: Run, reward_fn=None, needs_expert: bool = False, name: str = "ppo") -> None:
+    """Recurrent PPO for ``ppo.total_steps`` env steps (all ranks together)."""
+    cfg, agent = run.config, run.agent
+    p = cfg.ppo
+    steps_per_update = p.rollout_steps * cfg.env.num_envs * run.dist.world_size
+    total_updates = max(1, p.total_steps // steps_per_update)
+    envs = make_vector_env(cfg.env)
+    try:
+        runner = EnvRunner(envs, agent, env_seeds(cfg.run.seed, cfg.env.num_envs, run.dist.rank))
+        trainer = PPOTrainer(
+            agent,
+            runner,
+            p,
+            total_updates,
+            model=run.model,
+            reward_fn=reward_fn,
+            needs_expert=needs_expert,
+            reduce=lambda x: all_reduce_mean(x, run.dist),
+            gather=_gather(run),
+            seed=_rank_seed(run),
+        )
+        saved = run.take_resume(trainer.optimizer)
+        if saved is not None:
+            trainer.load_state_dict(saved["trainer"])
+            run.log(f"{name}: resumed at update {trainer.updates_done}/{total_updates}")
+        recent_success: list[float] = []
+        while trainer.updates_done < total_updates:
+            metrics = trainer.iterate()
+            run.env_step += steps_per_update
+            episodes = runner.drain()
+            summary = episodes.summary()
+            success = all_reduce_mean(summary.get("success_rate", float("nan")), run.dist)
+            if summary:
+                recent_success.append(success)
+            charts = {
+                "fps": metrics["fps"] * run.dist.world_size,
+                "learning_rate": metrics["lr"],
+                "think_steps": metrics["think_steps"],
+                "memory_calls": metrics["memory_calls"],
+                "reward": metrics["reward"],
+                "reward_with_costs": metrics["reward_shaped"],
+                **{k: v for k, v in summary.items() if k not in ("think_steps", "memory_calls")},
+            }
+            run.logger.scalars("charts", charts, run.env_step)
+            run.logger.scalars(
+                "losses",
+                {k: metrics[k] for k in ("policy_loss", "value_loss", "entropy", "decision_entropy",
+                                         "approx_kl", "clipfrac", "explained_variance", "grad_norm")},
+                run.env_step,
+            )  # fmt: skip
+            run.logger.progress(
+                run.env_step,
+                {
+                    "phase": name,
+                    "fps": charts["fps"],
+                    "success": success if summary else float("nan"),
+                    "think": metrics["think_steps"],
+                },
+            )
+            u = trainer.updates_done
+            if cfg.run.eval_every and u % cfg.run.eval_every == 0 and u < total_updates:
+                _periodic_eval(run)
+            if u % cfg.run.checkpoint_every == 0 and u < total_updates:
+                run.save({"trainer": trainer.state_dict(), "torch_rng": torch.get_rng_state()},
+                         trainer.optimizer)  # fmt: skip
+        if recent_success:
+            run.results[name] = {"train_success_rate_last": recent_success[-1]}
+    finally:
+        envs.close()
+
+
+@PHASES.register("sft-rl")
+def sft_rl_phase(run: Run) -> None:
+    """SFT as RL (text tasks): PPO where the reward of a step is whether the token the agent
+    emitted is the answer token the expert would say (``+1``), a wrong non-silent token costs
+    ``-1``, silence is free; think steps get no targets (only the think cost)."""
+    if "text" not in run.agent.action_space.spaces:
+        raise ValueError(
+            f"--algo sft-rl needs a task that answers with text tokens; {run.config.env.id} "
+            f"acts with {', '.join(run.agent.action_space.spaces)}"
+        )
+
+    def answer_reward(step, actions, info, labels) -> np.ndarray:
+        said, want = np.asarray(actions["text"]), np.asarray(labels["text"])
+        right = (want != 0) & (said == want)
+        wrong = (said != 0) & (said != want)
+        return right.astype(np.float32) - wrong.astype(np.float32)
+
+    ppo_phase(run, reward_fn=answer_reward, needs_expert=True, name="sft-rl")
+
+
+def _periodic_eval(run: Run) -> None:
+    """A short deterministic evaluation on rank 0, logged under ``eval/``."""
+    if not run.dist.is_main:
+        return
+    cfg = run.config
+    envs = make_vector_env(cfg.env, num_envs=min(cfg.env.num_envs, cfg.run.eval_episodes))
+    try:
+        runner = EnvRunner(
+            envs, run.agent, env_seeds(EVAL_SEED_OFFSET + cfg.run.seed, envs.num_envs)
+        )
+        summary = run_episodes(runner, max(cfg.run.eval_episodes, 1)).summary()
+    finally:
+        envs.close()
+    run.logger.scalars("eval", summary, run.env_step)
+    run.log(
+        f"eval @ {run.env_step} steps: success {summary['success_rate']:.0%}, return "
+        f"{summary['episode_return']:.2f}, think {summary['think_steps']:.2f}"
+    )
+
+
+def _gather(run: Run):
+    if not run.dist.enabled:
+        return None
+    return lambda x: all_gather_cat(x, run.dist)
+
+
+def _rank_seed(run: Run) -> int:
+    return run.config.run.seed + 1000 * run.dist.rank
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns (rank 0 has the evaluation)."""
+
+    run_dir: Path
+    agent: MindloopAgent | None
+    checkpoint: Path | None
+    success_rate: float | None
+    results: dict[str, Any]
+    wall_seconds: float
+
+
+def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> TrainResult:
+    """Train as ``config`` says; returns the run directory, agent, checkpoint, success rate."""
+    algorithm = ALGORITHMS.get(config.algo)
+    check_env_id(config.env.id)
+    for phase in algorithm.phases:
+        PHASES.get(phase)
+    if algorithm.external is not None:
+        t0 = time.perf_counter()
+        out = algorithm.external(config)
+        success = getattr(getattr(out, "final_eval", None), "success_rate", None)
+        return TrainResult(
+            Path(out.run_dir), None, out.checkpoint, success, {}, time.perf_counter() - t0
+        )
+    return _train_mindloop(config, algorithm)
+
+
+def _train_mindloop(config: TrainConfig, algorithm: Algorithm) -> TrainResult:
+    t0 = time.perf_counter()
+    info, device = init_distributed(config.run.device)
+    try:
+        if config.run.threads:
+            torch.set_num_threads(config.run.threads)
+        resume_from = resolve_checkpoint(config.resume) if config.resume else None
+        # every rank builds the same initial weights (DDP also broadcasts rank 0's); the agent
+        # is built before anything is written, so a bad encoder name leaves no run behind
+        torch.manual_seed(config.run.seed)
+        agent = MindloopAgent(*_env_spaces(config), config.agent).to(device)
+        run_dir = broadcast_object(_run_dir(config, resume_from) if info.is_main else None, info)
+        seed_everything(config.run.seed + 1000 * info.rank)
+        run = Run(
+            config=config,
+            run_dir=run_dir,
+            dist=info,
+            device=device,
+            agent=agent,
+            model=agent,
+            logger=RunLogger(
+                run_dir,
+                _expected_steps(config, algorithm),
+                tensorboard=config.run.tensorboard,
+                progress=config.run.progress,
+                enabled=info.is_main,
+            ),
+        )
+        if resume_from is not None:
+            _restore(run, resume_from)
+        run.model = wrap_model(agent, info, device)
+        run.logger.log_config(config_to_dict(config))
+        run.log(
+            f"{config.algo}: {algorithm.description}; {config.env.num_envs} envs x "
+            f"{info.world_size} process(es) of {config.env.id} -> {run_dir}"
+        )
+        for phase in algorithm.phases:
+            if phase in run.phases_done:
+                continue
+            PHASES.get(phase)(run)
+            run.phases_done.append(phase)
+            run.save(None, None)
+        checkpoint = resolve_checkpoint(run_dir) if info.is_main else None
+        success = None
+        if info.is_main:
+            run.logger.close()
+            if config.run.eval_episodes:
+                success = final_evaluation(run)
+                checkpoint = run.save(None, None)  # the evaluation goes into the checkpoint
+        return TrainResult(
+            run_dir, agent, checkpoint, success, run.results, time.perf_counter() - t0
+        )
+    finally:
+        shutdown(info)
+
+
+def final_evaluation(run: Run) -> float:
+    """Evaluate the trained agent as ``eval.py`` does: table, eval.json, video.mp4."""
+    from agent.evaluation import AgentPolicy, evaluate_and_save
+
+    cfg = run.config
+    episodes = max(cfg.run.eval_episodes, 1)
+    result = evaluate_and_save(
+        AgentPolicy(run.agent, deterministic=True, name=f"mindloop {cfg.algo}"),
+        cfg.env.id,
+        episodes,
+        seed=EVAL_SEED_OFFSET + cfg.run.seed,
+        num_envs=min(cfg.env.num_envs, episodes),
+        env_kwargs=cfg.env.make_kwargs(),
+        vectorization=cfg.env.vectorization,
+        video=run.run_dir / "video.mp4" if cfg.run.video else None,
+        json_path=run.run_dir / "eval.json",
+        progress=cfg.run.progress,
+        log=print,
+    )
+    run.results["eval"] = {
+        "success_rate": result.success_rate,
+        "episodes": episodes,
+    }
+    return float(result.success_rate)
+
+
+def _restore(run: Run, checkpoint: Path) -> None:
+    """Weights, phases done, env step and the trainer state of the checkpoint."""
+    from safetensors.torch import load_file
+
+    run.agent.load_state_dict(load_file(str(checkpoint / "model.safetensors")))
+    state = load_trainer_state(checkpoint)
+    run.resume = state
+    run.env_step = int(state.meta["env_step"])
+    run.phases_done = list(state.meta["phases_done"])
+    random.setstate(_random_state_from_json(state.meta["python_random"]))
+    np.random.set_state(
+        ("MT19937", np.asarray(state.meta["numpy_random"], dtype=np.uint32),
+         state.meta["numpy_random_pos"], 0, 0.0)
+    )  # fmt: skip
+    torch.set_rng_state(state.tensors["rng/torch"])
+    run.log(f"resumed from {checkpoint} (phases done: {', '.join(run.phases_done) or 'none'})")
+
+
+def _run_dir(config: TrainConfig, resume_from: Path | None) -> Path:
+    if resume_from is not None:
+        # <run>/checkpoints/step_x -> <run>
+        return resume_from.parent.parent
+    if config.run.dir:
+        path = Path(config.run.dir)
+    else:
+        task = config.env.id.split("/")[-1]
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = Path("runs") / f"{task}__{config.algo}__{config.run.seed}__{stamp}"
+    path.mkdir(parents=True, exist_ok=True)
+    tmp = path / f".config.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(config_to_dict(config), indent=2))
+    os.replace(tmp, path / "config.json")
+    return path
+
+
+def _env_spaces(config: TrainConfig):
+    """The single-env observation and action spaces of the task (one env made and closed)."""
+    from agent.vector import make_env
+
+    env = make_env(config.env.id, config.env.make_kwargs())
+    try:
+        return env.observation_space, env.action_space
+    finally:
+        env.close()
+
+
+def _expected_steps(config: TrainConfig, algorithm: Algorithm) -> int:
+    total = 0
+    if "bc" in algorithm.phases:
+        total += config.bc.episodes * 20
+    if any(p in algorithm.phases for p in ("ppo", "sft-rl")):
+        total += config.ppo.total_steps
+    return max(total, 1)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _jsonable_random_state() -> list[Any]:
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def _random_state_from_json(data: list[Any]) -> tuple[Any, ...]:
+    return (data[0], tuple(data[1]), data[2])
+
+
+__all__ = [
+    "ALGORITHMS",
+    "PHASES",
+    "Algorithm",
+    "Run",
+    "TrainResult",
+    "final_evaluation",
+    "seed_everything",
+    "train",
+]

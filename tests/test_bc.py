@@ -1,0 +1,142 @@
+"""Behaviour cloning: soft targets, sequence sampling, and agreement with the expert."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from agent.agent import MindloopAgent
+from agent.bc import (
+    BCTrainer,
+    action_agreement,
+    beta_soft_nll,
+    categorical_smoothed_ce,
+    fit_normalization,
+    sample_soft_targets,
+)
+from agent.config import AgentConfig, BCConfig, EnvConfig
+from agent.cores import CoreConfig
+from agent.demonstrations import SequenceSampler, collect_episodes, split_episodes
+from agent.heads import BetaHead, CategoricalHead
+from agent.think import ThinkConfig
+from agent.vector import env_seeds, make_vector_env
+from encoders.fusion import FusedEncoderConfig
+from tests import tiny_envs  # noqa: F401  (registers mindloop_test/*)
+
+
+def make(env_id: str, k_max: int = 1, seed: int = 0, num_envs: int = 8):
+    torch.manual_seed(seed)
+    envs = make_vector_env(EnvConfig(id=env_id, num_envs=num_envs, vectorization="sync"))
+    agent = MindloopAgent(
+        envs.single_observation_space,
+        envs.single_action_space,
+        AgentConfig(
+            encoders=FusedEncoderConfig(embed_dim=32),
+            core=CoreConfig(hidden_dim=32),
+            think=ThinkConfig(k_max=k_max),
+        ),
+    )
+    return envs, agent
+
+
+def test_beta_soft_target_is_a_cross_entropy():
+    """Closed form == Monte Carlo over target samples; minimized at the target Beta itself."""
+    from gymnasium import spaces
+
+    head = BetaHead(spaces.Box(0.0, 1.0, (2,), np.float32), hidden_dim=4)
+    cfg = BCConfig(target_concentration=40.0)
+    target = torch.tensor([[0.0, 0.7]])
+    with torch.no_grad():
+        head.proj.weight.zero_()
+        head.proj.bias.copy_(torch.tensor([1.0, 20.0, 2.0, 0.5]))  # some alpha/beta
+    dist = head(torch.zeros(1, 4))
+    closed = beta_soft_nll(dist, target, cfg)
+    samples = sample_soft_targets_for(head, target.expand(20000, 2), cfg)
+    mc = -dist.base.log_prob(samples).sum(-1).mean()
+    torch.testing.assert_close(closed, mc.reshape(1), atol=0.05, rtol=0.02)
+    assert torch.isfinite(closed).all()
+
+
+def sample_soft_targets_for(head, target, cfg):
+    from types import SimpleNamespace
+
+    # the minimal surface sample_soft_targets reads: agent.policy.heads.heads[key]
+    agent = SimpleNamespace(policy=SimpleNamespace(heads=SimpleNamespace(heads={"muscles": head})))
+    generator = torch.Generator().manual_seed(0)
+    return sample_soft_targets(agent, {"muscles": target}, cfg, generator)["muscles"]
+
+
+def test_label_smoothing_spreads_mass():
+    from gymnasium import spaces
+
+    head = CategoricalHead(spaces.Discrete(4), hidden_dim=3)
+    dist = head(torch.zeros(1, 3))
+    with torch.no_grad():
+        dist.dist = torch.distributions.Categorical(logits=torch.tensor([[5.0, 0.0, 0.0, 0.0]]))
+    hard = categorical_smoothed_ce(dist, torch.tensor([0]), BCConfig(label_smoothing=0.0))
+    soft = categorical_smoothed_ce(dist, torch.tensor([0]), BCConfig(label_smoothing=0.2))
+    assert soft > hard  # a confident prediction pays for the mass the target spreads
+
+
+def test_sequence_sampler_lanes_follow_episodes():
+    envs, _ = make("mindloop_test/TinyAnswer-v0")
+    try:
+        episodes = collect_episodes(envs, 10, seeds=env_seeds(0, 8))
+    finally:
+        envs.close()
+    sampler = SequenceSampler(episodes, lanes=3, seq_len=7, gamma=0.9, seed=0)
+    batch = sampler.next_batch()
+    assert batch.obs["text"].shape == (7, 3, 2) and batch.actions["text"].shape == (7, 3)
+    assert batch.episode_starts[0].all()  # every lane starts on an episode's first frame
+    # TinyAnswer episodes are 4 frames: a new one starts every 4 frames in every lane
+    assert batch.episode_starts[4].all() and not batch.episode_starts[1:4].any()
+    # value targets: reward 1 (right answer) at the last frame only, discounted back
+    finals = batch.returns[3]
+    assert torch.all((finals == 0) | (finals == 1))
+
+
+@pytest.mark.parametrize("think", ["ponder", "sampled"])
+def test_bc_reaches_high_agreement_with_the_expert(think):
+    """BC on expert demonstrations of TinyAnswer (remember a token, answer when asked) gets
+    the held-out answers right; the recurrent core has to carry the token over the wait."""
+    envs, agent = make("mindloop_test/TinyAnswer-v0", k_max=1)
+    try:
+        episodes = collect_episodes(envs, 120, seeds=env_seeds(0, 8))
+    finally:
+        envs.close()
+    train, held = split_episodes(episodes, 0.2, seed=0)
+    cfg = BCConfig(updates=150, batch_envs=16, seq_len=8, lr=3e-3, think=think)
+    fit_normalization(agent, train)
+    trainer = BCTrainer(agent, cfg, gamma=0.99, seed=0)
+    trainer.train(SequenceSampler(train, cfg.batch_envs, cfg.seq_len, 0.99, seed=0), cfg.updates)
+    agreement = action_agreement(agent, held)
+    assert agreement["text/accuracy"] > 0.95, agreement
+
+
+def test_bc_continuous_agreement():
+    """Muscle-style Beta heads: deterministic actions match the expert's closely."""
+    envs, agent = make("mindloop_test/TinyReach-v0", k_max=0)
+    try:
+        episodes = collect_episodes(envs, 150, seeds=env_seeds(0, 8))
+    finally:
+        envs.close()
+    train, held = split_episodes(episodes, 0.2, seed=0)
+    cfg = BCConfig(updates=150, batch_envs=16, seq_len=8, lr=3e-3)
+    fit_normalization(agent, train)
+    BCTrainer(agent, cfg, gamma=0.99).train(
+        SequenceSampler(train, cfg.batch_envs, cfg.seq_len, 0.99, seed=0), cfg.updates
+    )
+    agreement = action_agreement(agent, held)
+    assert agreement["muscles/r2"] > 0.9 and agreement["muscles/mae"] < 0.06, agreement
+
+
+def test_dagger_collects_learner_states_with_expert_labels():
+    envs, agent = make("mindloop_test/TinyReach-v0", k_max=0, num_envs=2)
+    try:
+        episodes = collect_episodes(envs, 4, seeds=[0, 1], agent=agent)
+    finally:
+        envs.close()
+    ep = episodes[0]
+    # the label is the expert's action (the target), whatever the learner did
+    np.testing.assert_allclose(ep.actions["muscles"], ep.obs["proprio"][:, :2], atol=1e-6)

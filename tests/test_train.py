@@ -1,0 +1,154 @@
+"""train.py end to end: every --algo on a tiny budget, exact resume, bad input, run layout."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import agent.ppo as ppo_mod
+from agent.checkpoint import load_agent, read_checkpoint_meta, resolve_checkpoint
+from agent.config import TrainConfig
+from agent.training import ALGORITHMS, train
+from tests import tiny_envs  # noqa: F401  (registers mindloop_test/*)
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_REACH = "mindloop_test/TinyReach-v0"
+TINY_ANSWER = "mindloop_test/TinyAnswer-v0"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Training tests share 2 cores with other tests: one torch thread each avoids the
+    oversubscription that makes 2-thread training many times slower on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_config(run_dir: Path, algo: str = "bc+ppo", env_id: str = TINY_REACH) -> TrainConfig:
+    cfg = TrainConfig(algo=algo)
+    cfg.env.id = env_id
+    cfg.env.num_envs = 4
+    cfg.env.vectorization = "sync"
+    cfg.agent.encoders.embed_dim = 16
+    cfg.agent.core.hidden_dim = 16
+    cfg.agent.think.k_max = 2
+    cfg.ppo.total_steps = 4 * 16 * 6  # 6 updates
+    cfg.ppo.rollout_steps = 16
+    cfg.ppo.bptt_steps = 4
+    cfg.ppo.epochs = 2
+    cfg.ppo.minibatches = 2
+    cfg.bc.episodes = 16
+    cfg.bc.updates = 6
+    cfg.bc.batch_envs = 4
+    cfg.bc.seq_len = 8
+    cfg.run.dir = str(run_dir)
+    cfg.run.eval_episodes = 4
+    cfg.run.checkpoint_every = 1
+    cfg.run.video = False
+    cfg.run.progress = False
+    cfg.run.tensorboard = False
+    return cfg
+
+
+MINDLOOP_ALGOS = [name for name in ALGORITHMS.names() if ALGORITHMS.get(name).external is None]
+BASELINE_ALGOS = [name for name in ALGORITHMS.names() if ALGORITHMS.get(name).external]
+
+
+@pytest.mark.parametrize("algo", MINDLOOP_ALGOS)
+def test_every_algo_runs_end_to_end(algo, tmp_path):
+    env = TINY_ANSWER if algo == "sft-rl" else TINY_REACH
+    cfg = tiny_config(tmp_path / "run", algo, env)
+    result = train(cfg)
+    assert result.success_rate is not None and 0.0 <= result.success_rate <= 1.0
+    ckpt = resolve_checkpoint(result.run_dir)
+    meta = read_checkpoint_meta(ckpt)
+    assert meta["phases_done"] == list(ALGORITHMS.get(algo).phases)
+    assert meta["results"]["eval"]["episodes"] == 4
+    _, saved = load_agent(result.run_dir)
+    assert saved.algo == algo
+    assert json.loads((result.run_dir / "config.json").read_text())["algo"] == algo
+    assert (result.run_dir / "eval.json").exists()
+
+
+@pytest.mark.parametrize("algo", BASELINE_ALGOS)
+def test_baseline_algos_run_end_to_end(algo, tmp_path):
+    cfg = tiny_config(tmp_path / "run", algo)
+    result = train(cfg)
+    assert result.checkpoint is not None and result.success_rate is not None
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    agent, _ = load_agent(run_dir)
+    return agent.state_dict()
+
+
+def test_resume_continues_exactly(tmp_path, monkeypatch):
+    """Stop after 3 of 6 PPO updates (after BC), resume: the same weights as a run that was
+    never stopped (CPU, seeded). Covers optimizer, RNGs, env states, recurrent state."""
+    full = train(tiny_config(tmp_path / "full"))
+    expected = final_weights(full.run_dir)
+
+    stopped = tiny_config(tmp_path / "stopped")
+    real_iterate = ppo_mod.PPOTrainer.iterate
+
+    def stop_at_3(self):
+        if self.updates_done == 3:
+            raise KeyboardInterrupt("killed")
+        return real_iterate(self)
+
+    monkeypatch.setattr(ppo_mod.PPOTrainer, "iterate", stop_at_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(stopped)
+    monkeypatch.setattr(ppo_mod.PPOTrainer, "iterate", real_iterate)
+    assert read_checkpoint_meta(tmp_path / "stopped")["phases_done"] == ["bc"]
+
+    resumed_cfg = tiny_config(tmp_path / "stopped")
+    resumed_cfg.resume = str(tmp_path / "stopped")
+    resumed = train(resumed_cfg)
+    got = final_weights(resumed.run_dir)
+    assert got.keys() == expected.keys()
+    for key in expected:
+        assert torch.equal(got[key], expected[key]), key
+    assert resumed.success_rate == full.success_rate
+
+
+def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "train.py", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [
+        (["--env.id", "mindloop/Nope-v0"], ["mindloop/Nope-v0", "mindloop/MuscleReach-v0"]),
+        (["--algo", "dqn"], ["dqn", "bc+ppo", "sb3-ppo"]),
+        (["--agent.core.name", "mamba"], ["mamba", "gru"]),
+        (["--agent.encoders.encoders", "image", "vit9000"], ["vit9000", "cnn"]),
+        (["--ppo.bptt-steps", "7"], ["bptt_steps=7"]),
+    ],
+)
+def test_bad_input_is_one_line_error(args, names, tmp_path):
+    proc = run_cli(*args, "--run.dir", str(tmp_path / "r"), "--run.no-video")
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    for name in names:
+        assert name in lines[0], (name, lines[0])
+
+
+def test_resume_with_a_different_config_names_the_field(tmp_path):
+    cfg = tiny_config(tmp_path / "run", "bc")
+    train(cfg)
+    proc = run_cli("--resume", str(tmp_path / "run"), "--ppo.lr", "0.5")
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "ppo.lr" in lines[0], proc.stderr

@@ -1,0 +1,108 @@
+"""Train a mindloop agent: ``python train.py`` (defaults: BC + PPO on mindloop/MuscleReach-v0).
+
+Examples::
+
+    python train.py                                         # the default task, ~10 min, 2 cores
+    python train.py --env.id mindloop/CueRecall-v0 --agent.use-memory --algo ppo
+    python train.py --algo sb3-recurrentppo                 # a Stable-Baselines3 baseline
+    python train.py --resume runs/MuscleReach-v0__bc+ppo__1__20260101-120000
+    torchrun --nproc_per_node 2 train.py --run.device cpu   # DistributedDataParallel
+    python train.py --help                                  # every option
+
+The whole config is written to ``<run>/config.json`` and into every checkpoint; the logic
+lives in :mod:`agent.training` (importable, testable); this file only parses and reports.
+Imports stay inside ``main`` because async env workers re-import this module when they start.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def parse_config(argv: list[str]):
+    """The :class:`agent.config.TrainConfig` of the command line.
+
+    With ``--resume DIR`` the run's saved config is the default, so ``--resume DIR`` alone
+    continues it; an option that would change anything but the resume-free fields (device,
+    threads, progress bar) is a one-line error naming the field.
+    """
+    from agent.config import (
+        RESUME_FREE_FIELDS,
+        TrainConfig,
+        config_diff,
+        config_from_dict,
+        config_to_dict,
+    )
+
+    resume = _resume_arg(argv)
+    if resume is None:
+        return _cli(TrainConfig, args=argv, description=__doc__.split("\n")[0])
+    from agent.checkpoint import read_checkpoint_meta
+
+    saved = config_from_dict(TrainConfig, read_checkpoint_meta(resume)["config"])
+    config = _cli(TrainConfig, args=argv, default=saved)
+    config.resume = resume
+    diff = [
+        name
+        for name in config_diff(config_to_dict(saved), config_to_dict(config))
+        if not any(name == f or name.startswith(f + ".") for f in RESUME_FREE_FIELDS)
+    ]
+    if diff:
+        raise ValueError(
+            f"--resume {resume}: the config differs from the run's in {', '.join(diff)}; "
+            "resume with the run's settings or start a new run"
+        )
+    return config
+
+
+def _cli(cls, **kwargs):
+    """``tyro.cli``, except that a config that rejects its values (a ``ValueError`` from a
+    dataclass ``__post_init__``: unknown core, bad sizes, ...) raises that one-line
+    ``ValueError`` instead of tyro's multi-line box, so main prints it like every user error.
+    (tyro's hook is marked unstable: without it, tyro's own message is shown.)"""
+    import tyro
+
+    hooks = getattr(getattr(tyro, "_errors", None), "on_parse_error", None)
+    if hooks is None:
+        return tyro.cli(cls, **kwargs)
+
+    def raise_value_errors(event) -> None:
+        if type(event).__name__ == "InstantiationFailure":
+            raise ValueError(str(event.message).strip().splitlines()[0])
+
+    with hooks(raise_value_errors):
+        return tyro.cli(cls, **kwargs)
+
+
+def _resume_arg(argv: list[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == "--resume" and i + 1 < len(argv) and argv[i + 1] != "None":
+            return argv[i + 1]
+        if arg.startswith("--resume="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        import encoders  # noqa: F401  (preloads triton before any MuJoCo render)
+        from agent.training import train
+
+        config = parse_config(argv)
+        result = train(config)
+    except ValueError as err:  # a user mistake: one line, no traceback
+        sys.exit(f"error: {err}")
+    if result.success_rate is not None:
+        print(f"success rate: {100 * result.success_rate:.1f}% ({config.env.id}, {config.algo})")
+    if result.checkpoint is not None:
+        print(f"checkpoint: {result.checkpoint}")
+    video = result.run_dir / "video.mp4"
+    if video.exists():
+        print(f"video: {video}")
+    print(f"run: {result.run_dir} ({result.wall_seconds:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
