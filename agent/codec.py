@@ -56,6 +56,13 @@ class Codec(nn.Module):
 
     ``store_dtype`` picks what :meth:`encode` returns for the store: ``int8`` (codes plus a
     float32 scale per item), ``float16`` or ``float32`` (no scale; ``scale`` is None).
+
+    Inputs are standardized with running per-feature statistics (buffers ``center`` and
+    ``spread``, as SB3's VecNormalize does for observations): workable vectors share a large
+    common part (biases), and the code should spend its few numbers on what differs between
+    items. The statistics change only in :meth:`update_statistics` (called by
+    :func:`train_codec`, or by a trainer once per update on a batch of workable vectors),
+    never inside a forward pass, so a rollout and its BPTT replay see the same codec.
     """
 
     def __init__(
@@ -80,6 +87,31 @@ class Codec(nn.Module):
         self.decoder = nn.Sequential(
             nn.Linear(code_dim, hidden), nn.GELU(), nn.Linear(hidden, slot_dim)
         )
+        self.momentum = 0.01
+        self.register_buffer("center", torch.zeros(slot_dim))
+        self.register_buffer("spread", torch.ones(slot_dim))
+        self.register_buffer("stats_seen", torch.zeros((), dtype=torch.bool))
+
+    def standardize(self, w: torch.Tensor) -> torch.Tensor:
+        return (w - self.center) / self.spread
+
+    def unstandardize(self, u: torch.Tensor) -> torch.Tensor:
+        return u * self.spread + self.center
+
+    @torch.no_grad()
+    def update_statistics(self, w: torch.Tensor) -> None:
+        """Move the running center/spread toward those of the batch w (N, slot_dim)."""
+        w = w.reshape(-1, self.slot_dim)
+        if w.shape[0] < 2:
+            return
+        mean, std = w.mean(0), w.std(0).clamp_min(1e-4)
+        if bool(self.stats_seen):
+            mean = self.center.lerp(mean, self.momentum)
+            std = self.spread.lerp(std, self.momentum)
+        # New tensors, not in-place updates: a graph built earlier (a get decoded this step)
+        # saved the old ones for its backward pass.
+        self.center, self.spread = mean, std
+        self.stats_seen = torch.ones((), dtype=torch.bool, device=w.device)
 
     @property
     def quantized(self) -> bool:
@@ -97,7 +129,7 @@ class Codec(nn.Module):
         No gradient: what enters the store is outside the gradient path.
         """
         with torch.no_grad():
-            z = self.encoder(w)
+            z = self.encoder(self.standardize(w))
             if self.quantized:
                 return quantize_int8(z)
             return z.to(STORE_DTYPES[self.store_dtype]), None
@@ -106,28 +138,34 @@ class Codec(nn.Module):
         """codes (..., code_dim) + scale (...,) -> w_hat (..., slot_dim), differentiable in the
         decoder's weights (the task that uses a fetched item trains the decoder too)."""
         z = dequantize_int8(codes, scale) if self.quantized else codes.to(torch.float32)
-        return self.decoder(z)
+        return self.unstandardize(self.decoder(z))
 
-    def roundtrip(self, w: torch.Tensor) -> torch.Tensor:
-        """Encode, quantize (straight-through) and decode: what a stored item comes back as."""
-        z = self.encoder(w)
+    def _roundtrip_standardized(self, u: torch.Tensor) -> torch.Tensor:
+        z = self.encoder(u)
         if self.quantized:
             z = fake_quantize_int8(z)
         elif self.store_dtype == "float16":
             z = z + (z.half().float() - z).detach()
         return self.decoder(z)
 
+    def roundtrip(self, w: torch.Tensor) -> torch.Tensor:
+        """Encode, quantize (straight-through) and decode: what a stored item comes back as."""
+        return self.unstandardize(self._roundtrip_standardized(self.standardize(w)))
+
     def reconstruction_loss(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-item loss (B,) and cosine (B,) of the round trip against w (B, slot_dim).
 
-        Loss = (1 - cosine) + MSE relative to w's mean square: the cosine is what recall
-        needs, the relative MSE keeps the magnitude the core was trained on.
+        Loss, in standardized units: (1 - cosine) + MSE relative to the item's mean square,
+        so what differs between items is reconstructed, not only the common part. The
+        returned cosine is in raw units (what the core gets back).
         """
         w = w.detach()  # train the codec to fit the workable vectors, not the other way round
-        w_hat = self.roundtrip(w)
-        cos = F.cosine_similarity(w_hat, w, dim=-1, eps=1e-8)
-        rel_mse = (w_hat - w).pow(2).mean(-1) / w.pow(2).mean(-1).clamp_min(1e-8)
-        return (1.0 - cos) + rel_mse, cos.detach()
+        u = self.standardize(w)
+        u_hat = self._roundtrip_standardized(u)
+        cos_u = F.cosine_similarity(u_hat, u, dim=-1, eps=1e-8)
+        rel_mse = (u_hat - u).pow(2).mean(-1) / u.pow(2).mean(-1).clamp_min(1e-8)
+        cos = F.cosine_similarity(self.unstandardize(u_hat), w, dim=-1, eps=1e-8)
+        return (1.0 - cos_u) + rel_mse, cos.detach()
 
 
 def train_codec(
@@ -142,7 +180,7 @@ def train_codec(
 
     ``samples`` is a tensor (N, slot_dim) to draw mini-batches from, or a function
     ``batch_size -> (batch_size, slot_dim)`` (e.g. running a core on fresh inputs). Only the
-    codec's parameters are updated.
+    codec's parameters and input statistics are updated.
     """
     if steps < 1 or batch_size < 1:
         raise ValueError(
@@ -158,6 +196,7 @@ def train_codec(
         else:
             idx = torch.randint(0, samples.shape[0], (batch_size,), generator=gen)
             batch = samples[idx]
+        codec.update_statistics(batch)
         losses, cosines = codec.reconstruction_loss(batch)
         loss, cos = losses.mean(), cosines.mean()
         opt.zero_grad(set_to_none=True)

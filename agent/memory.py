@@ -184,9 +184,15 @@ class TwoTierMemory(nn.Module):
         S, K, N = config.slot_dim, config.key_dim, config.num_slots
         self._split = (S, K, K, N, 1)  # workable vector, key, read query, write address, gate
         # One fused projection of h per step (one matmul instead of five).
+        # h is layer-normalized first: what a set stores, the keys and the op logits then do
+        # not depend on the scale of the core's h (tiny for a freshly initialized core).
+        self.norm = nn.LayerNorm(hidden_dim)
         self.proj = nn.Linear(hidden_dim, sum(self._split))
         with torch.no_grad():
             self.proj.bias[-1].fill_(config.write_gate_bias)
+            # No bias on the workable vector at start: what a set stores is then all h's
+            # content, not a constant the store's codes would have to carry in every item.
+            self.proj.bias[:S].zero_()
         self.op_head = nn.Linear(hidden_dim, 3)
         with torch.no_grad():
             self.op_head.weight.mul_(0.1)  # start near op_init_logits whatever h is
@@ -257,13 +263,13 @@ class TwoTierMemory(nn.Module):
 
     def op_distribution(self, h: torch.Tensor) -> D.Categorical:
         """Categorical over (none, set, get) from h (B, hidden_dim)."""
-        return D.Categorical(logits=self.op_head(h))
+        return D.Categorical(logits=self.op_head(self.norm(h)))
 
     def workable_vector(self, h: torch.Tensor) -> torch.Tensor:
         """The workable vector (B, slot_dim) a step writes to the slots and a set stores.
 
         Also the samples :func:`agent.codec.train_codec` fits the codec on."""
-        return torch.tanh(self.proj(h)[..., : self.config.slot_dim])
+        return torch.tanh(self.proj(self.norm(h))[..., : self.config.slot_dim])
 
     def apply(
         self, h: torch.Tensor, op: torch.Tensor, state: State
@@ -274,7 +280,7 @@ class TwoTierMemory(nn.Module):
         occupancy (items), store_bytes, cost, codec_loss, codec_cos.
         """
         c = self.config
-        w, key, read_q, addr, gate = torch.split(self.proj(h), self._split, dim=-1)
+        w, key, read_q, addr, gate = torch.split(self.proj(self.norm(h)), self._split, dim=-1)
         w = torch.tanh(w)  # (B, S)
         key = F.normalize(key, dim=-1, eps=1e-8)  # (B, K)
         new = dict(state)

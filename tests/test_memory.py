@@ -110,6 +110,23 @@ def test_codec_auxiliary_loss_trains_the_codec():
     assert last > first + 0.2 and last > 0.9
 
 
+def test_codec_standardizes_so_item_specific_content_survives_a_large_common_part():
+    """Workable vectors share a big common part; the code must keep what differs."""
+    gen = torch.Generator().manual_seed(0)
+    common = torch.randn(32, generator=gen)  # |common| ~ 5.7
+    lift = torch.randn(4, 32, generator=gen)
+    items = common + 0.05 * torch.tanh(torch.randn(3000, 4, generator=gen) @ lift)
+    codec = Codec(32, 8)
+    train_codec(codec, items[:2000], steps=300, seed=0)
+    test = items[2000:]
+    with torch.no_grad():
+        back = codec.decode(*codec.encode(test))
+    mean = test.mean(0)
+    centered = F.cosine_similarity(back - mean, test - mean).mean()
+    assert centered > 0.9
+    assert torch.allclose(codec.center, items[:2000].mean(0), atol=0.02)
+
+
 def test_quantization_roundtrip_and_straight_through():
     codec = Codec(16, 4, store_dtype="int8")
     w = torch.randn(5, 16)
@@ -148,7 +165,7 @@ def test_eviction_rule(eviction, evicted_item):
     assert stats[-1]["evicted"].item() == 1.0
     assert stats[3]["hit"].item() == 1.0
     stored = ms.decode_keys(state["mem/store_keys"][0])  # (3, K)
-    keys = F.normalize(mem.proj(h)[:, 32:40], dim=-1)  # the keys of items 0..3
+    keys = F.normalize(mem.proj(mem.norm(h))[:, 32:40], dim=-1)  # the keys of items 0..3
     present = [bool((stored @ keys[i]).max() > 0.99) for i in range(4)]
     expected = [i != evicted_item for i in range(4)]
     assert present == expected
