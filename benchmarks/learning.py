@@ -1,0 +1,495 @@
+"""Learning: success rate after a fixed env-step budget on every task, mindloop against the
+SB3 baselines, several seeds.
+
+Contenders (each trains from scratch per task and seed, then is evaluated on the same
+seeded episodes, deterministic policy, through :func:`agent.evaluation.evaluate`):
+
+* **mindloop**: mindloop's own pipeline (``train.py``'s default ``--algo``: behaviour cloning
+  from the task's scripted expert, then recurrent PPO) with think steps and the memory tool.
+  The expert demonstration steps are **counted in the budget**: PPO gets what is left.
+* **mindloop-nothink**: the same with think steps disabled (``k_max`` = 0).
+* **sb3-recurrentppo**: sb3-contrib ``RecurrentPPO`` (LSTM), pure RL.
+* **sb3-ppo**: SB3 ``PPO`` (no memory), pure RL.
+
+All use the same mindloop encoders, hidden width 128 and PPO settings (``agent.config``
+defaults: 8 envs x 64 steps per update, 4 epochs, 4 minibatches, lr 3e-4 linear; whole
+updates only, within the budget), envs stepped in-process (``SyncVectorEnv``) and 1 torch
+thread per run; ``--jobs`` runs that many runs at once, each in its own process. CueRecall
+runs with ``delay_steps=200`` (the issue's target setting).
+
+The budget is planned for ~2 hours on the 2 shared cores of the development machine with
+``--jobs 2``: 12k env steps per run (4k on MyoElbowReach, whose bone meshes render at ~40
+steps/s), 100 behaviour-cloning updates for mindloop (~2.5 s each here: BC costs wall time,
+not env steps), 20 evaluation episodes, seeds 1 and 2: 6 tasks x 4 contenders x 2 seeds = 48
+runs. Results are written to JSON after every run, and a rerun with the same ``--out`` skips
+the runs already there (so a long run can be continued).
+
+    python benchmarks/learning.py --quick                   # minutes: 1 seed, tiny budgets
+    nice -n 5 python benchmarks/learning.py --jobs 2        # the full run in RESULTS.md
+
+The last line is ``headline: cuerecall200_mindloop_success=<rate> (target >=0.9)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+OUT = Path(__file__).resolve().parent / "out" / "learning.json"
+CONTENDERS = ("mindloop", "mindloop-nothink", "sb3-recurrentppo", "sb3-ppo")
+
+TASK_KWARGS: dict[str, dict[str, Any]] = {"mindloop/CueRecall-v0": {"delay_steps": 200}}
+"""Task arguments of this benchmark (others use the registered defaults)."""
+
+FULL_BUDGET = 12_000
+"""Env steps per run in the full benchmark (see ``budgets``)."""
+SLOW_TASK_BUDGET = 4_000
+"""MyoElbowReach renders MyoSuite's bone meshes (~40 steps/s here): a smaller budget."""
+QUICK_BUDGET = 1_024
+
+
+@dataclass
+class RunSpec:
+    """One training run of the benchmark."""
+
+    task: str
+    contender: str
+    seed: int
+    budget: int
+    """Env steps, all included (expert demonstrations for mindloop)."""
+    eval_episodes: int
+    num_envs: int
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    bc_updates: int = 0
+    """Behaviour-cloning gradient steps (mindloop contenders only)."""
+
+    @property
+    def key(self) -> str:
+        return f"{self.task}|{self.contender}|{self.seed}|{self.budget}|{self.bc_updates}"
+
+
+@dataclass
+class RunResult:
+    spec: RunSpec
+    success: float | None
+    return_mean: float | None
+    env_steps: int
+    """Env steps actually used for training (PPO rollouts + expert demonstrations)."""
+    demo_steps: int
+    """Of which expert demonstration steps (behaviour cloning)."""
+    wall_s: float
+    think_steps: float | None = None
+    error: str | None = None
+
+
+# --------------------------------------------------------------------------- contenders
+
+
+def base_config(spec: RunSpec, algo: str, run_dir: Path) -> Any:
+    """The TrainConfig every contender starts from (mindloop's defaults, this run's task,
+    budget, seed and evaluation)."""
+    from agent.config import EnvConfig, PPOConfig, RunConfig, TrainConfig
+
+    return TrainConfig(
+        env=EnvConfig(
+            id=spec.task, num_envs=spec.num_envs, vectorization="sync", kwargs=spec.env_kwargs
+        ),
+        algo=algo,
+        ppo=PPOConfig(total_steps=spec.budget),
+        run=RunConfig(
+            dir=str(run_dir),
+            seed=spec.seed,
+            threads=1,
+            eval_episodes=spec.eval_episodes,
+            checkpoint_every=10**6,  # only the final checkpoint
+            keep_checkpoints=1,
+            video=False,
+            progress=False,
+        ),
+    )
+
+
+def run_sb3(spec: RunSpec, run_dir: Path) -> RunResult:
+    from agent.baselines import train_sb3
+
+    config = base_config(spec, spec.contender, run_dir)
+    # whole updates within the budget (SB3 would finish the update that crosses it)
+    per_update = config.ppo.rollout_steps * config.env.num_envs
+    config.ppo.total_steps = max(1, spec.budget // per_update) * per_update
+    t0 = time.perf_counter()
+    result = train_sb3(config, log=print)
+    assert result.final_eval is not None
+    s = result.final_eval.summary()
+    return RunResult(
+        spec, s["success_rate"], s["return_mean"], result.steps, 0, time.perf_counter() - t0
+    )
+
+
+DEMO_SHARE = 0.25
+"""Share of a mindloop run's budget spent on expert demonstrations (behaviour cloning)."""
+
+
+def run_mindloop(spec: RunSpec, run_dir: Path) -> RunResult:
+    """mindloop's pipeline (``--algo bc+ppo``, memory on): expert demonstrations recorded
+    first (a Minari dataset, the trainer's own ``bc.dataset`` option) so their exact step
+    count comes off the budget; PPO gets the rest."""
+    from agent.datasets import collect_expert_dataset
+    from agent.demonstrations import load_episodes
+    from agent.training import train
+
+    t0 = time.perf_counter()
+    config = base_config(spec, "bc+ppo", run_dir)
+    config.agent.use_memory = True
+    config.run.progress = False
+    if spec.contender == "mindloop-nothink":
+        config.agent.think.k_max = 0
+    run_dir.mkdir(parents=True, exist_ok=True)
+    demos = run_dir / "demos"
+    episodes = max(2, round(DEMO_SHARE * spec.budget / expert_episode_length(spec)))
+    collect_expert_dataset(
+        spec.task,
+        episodes,
+        seed=spec.seed + 100_000,  # the seeds the trainer itself would record with
+        path=demos,
+        env_kwargs=config.env.make_kwargs(),
+        num_envs=min(spec.num_envs, episodes),
+        overwrite=True,
+    )
+    demo_steps = sum(len(e) for e in load_episodes(demos))
+    config.bc.dataset = str(demos)
+    config.bc.episodes = episodes
+    per_update = config.ppo.rollout_steps * config.env.num_envs
+    ppo_updates = max(0, spec.budget - demo_steps) // per_update
+    if ppo_updates == 0:  # the budget went on demonstrations: behaviour cloning only
+        config.algo = "bc"
+    config.ppo.total_steps = max(ppo_updates * per_update, 1)
+    config.bc.updates = spec.bc_updates
+    train(config)
+    steps = demo_steps + ppo_updates * per_update
+    eval_path = run_dir / "eval.json"
+    summary = json.loads(eval_path.read_text())["summary"]
+    return RunResult(
+        spec,
+        summary["success_rate"],
+        summary["return_mean"],
+        steps,
+        demo_steps,
+        time.perf_counter() - t0,
+        think_steps=summary.get("think_steps_mean"),
+    )
+
+
+_EXPERT_LENGTH: dict[str, float] = {}
+
+
+def expert_episode_length(spec: RunSpec) -> float:
+    """Mean length of the expert's episodes on the task (8 probe episodes, not counted: they
+    only size the demonstration set)."""
+    from agent.evaluation import evaluate, make_policy
+
+    if spec.task not in _EXPERT_LENGTH:
+        result = evaluate(
+            make_policy("expert"), spec.task, 8, seed=999, num_envs=8, env_kwargs=spec.env_kwargs
+        )
+        _EXPERT_LENGTH[spec.task] = result.summary()["length_mean"]
+    return _EXPERT_LENGTH[spec.task]
+
+
+RUNNERS: dict[str, Callable[[RunSpec, Path], RunResult]] = {
+    "mindloop": run_mindloop,
+    "mindloop-nothink": run_mindloop,
+    "sb3-recurrentppo": run_sb3,
+    "sb3-ppo": run_sb3,
+}
+
+
+def run_one(spec: RunSpec, root: str) -> dict[str, Any]:
+    """Run one spec in this (worker) process; never raises (a failure is a result)."""
+    import torch
+
+    torch.set_num_threads(1)
+    run_dir = Path(root) / spec.key.replace("/", "_").replace("|", "__")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    try:
+        # the trainers' tables and progress lines go to the run's log, not the report
+        with open(run_dir / "train.log", "w") as f, redirect_stdout(f), redirect_stderr(f):
+            result = RUNNERS[spec.contender](spec, run_dir)
+    except Exception as e:  # report and go on with the other runs
+        tb = traceback.format_exc(limit=3)
+        result = RunResult(spec, None, None, 0, 0, time.perf_counter() - t0, error=f"{e!r}\n{tb}")
+    return asdict(result)
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def budgets(task: str, quick: bool, budget: int | None) -> int:
+    if budget is not None:
+        return budget
+    if quick:
+        return QUICK_BUDGET // 2 if "MyoElbow" in task else QUICK_BUDGET
+    return SLOW_TASK_BUDGET if "MyoElbow" in task else FULL_BUDGET
+
+
+def plan(args: argparse.Namespace) -> list[RunSpec]:
+    specs = []
+    for seed in args.seeds:  # seeds outermost: a partial run still covers every task
+        for task in args.tasks:
+            for contender in args.contenders:
+                specs.append(
+                    RunSpec(
+                        task=task,
+                        contender=contender,
+                        seed=seed,
+                        budget=budgets(task, args.quick, args.budget),
+                        eval_episodes=args.eval_episodes,
+                        num_envs=args.num_envs,
+                        env_kwargs=dict(TASK_KWARGS.get(task, {})),
+                        bc_updates=args.bc_updates if contender.startswith("mindloop") else 0,
+                    )
+                )
+    return specs
+
+
+# --------------------------------------------------------------------------- report
+
+
+def cell(values: list[float]) -> str:
+    if not values:
+        return "-"
+    v = 100 * np.asarray(values)
+    return f"{v.mean():.0f} ± {v.std():.0f} ({len(v)})"
+
+
+def table(results: list[dict[str, Any]], tasks: list[str], contenders: list[str]) -> str:
+    """Success % mean ± std (seeds) per task x contender."""
+    head = ["task", "budget", *contenders]
+    rows = [head]
+    for task in tasks:
+        mine = [r for r in results if r["spec"]["task"] == task]
+        budget = sorted({r["spec"]["budget"] for r in mine})
+        row = [_task_label(task), "/".join(f"{b / 1000:g}k" for b in budget) or "-"]
+        for c in contenders:
+            ok = [
+                r["success"]
+                for r in mine
+                if r["spec"]["contender"] == c and r["success"] is not None
+            ]
+            failed = sum(1 for r in mine if r["spec"]["contender"] == c and r["error"])
+            row.append(cell(ok) + (f" [{failed} failed]" if failed else ""))
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = [
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in rows
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _task_label(task: str) -> str:
+    name = task.split("/")[-1]
+    kwargs = TASK_KWARGS.get(task)
+    return name + (f" ({', '.join(f'{k}={v}' for k, v in kwargs.items())})" if kwargs else "")
+
+
+def demo_note(results: list[dict[str, Any]]) -> str:
+    demo = [r for r in results if r["demo_steps"]]
+    if not demo:
+        return "no expert demonstration steps were used"
+    share = np.mean([r["demo_steps"] / max(r["env_steps"], 1) for r in demo])
+    return f"mindloop runs spent {100 * share:.0f}% of their env steps on expert demonstrations (counted)"
+
+
+def success_of(results: list[dict[str, Any]], task: str, contender: str) -> float | None:
+    values = [
+        r["success"]
+        for r in results
+        if r["spec"]["task"] == task
+        and r["spec"]["contender"] == contender
+        and r["success"] is not None
+    ]
+    return float(np.mean(values)) if values else None
+
+
+# --------------------------------------------------------------------------- main
+
+
+def load_previous(path: Path) -> dict[str, dict[str, Any]]:
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    return {RunSpec(**r["spec"]).key: r for r in data.get("runs", []) if r.get("error") is None}
+
+
+def save(
+    path: Path, args: argparse.Namespace, results: list[dict[str, Any]], started: float
+) -> None:
+    payload = {
+        "command": "python benchmarks/learning.py " + " ".join(args.argv),
+        "date": datetime.now().isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "load": os.getloadavg(),
+        },
+        "wall_s": time.perf_counter() - started,
+        "task_kwargs": TASK_KWARGS,
+        "runs": results,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM (``kill``) ends the worker processes too, as Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
+def targets(results: list[dict[str, Any]]) -> list[str]:
+    """The issue's learning targets, checked on these results."""
+    cue, count = "mindloop/CueRecall-v0", "mindloop/CountAnswer-v0"
+    chance = 1 / 3  # CueRecall's default num_targets: reaching a random ball
+    lines = []
+
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:.0f}%"
+
+    ml, ppo = success_of(results, cue, "mindloop"), success_of(results, cue, "sb3-ppo")
+    if ml is not None:
+        lines.append(
+            f"CueRecall delay 200, mindloop >= 90%: {pct(ml)} ({'met' if ml >= 0.9 else 'NOT met'})"
+        )
+    if ppo is not None:
+        lines.append(
+            f"CueRecall delay 200, PPO without memory near chance ({pct(chance)} for a random "
+            f"ball): {pct(ppo)}"
+        )
+    think, flat = (
+        success_of(results, count, "mindloop"),
+        success_of(results, count, "mindloop-nothink"),
+    )
+    if think is not None and flat is not None:
+        verdict = "met" if think > flat else "NOT met"
+        lines.append(f"CountAnswer, think > no think: {pct(think)} vs {pct(flat)} ({verdict})")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    import envs
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="1 seed, ~1k-step budgets, 4 eval episodes"
+    )
+    parser.add_argument("--tasks", nargs="+", default=list(envs.TASK_IDS))
+    parser.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=CONTENDERS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="default 1 2 (quick: 1)")
+    parser.add_argument("--budget", type=int, default=None, help="env steps per run, every task")
+    parser.add_argument("--eval-episodes", type=int, default=None, help="default 20 (quick: 4)")
+    parser.add_argument("--num-envs", type=int, default=8)
+    parser.add_argument(
+        "--bc-updates", type=int, default=None, help="mindloop's BC steps (default 100; quick 20)"
+    )
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once (processes)")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--runs-dir", type=Path, default=None, help="run directories (default: a temp dir)"
+    )
+    args = parser.parse_args(argv)
+    args.argv = list(argv if argv is not None else sys.argv[1:])
+    for task in args.tasks:
+        if task not in envs.TASK_IDS:
+            parser.error(f"unknown task {task!r}; choose from: {', '.join(envs.TASK_IDS)}")
+    args.seeds = args.seeds or ([1] if args.quick else [1, 2])
+    args.eval_episodes = args.eval_episodes or (4 if args.quick else 20)
+    args.bc_updates = args.bc_updates or (20 if args.quick else 100)
+    out = args.out or (OUT.with_name("learning_quick.json") if args.quick else OUT)
+
+    import tempfile
+
+    root = args.runs_dir or Path(tempfile.mkdtemp(prefix="mindloop-learning-"))
+    specs = plan(args)
+    previous = load_previous(out)
+    results = [previous[s.key] for s in specs if s.key in previous]
+    todo = [s for s in specs if s.key not in previous]
+    started = time.perf_counter()
+    print(
+        f"{len(specs)} runs ({len(results)} already in {out}): {len(args.tasks)} tasks x "
+        f"{len(args.contenders)} contenders x seeds {args.seeds}; {args.jobs} at once; "
+        f"run dirs under {root}",
+        flush=True,
+    )
+    ctx = get_context("forkserver")
+    signal.signal(signal.SIGTERM, _interrupt)
+    pool = ProcessPoolExecutor(args.jobs, mp_context=ctx, max_tasks_per_child=1)
+    try:
+        futures = {pool.submit(run_one, s, str(root)): s for s in todo}
+        for future in as_completed(futures):
+            r = future.result()
+            results.append(r)
+            save(out, args, results, started)
+            s = r["spec"]
+            status = (
+                "FAILED " + r["error"].splitlines()[0]
+                if r["error"]
+                else f"success {100 * r['success']:.0f}%"
+            )
+            print(
+                f"[{len(results)}/{len(specs)}] {s['task']} {s['contender']} seed {s['seed']}: "
+                f"{status}, {r['env_steps']} steps in {r['wall_s']:.0f} s",
+                flush=True,
+            )
+    except KeyboardInterrupt:
+        for proc in list(getattr(pool, "_processes", {}).values()):  # no public handle
+            proc.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+
+    budget_text = ", ".join(
+        f"{_task_label(t)} {budgets(t, args.quick, args.budget):,}" for t in args.tasks
+    )
+    print()
+    print(
+        f"Success rate % (mean ± std over seeds {args.seeds}, n) after a fixed budget of env "
+        f"steps per run ({budget_text}); {args.eval_episodes} deterministic evaluation "
+        f"episodes per run. mindloop: --algo bc+ppo with memory, {args.bc_updates} BC updates; "
+        f"{demo_note(results)}."
+    )
+    print(table(results, args.tasks, args.contenders))
+    for line in targets(results):
+        print(line)
+    save(out, args, results, started)
+    print(f"wrote {out}")
+    cue = "mindloop/CueRecall-v0"
+    value = success_of(results, cue, "mindloop")
+    print(
+        f"headline: cuerecall200_mindloop_success={'nan' if value is None else f'{value:.2f}'} (target >=0.9)"
+    )
+
+
+if __name__ == "__main__":
+    main()
