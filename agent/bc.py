@@ -39,6 +39,7 @@ from torch import nn
 from agent.agent import MindloopAgent
 from agent.config import BCConfig
 from agent.demonstrations import Episode, SequenceBatch, SequenceSampler
+from agent.distributed import touch_all_parameters
 from agent.heads import ActionDistribution, BetaHead, CategoricalHead
 from agent.policy import Decisions
 from agent.state import State, detach_state
@@ -201,6 +202,8 @@ class BCTrainer:
         target = self.agent.value_norm.normalize(batch.returns.to(device))
         value_loss = 0.5 * (value - target).pow(2).mean()
         total = loss + value_loss
+        if self.model is not self.agent:  # DDP: every parameter must get a gradient
+            total = total + touch_all_parameters(self.agent)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         nn.utils.clip_grad_norm_(self.agent.parameters(), 1.0)

@@ -65,16 +65,25 @@ def init_distributed(device: str = "auto") -> tuple[DistInfo, torch.device]:
 def wrap_model(module: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
     """``DistributedDataParallel(module)`` under torchrun, else ``module`` itself.
 
-    ``find_unused_parameters``: a minibatch where no env thinks leaves the think input unused,
-    and DDP must not wait for its gradient. Running-norm buffers are synchronised explicitly
-    (:func:`all_gather_cat`), so DDP does not broadcast buffers.
+    Trainers add :func:`touch_all_parameters` to every loss, so every parameter gets a
+    gradient in every backward (a minibatch where no env thinks leaves the think input
+    unused); DDP can then run without ``find_unused_parameters`` and losses may use parts of
+    the module outside its ``forward`` (behaviour cloning evaluates the action heads on the
+    ponder states). Running-norm buffers are synchronised explicitly (:func:`all_gather_cat`),
+    so DDP does not broadcast buffers.
     """
     if not info.enabled:
         return module
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(
-        module, device_ids=ids, find_unused_parameters=True, broadcast_buffers=False
+        module, device_ids=ids, find_unused_parameters=False, broadcast_buffers=False
     )
+
+
+def touch_all_parameters(module: nn.Module) -> torch.Tensor:
+    """A zero that depends on every trainable parameter of ``module`` (add it to a loss so
+    that each one gets a gradient, possibly zero, in every backward)."""
+    return sum((p.reshape(-1)[:1] * 0.0).sum() for p in module.parameters() if p.requires_grad)
 
 
 def all_reduce_mean(value: float, info: DistInfo) -> float:
@@ -153,5 +162,6 @@ __all__ = [
     "launched_by_torchrun",
     "scatter_object",
     "shutdown",
+    "touch_all_parameters",
     "wrap_model",
 ]

@@ -36,6 +36,7 @@ from torch import nn
 
 from agent.agent import MindloopAgent, NormRecorder
 from agent.config import PPOConfig
+from agent.distributed import touch_all_parameters
 from agent.policy import Decisions, StepInfo
 from agent.rollout import EnvRunner, memory_calls
 from agent.state import State, cat_states, index_state
@@ -324,6 +325,8 @@ class PPOTrainer:
             loss = loss + coef * codec.sum() / max(
                 int(codec.numel() if ran is None else (codec != 0).sum()), 1
             )
+        if self.model is not self.agent:  # DDP: every parameter must get a gradient
+            loss = loss + touch_all_parameters(self.agent)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = nn.utils.clip_grad_norm_(self.agent.parameters(), cfg.max_grad_norm)

@@ -93,8 +93,9 @@ class Run:
     def save(
         self, phase_state: dict[str, Any] | None, optimizer: torch.optim.Optimizer | None
     ) -> Path | None:
-        """A checkpoint (rank 0 writes it; every rank contributes its own state)."""
-        per_rank = gather_objects(phase_state, self.dist)
+        """A checkpoint, written by rank 0. With a ``phase_state`` (mid-phase, for an exact
+        resume) every rank must call this: each contributes its own state (envs, RNG)."""
+        per_rank = gather_objects(phase_state, self.dist) if phase_state is not None else None
         if not self.dist.is_main:
             return None
         tensors: dict[str, torch.Tensor] = {}
