@@ -93,7 +93,9 @@ from envs.wrappers import FlattenActionWrapper
 
 VEC_BACKENDS = ("gymnasium", "sb3")
 DEFAULT_VEC_BACKEND = "gymnasium"
-"""Measured faster here (benchmarks/train_throughput.py, see benchmarks/RESULTS.md)."""
+"""Gymnasium's vector env, as mindloop's own trainer steps. SB3's ``SubprocVecEnv`` was no
+faster here: SB3 PPO trains at 1.03x / 0.99x / 0.93x the speed on Gymnasium's (three runs of
+benchmarks/train_throughput.py, 8 async envs; see benchmarks/RESULTS.md)."""
 SB3_FORMAT = 1
 """Version of the ``sb3`` entry in a baseline checkpoint's config.json."""
 
