@@ -164,6 +164,11 @@ def check_config(config: TrainConfig) -> Baseline:
     """The config's baseline, or a one-line error for what SB3 cannot do."""
     baseline = get_baseline(config.algo)
     check_env_id(config.env.id)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError(
+            f"--algo {config.algo} trains in one process (SB3 has no DistributedDataParallel); "
+            "run it without torchrun and scale with --env.num-envs"
+        )
     if config.agent.use_memory:
         raise ValueError(
             f"--algo {config.algo} has no memory tool; drop --agent.use-memory (or train "

@@ -261,10 +261,15 @@ def test_resume_continues_from_the_latest_checkpoint(tmp_path: Path) -> None:
         ({"algo": "sb3-a2c"}, "unknown baseline 'sb3-a2c'"),
         ({"use_memory": True}, "has no memory tool"),
         ({"env": "mindloop/Nope-v0"}, "unknown task 'mindloop/Nope-v0'"),
+        ({"torchrun": True}, "without torchrun"),
     ],
 )
-def test_bad_input_is_one_line(change: dict, match: str, tmp_path: Path) -> None:
+def test_bad_input_is_one_line(
+    change: dict, match: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = tiny_config("sb3-ppo", tmp_path)
+    if "torchrun" in change:
+        monkeypatch.setenv("WORLD_SIZE", "2")
     if "algo" in change:
         config.algo = change["algo"]
     if "use_memory" in change:
