@@ -43,6 +43,8 @@ class RunLogger:
         enabled: bool = True,
     ) -> None:
         self.enabled = enabled
+        self.line_every = 10.0
+        self._last_line = -float("inf")
         self.writer = None
         self.bar = None
         self.t0 = time.perf_counter()
@@ -74,14 +76,16 @@ class RunLogger:
                 continue
             self.writer.add_scalar(f"{prefix}/{name}", float(value), step)
 
-    def progress(self, step: int, postfix: Mapping[str, float | str]) -> None:
-        """Move the bar to ``step`` with a short postfix (fps, success, think steps)."""
+    def progress(self, step: int, postfix: Mapping[str, float | str], force: bool = False) -> None:
+        """Move the bar to ``step`` with a short postfix (fps, success, think steps); without
+        a bar, print it as a line (at most every ``line_every`` seconds unless ``force``)."""
         if not self.enabled:
             return
         if self.bar is not None:
             self.bar.n = min(step, self.bar.total)
             self.bar.set_postfix({k: _short(v) for k, v in postfix.items()}, refresh=True)
-        else:
+        elif force or time.perf_counter() - self._last_line >= self.line_every:
+            self._last_line = time.perf_counter()
             text = " ".join(f"{k}={_short(v)}" for k, v in postfix.items())
             print(f"[{time.perf_counter() - self.t0:7.1f}s] step {step}: {text}", flush=True)
 

@@ -180,12 +180,19 @@ def stack_obs(items: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 class ResumableEnv(gym.Wrapper):
     """Adds ``resume_state``: everything needed to continue an env exactly where it was.
 
-    Getting it returns a dict of numpy arrays and JSON-able values: the task's own
-    ``get_state()`` (physics, colours, task variables), the bit-generator state of every
-    ``numpy.random.Generator`` the env holds (its ``np_random`` and e.g. an audio-noise
-    stream), and the audio synthesizer's carried tail (impact sounds ring into the next step)
-    and tone gains. Setting it restores all of that. Through a vector env:
-    ``envs.get_attr("resume_state")`` and ``envs.set_attr("resume_state", states)``.
+    Getting it returns nested plain data (numpy arrays, numbers, strings, lists, dicts):
+
+    - ``env``: the task's own ``get_state()`` (MuJoCo integration state, colours, task
+      variables), restored first with ``set_state()``;
+    - ``rng``: the bit-generator state of every ``numpy.random.Generator`` the env holds (its
+      ``np_random`` and e.g. an audio-noise stream);
+    - ``attrs``: every plain-data attribute of the env and of its helper objects from the
+      ``envs`` package (the audio synthesizer's carried impact tail, the contact tracker's
+      previous contacts, ...), restored last. ``get_state()`` is made for replaying a moment
+      to video; continuing a *training run* bit for bit also needs this carried state, and
+      capturing it generically keeps resume exact when a task adds such state.
+
+    Through a vector env: ``envs.get_attr("resume_state")`` / ``envs.set_attr(...)``.
     """
 
     @property
@@ -196,15 +203,11 @@ class ResumableEnv(gym.Wrapper):
                 f"{type(env).__name__} has no get_state(); exact resume needs it (mindloop "
                 "tasks have it)"
             )
-        state: dict[str, Any] = {"env": env.get_state(), "rng": {}}
-        for name, value in _generators(env).items():
-            state["rng"][name] = value.bit_generator.state
-        synth = getattr(env, "_synth", None)
-        if synth is not None:  # the audio carried from one step into the next
-            state["audio_acc"] = synth._acc.copy()
-            state["audio_gain"] = {str(k): v.copy() for k, v in synth._prev_gain.items()}
-            state["last_audio"] = np.array(env._last_audio, copy=True)
-        return state
+        return {
+            "env": env.get_state(),
+            "rng": {name: g.bit_generator.state for name, g in _generators(env).items()},
+            "attrs": _snapshot_attrs(env, depth=2),
+        }
 
     @resume_state.setter
     def resume_state(self, state: dict[str, Any]) -> None:
@@ -213,11 +216,7 @@ class ResumableEnv(gym.Wrapper):
         gens = _generators(env)
         for name, bit_state in state["rng"].items():
             gens[name].bit_generator.state = bit_state
-        synth = getattr(env, "_synth", None)
-        if synth is not None and "audio_acc" in state:
-            synth._acc[...] = state["audio_acc"]
-            synth._prev_gain = {int(k): np.asarray(v) for k, v in state["audio_gain"].items()}
-            env._last_audio = np.asarray(state["last_audio"], dtype=np.float32)
+        _restore_attrs(env, state.get("attrs", {}))
 
 
 def _generators(env: gym.Env) -> dict[str, np.random.Generator]:
@@ -227,6 +226,82 @@ def _generators(env: gym.Env) -> dict[str, np.random.Generator]:
         if isinstance(value, np.random.Generator) and name != "_np_random":
             out[name] = value
     return out
+
+
+_SCALARS = (bool, int, float, str, type(None), np.generic)
+
+
+def _encode(value: Any) -> Any:
+    """A plain-data value as tagged JSON/array data, or ``_SKIP`` if it is not plain data."""
+    if isinstance(value, np.ndarray):
+        return {"t": "array", "v": value.copy()} if value.dtype != object else _SKIP
+    if isinstance(value, _SCALARS):
+        return {"t": "scalar", "v": value.item() if isinstance(value, np.generic) else value}
+    if isinstance(value, bytes):
+        return {"t": "bytes", "v": np.frombuffer(value, dtype=np.uint8).copy()}
+    if isinstance(value, list | tuple | set | frozenset):
+        items = sorted(value, key=repr) if isinstance(value, set | frozenset) else list(value)
+        encoded = [_encode(v) for v in items]
+        if any(e is _SKIP for e in encoded):
+            return _SKIP
+        return {"t": type(value).__name__, "v": encoded}
+    if isinstance(value, dict):
+        pairs = [(_encode(k), _encode(v)) for k, v in value.items()]
+        if any(k is _SKIP or v is _SKIP for k, v in pairs):
+            return _SKIP
+        return {"t": "dict", "v": [[k, v] for k, v in pairs]}
+    return _SKIP
+
+
+def _decode(data: Any) -> Any:
+    kind, v = data["t"], data["v"]
+    if kind == "array":
+        return np.array(v, copy=True)
+    if kind == "scalar":
+        return v
+    if kind == "bytes":
+        return np.asarray(v, dtype=np.uint8).tobytes()
+    if kind in ("list", "tuple", "set", "frozenset"):
+        items = [_decode(x) for x in v]
+        return {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset}[kind](items)
+    if kind == "dict":
+        return {_decode(k): _decode(x) for k, x in v}
+    raise ValueError(f"unknown env snapshot entry {kind!r}")
+
+
+_SKIP = object()
+
+
+def _snapshot_attrs(obj: Any, depth: int) -> dict[str, Any]:
+    """Plain-data attributes of ``obj`` (and, ``depth`` levels down, of its helper objects
+    defined in the ``envs`` package). MuJoCo objects, renderers and spaces are not plain data
+    and are skipped (physics is in ``get_state``)."""
+    out: dict[str, Any] = {}
+    for name, value in vars(obj).items():
+        if isinstance(value, np.random.Generator):
+            continue
+        encoded = _encode(value)
+        if encoded is not _SKIP:
+            out[name] = encoded
+        elif depth > 0 and _is_env_helper(value):
+            out[name] = {"t": "object", "v": _snapshot_attrs(value, depth - 1)}
+    return out
+
+
+def _is_env_helper(value: Any) -> bool:
+    """A mutable helper object of a mindloop task (frozen dataclasses are configs: no state)."""
+    if type(value).__module__.split(".")[0] != "envs" or not hasattr(value, "__dict__"):
+        return False
+    params = getattr(value, "__dataclass_params__", None)
+    return not (params is not None and params.frozen)
+
+
+def _restore_attrs(obj: Any, snapshot: dict[str, Any]) -> None:
+    for name, data in snapshot.items():
+        if data["t"] == "object":
+            _restore_attrs(getattr(obj, name), data["v"])
+        else:
+            setattr(obj, name, _decode(data))
 
 
 __all__ = [
