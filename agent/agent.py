@@ -18,6 +18,7 @@ during rollouts and fold them into the statistics after the update.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -27,12 +28,12 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from agent.config import AgentConfig
+from agent.config import LIGHT_ENCODERS, AgentConfig
 from agent.heads import Action
 from agent.memory import build_memory
 from agent.policy import Decisions, MindloopPolicy, PolicyConfig, PonderOutput, StepInfo
 from agent.state import State
-from encoders.fusion import FusedEncoder, build_fused_encoder
+from encoders.fusion import FusedEncoder, FusedEncoderConfig, build_fused_encoder
 from encoders.normalization import RunningNorm
 
 ObsBatch = Mapping[str, np.ndarray | torch.Tensor]
@@ -58,7 +59,9 @@ class MindloopAgent(nn.Module):
         self.config = config
         self.observation_space = observation_space
         self.action_space = action_space
-        self.encoder: FusedEncoder = build_fused_encoder(observation_space, config.encoders)
+        self.encoder: FusedEncoder = build_fused_encoder(
+            observation_space, encoders_for(config.encoders, observation_space)
+        )
         memory = build_memory(config.memory, config.core.hidden_dim) if config.use_memory else None
         self.policy = MindloopPolicy(
             self.encoder.embed_dim,
@@ -191,6 +194,17 @@ class MindloopAgent(nn.Module):
         return self.policy.ponder_sequence(x, initial_state, episode_starts, deterministic)
 
 
+def encoders_for(config: FusedEncoderConfig, space: spaces.Dict) -> FusedEncoderConfig:
+    """The default light encoder options (``agent.config.LIGHT_ENCODERS``) apply to the keys a
+    task has; other options are passed on as given (an option for a missing key is an error)."""
+    keep = {
+        name: value
+        for name, value in config.options.items()
+        if not (LIGHT_ENCODERS.get(name) == value and name.split(".")[0] not in space.spaces)
+    }
+    return config if keep == config.options else dataclasses.replace(config, options=keep)
+
+
 class ValueNormalizer(nn.Module):
     """Running mean and std of value targets: the value head predicts returns in these
     normalized units (MAPPO's ValueNorm, Yu et al. 2022).
@@ -295,4 +309,4 @@ class NormRecorder:
         ]
 
 
-__all__ = ["MindloopAgent", "NormRecorder", "ValueNormalizer"]
+__all__ = ["MindloopAgent", "NormRecorder", "ValueNormalizer", "encoders_for"]

@@ -13,6 +13,7 @@ hand the whole run to :func:`agent.baselines.train_sb3`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -425,6 +426,7 @@ def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> Trai
     check_env_id(config.env.id)
     for phase in algorithm.phases:
         PHASES.get(phase)
+    config = resolve_for_env(config)
     if algorithm.external is not None:
         t0 = time.perf_counter()
         out = algorithm.external(config)
@@ -550,6 +552,20 @@ def _run_dir(config: TrainConfig, resume_from: Path | None) -> Path:
     tmp.write_text(json.dumps(config_to_dict(config), indent=2))
     os.replace(tmp, path / "config.json")
     return path
+
+
+def resolve_for_env(config: TrainConfig) -> TrainConfig:
+    """``config`` with the default light encoder options of keys the task does not have
+    removed (``agent.agent.encoders_for``), so every algorithm, baselines included, and the
+    saved config.json see the encoders the agent really has."""
+    from agent.agent import encoders_for
+
+    observation_space, _ = _env_spaces(config)
+    encoders = encoders_for(config.agent.encoders, observation_space)
+    if encoders is config.agent.encoders:
+        return config
+    agent = dataclasses.replace(config.agent, encoders=encoders)
+    return dataclasses.replace(config, agent=agent)
 
 
 def _env_spaces(config: TrainConfig):
