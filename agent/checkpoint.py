@@ -233,6 +233,9 @@ def save_checkpoint(
     name = f"step_{step:012d}"
     final = root / name
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private (0700); a checkpoint is not
     try:
         _write_checkpoint_files(tmp, agent, config, step, trainer, extra_meta)
         _fsync_dir(tmp)
