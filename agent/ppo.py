@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -40,10 +40,13 @@ from agent.distributed import touch_all_parameters
 from agent.policy import Decisions, StepInfo
 from agent.rollout import EnvRunner, memory_calls
 from agent.state import State, cat_states, index_state
-from agent.vector import VectorStep
+from agent.vector import VectorStep, expert_actions
 
-RewardFn = Callable[[VectorStep, dict[str, np.ndarray], StepInfo], np.ndarray]
-"""Optional reward override: (env step, actions taken, step info) -> (N,) rewards."""
+RewardFn = Callable[
+    [VectorStep, dict[str, np.ndarray], StepInfo, dict[str, np.ndarray] | None], np.ndarray
+]
+"""Optional reward override: (env step, actions taken, step info, the expert's actions for the
+same states when ``needs_expert``) -> (N,) rewards."""
 
 
 @dataclass
@@ -72,6 +75,47 @@ class Rollout:
         return int(self.rewards.numel())
 
 
+@dataclass
+class _Buffer:
+    """Per-step records of a rollout, stacked into a :class:`Rollout` by :meth:`finish`."""
+
+    obs: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    starts: list[torch.Tensor] = field(default_factory=list)
+    actions: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    decisions: list[Decisions] = field(default_factory=list)
+    log_probs: list[torch.Tensor] = field(default_factory=list)
+    values: list[torch.Tensor] = field(default_factory=list)
+    rewards: list[torch.Tensor] = field(default_factory=list)
+    env_rewards: list[torch.Tensor] = field(default_factory=list)
+    dones: list[torch.Tensor] = field(default_factory=list)
+    think: list[torch.Tensor] = field(default_factory=list)
+    calls: list[torch.Tensor] = field(default_factory=list)
+    chunk_states: list[State] = field(default_factory=list)
+
+    def finish(self, next_value: torch.Tensor, gamma: float, lam: float) -> Rollout:
+        values, rewards, dones = (torch.stack(x) for x in (self.values, self.rewards, self.dones))
+        advantages, returns = gae(rewards, values, dones, next_value, gamma, lam)
+        return Rollout(
+            obs={k: np.stack(v) for k, v in self.obs.items()},
+            actions={k: torch.stack([a[k] for a in self.actions]) for k in self.actions[0]},
+            decisions=Decisions(
+                torch.stack([d.think_steps for d in self.decisions]).cpu(),
+                torch.stack([d.mem_ops for d in self.decisions]).cpu(),
+            ),
+            episode_starts=torch.stack(self.starts),
+            log_probs=torch.stack(self.log_probs),
+            values=values,
+            rewards=rewards,
+            dones=dones,
+            chunk_states=cat_states(self.chunk_states),
+            advantages=advantages,
+            returns=returns,
+            think_steps=torch.stack(self.think),
+            memory_calls=torch.stack(self.calls),
+            env_rewards=torch.stack(self.env_rewards),
+        )
+
+
 def _chunks(x: Any, T: int, L: int) -> Any:
     """(T, N, ...) -> (L, C*N, ...) with chunk (c, n) at column c*N + n."""
     C = T // L
@@ -97,6 +141,7 @@ class PPOTrainer:
         reduce: averages a float across ranks (DDP); identity on one process.
         gather: concatenates a tensor across ranks (DDP) for running-norm updates.
         seed: seeds the minibatch shuffling.
+        needs_expert: ask every env for its expert action each step (for ``reward_fn``).
     """
 
     def __init__(
@@ -145,73 +190,49 @@ class PPOTrainer:
     @torch.no_grad()
     def collect(self) -> Rollout:
         """One rollout of T steps from where the runner stands."""
-        cfg, runner, agent = self.cfg, self.runner, self.agent
-        agent.eval()
-        T, L = cfg.rollout_steps, cfg.bptt_steps
-        obs_buf: dict[str, list[np.ndarray]] = {k: [] for k in runner.obs}
-        acts, decs, starts, logps, values = [], [], [], [], []
-        rewards, env_rewards, dones, thinks, calls, chunk_states = [], [], [], [], [], []
-        for t in range(T):
-            if t % L == 0:
-                chunk_states.append({k: v.clone() for k, v in runner.state.items()})
+        cfg, runner = self.cfg, self.runner
+        self.agent.eval()
+        buf = _Buffer()
+        for t in range(cfg.rollout_steps):
+            if t % cfg.bptt_steps == 0:  # a chunk starts: keep its initial state for BPTT
+                buf.chunk_states.append({k: v.cpu().clone() for k, v in runner.state.items()})
             for k, v in runner.obs.items():
-                obs_buf[k].append(np.array(v, copy=True))
-            start = runner.episode_start.clone()
-            with self.norms.recording():
-                actions, new_state, info = runner.act()
-            np_actions = agent.actions_to_numpy(actions)
-            labels = None
-            if self.needs_expert:
-                from agent.vector import expert_actions
+                buf.obs.setdefault(k, []).append(np.array(v, copy=True))
+            buf.starts.append(runner.episode_start.clone())
+            self._step(buf)
+        next_value = self._value(runner.obs, runner.state, runner.episode_start)
+        return buf.finish(next_value, cfg.gamma, cfg.gae_lambda)
 
-                labels = expert_actions(runner.envs)
-            step = runner.step(np_actions, new_state, info)
-            env_r = torch.as_tensor(step.reward, dtype=torch.float32)
-            if self.reward_fn is not None:
-                base = self.reward_fn(step, np_actions, info, labels)
-                env_r = torch.as_tensor(base, dtype=torch.float32)
-            n_calls = memory_calls(info).float().cpu()
-            think = info.think_steps.float().cpu()
-            reward = env_r - self.cfg.think_cost * think - self.memory_cost * n_calls
-            reward = reward + self._truncation_bootstrap(step, new_state)
-            acts.append({k: v.cpu() for k, v in actions.items()})
-            decs.append(info.decisions)
-            starts.append(start)
-            logps.append(info.log_prob.cpu())
-            values.append(agent.value_norm.denormalize(info.value).cpu())
-            rewards.append(reward)
-            env_rewards.append(env_r)
-            dones.append(torch.as_tensor(step.done, dtype=torch.float32))
-            thinks.append(think)
-            calls.append(n_calls)
-        next_value = agent.value_norm.denormalize(
-            agent.act_tensors(runner.obs, runner.state, runner.episode_start, deterministic=True)[
-                2
-            ].value
-        ).cpu()
-        rollout = Rollout(
-            obs={k: np.stack(v) for k, v in obs_buf.items()},
-            actions={k: torch.stack([a[k] for a in acts]) for k in acts[0]},
-            decisions=Decisions(
-                torch.stack([d.think_steps for d in decs]).cpu(),
-                torch.stack([d.mem_ops for d in decs]).cpu(),
-            ),
-            episode_starts=torch.stack(starts),
-            log_probs=torch.stack(logps),
-            values=torch.stack(values),
-            rewards=torch.stack(rewards),
-            dones=torch.stack(dones),
-            chunk_states=cat_states([{k: v.cpu() for k, v in s.items()} for s in chunk_states]),
-            advantages=torch.empty(0),
-            returns=torch.empty(0),
-            think_steps=torch.stack(thinks),
-            memory_calls=torch.stack(calls),
-            env_rewards=torch.stack(env_rewards),
-        )
-        rollout.advantages, rollout.returns = gae(
-            rollout.rewards, rollout.values, rollout.dones, next_value, cfg.gamma, cfg.gae_lambda
-        )
-        return rollout
+    def _step(self, buf: _Buffer) -> None:
+        """Act, step the envs, and record the step with its cost-adjusted reward."""
+        runner, agent = self.runner, self.agent
+        with self.norms.recording():
+            actions, new_state, info = runner.act()
+        np_actions = agent.actions_to_numpy(actions)
+        labels = expert_actions(runner.envs) if self.needs_expert else None
+        step = runner.step(np_actions, new_state, info)
+        env_r = torch.as_tensor(step.reward, dtype=torch.float32)
+        if self.reward_fn is not None:
+            env_r = torch.as_tensor(
+                self.reward_fn(step, np_actions, info, labels), dtype=torch.float32
+            )
+        calls = memory_calls(info).float().cpu()
+        think = info.think_steps.float().cpu()
+        reward = env_r - self.cfg.think_cost * think - self.memory_cost * calls
+        buf.rewards.append(reward + self._truncation_bootstrap(step, new_state))
+        buf.env_rewards.append(env_r)
+        buf.actions.append({k: v.cpu() for k, v in actions.items()})
+        buf.decisions.append(info.decisions)
+        buf.log_probs.append(info.log_prob.cpu())
+        buf.values.append(agent.value_norm.denormalize(info.value).cpu())
+        buf.dones.append(torch.as_tensor(step.done, dtype=torch.float32))
+        buf.think.append(think)
+        buf.calls.append(calls)
+
+    def _value(self, obs: dict[str, np.ndarray], state: State, start: torch.Tensor) -> torch.Tensor:
+        """V(obs) in reward units (N,), from ``state``; deterministic, so no RNG is used."""
+        raw = self.agent.act_tensors(obs, state, start, deterministic=True)[2].value
+        return self.agent.value_norm.denormalize(raw).cpu()
 
     def _truncation_bootstrap(self, step: VectorStep, state_after: State) -> torch.Tensor:
         """(N,) ``gamma * V(final_obs)`` for envs whose episode was truncated, else 0."""
@@ -223,9 +244,7 @@ class PPOTrainer:
         index = torch.as_tensor(rows)
         sub = index_state(state_after, index.to(self.agent.device))
         no_start = torch.zeros(len(rows), dtype=torch.bool)
-        raw = self.agent.act_tensors(final, sub, no_start, deterministic=True)[2].value
-        value = self.agent.value_norm.denormalize(raw).cpu()
-        out[index] = self.cfg.gamma * value
+        out[index] = self.cfg.gamma * self._value(final, sub, no_start)
         return out
 
     # ------------------------------------------------------------------ update

@@ -121,28 +121,42 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
 
 def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "train.py", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+        [sys.executable, "train.py", *args], cwd=cwd, capture_output=True, text=True, timeout=1200
     )
 
 
-@pytest.mark.parametrize(
-    ("args", "names"),
-    [
-        (["--env.id", "mindloop/Nope-v0"], ["mindloop/Nope-v0", "mindloop/MuscleReach-v0"]),
-        (["--algo", "dqn"], ["dqn", "bc+ppo", "sb3-ppo"]),
-        (["--agent.core.name", "mamba"], ["mamba", "gru"]),
-        (["--agent.encoders.encoders", "image", "vit9000"], ["vit9000", "cnn"]),
-        (["--ppo.bptt-steps", "7"], ["bptt_steps=7"]),
-    ],
-)
+BAD_INPUT = [
+    (["--env.id", "mindloop/Nope-v0"], ["mindloop/Nope-v0", "mindloop/MuscleReach-v0"]),
+    (["--algo", "dqn"], ["dqn", "bc+ppo", "sb3-ppo"]),
+    (["--agent.core.name", "mamba"], ["mamba", "gru"]),
+    (["--agent.encoders.encoders", "image", "vit9000"], ["vit9000", "cnn"]),
+    (["--ppo.bptt-steps", "7"], ["bptt_steps=7"]),
+]
+
+
+@pytest.mark.parametrize(("args", "names"), BAD_INPUT)
 def test_bad_input_is_one_line_error(args, names, tmp_path):
-    proc = run_cli(*args, "--run.dir", str(tmp_path / "r"), "--run.no-video")
+    """train.py's main: a one-line ``error: ...`` naming the value and the choices, a
+    non-zero exit, no traceback, and no run directory left behind."""
+    import train as train_script
+
+    run_dir = tmp_path / "r"
+    with pytest.raises(SystemExit) as exit_info:
+        train_script.main([*args, "--run.dir", str(run_dir), "--run.no-video"])
+    message = exit_info.value.code
+    assert isinstance(message, str) and message.startswith("error: "), message
+    assert "\n" not in message
+    for name in names:
+        assert name in message, (name, message)
+    assert not run_dir.exists()
+
+
+def test_bad_input_from_the_command_line():
+    """The same through a real process: stderr is the one line, the exit status non-zero."""
+    proc = run_cli("--env.id", "mindloop/Nope-v0")
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    assert "Traceback" not in proc.stderr
-    for name in names:
-        assert name in lines[0], (name, lines[0])
+    assert len(lines) == 1 and lines[0].startswith("error: unknown task"), proc.stderr
 
 
 def test_resume_with_a_different_config_names_the_field(tmp_path):
@@ -152,3 +166,58 @@ def test_resume_with_a_different_config_names_the_field(tmp_path):
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "ppo.lr" in lines[0], proc.stderr
+
+
+def muscle_reach_config(run_dir: Path) -> TrainConfig:
+    """The real default task (image, audio, proprio, touch) on a small budget."""
+    cfg = TrainConfig()
+    cfg.env.num_envs = 2
+    cfg.env.vectorization = "async"  # worker processes, as in the default run
+    cfg.ppo.total_steps = 2 * 16 * 4  # 4 updates
+    cfg.ppo.rollout_steps = 16
+    cfg.ppo.bptt_steps = 8
+    cfg.ppo.epochs = 2
+    cfg.ppo.minibatches = 2
+    cfg.bc.episodes = 8
+    cfg.bc.updates = 4
+    cfg.bc.batch_envs = 2
+    cfg.run.dir = str(run_dir)
+    cfg.run.eval_episodes = 2
+    cfg.run.checkpoint_every = 1
+    cfg.run.video = False
+    cfg.run.progress = False
+    cfg.run.tensorboard = False
+    return cfg
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly_on_muscle_reach(tmp_path, monkeypatch):
+    """Exact resume with async env workers, rendered images and synthesized audio."""
+    full = train(muscle_reach_config(tmp_path / "full"))
+    expected = final_weights(full.run_dir)
+    real_iterate = ppo_mod.PPOTrainer.iterate
+
+    def stop_at_2(self):
+        if self.updates_done == 2:
+            raise KeyboardInterrupt("killed")
+        return real_iterate(self)
+
+    monkeypatch.setattr(ppo_mod.PPOTrainer, "iterate", stop_at_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(muscle_reach_config(tmp_path / "stopped"))
+    monkeypatch.setattr(ppo_mod.PPOTrainer, "iterate", real_iterate)
+    cfg = muscle_reach_config(tmp_path / "stopped")
+    cfg.resume = str(tmp_path / "stopped")
+    got = final_weights(train(cfg).run_dir)
+    for key in expected:
+        assert torch.equal(got[key], expected[key]), key
+
+
+@pytest.mark.slow
+def test_default_train_reaches_80_percent(tmp_path):
+    """``python train.py`` as the README runs it (minutes on 2 cores)."""
+    proc = run_cli("--run.dir", str(tmp_path / "run"), "--run.no-progress", "--run.no-video")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("success rate:"))
+    rate = float(line.split(":")[1].split("%")[0]) / 100
+    assert rate >= 0.8, line
