@@ -10,6 +10,8 @@ seeded episodes, deterministic policy, through :func:`agent.evaluation.evaluate`
 * **mindloop-nothink**: the same with think steps disabled (``k_max`` = 0).
 * **sb3-recurrentppo**: sb3-contrib ``RecurrentPPO`` (LSTM), pure RL.
 * **sb3-ppo**: SB3 ``PPO`` (no memory), pure RL.
+* **random** and **expert** (references, no training): a uniform random policy and the
+  task's scripted expert on the same evaluation episodes, the table's floor and ceiling.
 
 All use the same mindloop encoders, hidden width 128 and PPO settings (``agent.config``
 defaults: 8 envs x 64 steps per update, 4 epochs, 4 minibatches, lr 3e-4 linear; whole
@@ -52,7 +54,8 @@ from typing import Any
 import numpy as np
 
 OUT = Path(__file__).resolve().parent / "out" / "learning.json"
-CONTENDERS = ("mindloop", "mindloop-nothink", "sb3-recurrentppo", "sb3-ppo")
+CONTENDERS = ("mindloop", "mindloop-nothink", "sb3-recurrentppo", "sb3-ppo", "random", "expert")
+"""Trained contenders, then two untrained references (evaluation only)."""
 
 TASK_KWARGS: dict[str, dict[str, Any]] = {"mindloop/CueRecall-v0": {"delay_steps": 200}}
 """Task arguments of this benchmark (others use the registered defaults)."""
@@ -211,11 +214,32 @@ def expert_episode_length(spec: RunSpec) -> float:
     return _EXPERT_LENGTH[spec.task]
 
 
+def run_reference(spec: RunSpec, run_dir: Path) -> RunResult:
+    """The scripted expert or a uniform random policy on the same evaluation episodes: no
+    training, no budget (the table's ceiling and floor)."""
+    from agent.evaluation import evaluate, make_policy
+    from agent.training import EVAL_SEED_OFFSET
+
+    t0 = time.perf_counter()
+    result = evaluate(
+        make_policy(spec.contender),
+        spec.task,
+        spec.eval_episodes,
+        seed=EVAL_SEED_OFFSET + spec.seed,
+        num_envs=min(spec.num_envs, spec.eval_episodes),
+        env_kwargs=spec.env_kwargs,
+    )
+    s = result.summary()
+    return RunResult(spec, s["success_rate"], s["return_mean"], 0, 0, time.perf_counter() - t0)
+
+
 RUNNERS: dict[str, Callable[[RunSpec, Path], RunResult]] = {
     "mindloop": run_mindloop,
     "mindloop-nothink": run_mindloop,
     "sb3-recurrentppo": run_sb3,
     "sb3-ppo": run_sb3,
+    "expert": run_reference,
+    "random": run_reference,
 }
 
 
@@ -285,7 +309,7 @@ def table(results: list[dict[str, Any]], tasks: list[str], contenders: list[str]
     for task in tasks:
         mine = [r for r in results if r["spec"]["task"] == task]
         budget = sorted({r["spec"]["budget"] for r in mine})
-        row = [_task_label(task), "/".join(f"{b / 1000:g}k" for b in budget) or "-"]
+        row = [_task_label(task), "/".join(_steps(b) for b in budget) or "-"]
         for c in contenders:
             ok = [
                 r["success"]
@@ -305,6 +329,10 @@ def table(results: list[dict[str, Any]], tasks: list[str], contenders: list[str]
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def _steps(n: int) -> str:
+    return f"{n // 1000}k" if n % 1000 == 0 else f"{n:,}"
 
 
 def _task_label(task: str) -> str:
