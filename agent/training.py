@@ -357,9 +357,10 @@ def ppo_phase(run: Run, reward_fn=None, needs_expert: bool = False, name: str = 
 
 @PHASES.register("sft-rl")
 def sft_rl_phase(run: Run) -> None:
-    """SFT as RL (text tasks): PPO where the reward of a step is whether the token the agent
-    emitted is the answer token the expert would say (``+1``), a wrong non-silent token costs
-    ``-1``, silence is free; think steps get no targets (only the think cost)."""
+    """SFT as RL (text tasks): PPO where a step's reward is 1 if the agent emitted the answer
+    token the scripted expert says at that state, else 0; the env's own reward is not used.
+    Only the answer tokens are judged: silence, speech while the expert is silent, and the
+    think steps get no targets (think steps still pay ``ppo.think_cost``)."""
     if "text" not in run.agent.action_space.spaces:
         raise ValueError(
             f"--algo sft-rl needs a task that answers with text tokens; {run.config.env.id} "
@@ -368,9 +369,7 @@ def sft_rl_phase(run: Run) -> None:
 
     def answer_reward(step, actions, info, labels) -> np.ndarray:
         said, want = np.asarray(actions["text"]), np.asarray(labels["text"])
-        right = (want != 0) & (said == want)
-        wrong = (said != 0) & (said != want)
-        return right.astype(np.float32) - wrong.astype(np.float32)
+        return ((want != 0) & (said == want)).astype(np.float32)
 
     ppo_phase(run, reward_fn=answer_reward, needs_expert=True, name="sft-rl")
 

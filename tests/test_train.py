@@ -221,3 +221,18 @@ def test_default_train_reaches_80_percent(tmp_path):
     line = next(x for x in proc.stdout.splitlines() if x.startswith("success rate:"))
     rate = float(line.split(":")[1].split("%")[0]) / 100
     assert rate >= 0.8, line
+
+
+@pytest.mark.slow
+def test_sft_as_rl_learns_to_answer(tmp_path):
+    """SFT as RL on TinyAnswer: rewarded only for emitting the expert's answer token, PPO
+    learns to remember the shown token and say it when asked."""
+    cfg = tiny_config(tmp_path / "run", "sft-rl", TINY_ANSWER)
+    cfg.env.num_envs = 8
+    cfg.agent.encoders.embed_dim = 32
+    cfg.agent.core.hidden_dim = 32
+    cfg.ppo.total_steps = 8 * 32 * 20
+    cfg.ppo.rollout_steps, cfg.ppo.bptt_steps, cfg.ppo.lr = 32, 8, 3e-3
+    cfg.ppo.epochs, cfg.ppo.minibatches = 4, 4
+    cfg.run.eval_episodes = 64
+    assert train(cfg).success_rate >= 0.9
