@@ -13,16 +13,17 @@ seeded episodes, deterministic policy, through :func:`agent.evaluation.evaluate`
 * **random** and **expert** (references, no training): a uniform random policy and the
   task's scripted expert on the same evaluation episodes, the table's floor and ceiling.
 
-All use the same mindloop encoders, hidden width 128 and PPO settings (``agent.config``
-defaults: 8 envs x 64 steps per update, 4 epochs, 4 minibatches, lr 3e-4 linear; whole
-updates only, within the budget), envs stepped in-process (``SyncVectorEnv``) and 1 torch
+All use the same mindloop encoders (``agent.config`` defaults), hidden width 128 and PPO
+settings (``agent.config`` defaults: 8 envs x 64 steps per update, 4 epochs, 4 minibatches,
+linear LR schedule; whole updates only, within the budget; the SB3 contenders learn from
+scratch at SB3's default learning rate 3e-4), envs stepped in-process (``SyncVectorEnv``) and 1 torch
 thread per run; ``--jobs`` runs that many runs at once, each in its own process. CueRecall
 runs with ``delay_steps=200`` (the issue's target setting).
 
 The budget is planned for ~2 hours on the 2 shared cores of the development machine with
 ``--jobs 2``: 12k env steps per run (4k on MyoElbowReach, whose bone meshes render at ~40
-steps/s), 100 behaviour-cloning updates for mindloop (~2.5 s each here: BC costs wall time,
-not env steps), 20 evaluation episodes, seeds 1 and 2: 6 tasks x 4 contenders x 2 seeds = 48
+steps/s), 300 behaviour-cloning updates for mindloop (~0.8 s each here: BC costs wall time,
+not env steps; train.py's default is 1000), 20 evaluation episodes, seeds 1 and 2: 6 tasks x 4 contenders x 2 seeds = 48
 runs. Results are written to JSON after every run, and a rerun with the same ``--out`` skips
 the runs already there (so a long run can be continued).
 
@@ -65,6 +66,10 @@ FULL_BUDGET = 12_000
 SLOW_TASK_BUDGET = 4_000
 """MyoElbowReach renders MyoSuite's bone meshes (~40 steps/s here): a smaller budget."""
 QUICK_BUDGET = 1_024
+BC_UPDATES = 300
+"""Behaviour-cloning steps of the mindloop contenders (train.py's default is 1000)."""
+SB3_LR = 3e-4
+"""The SB3 contenders' learning rate: SB3's default for PPO/RecurrentPPO."""
 
 
 @dataclass
@@ -135,6 +140,9 @@ def run_sb3(spec: RunSpec, run_dir: Path) -> RunResult:
     # whole updates within the budget (SB3 would finish the update that crosses it)
     per_update = config.ppo.rollout_steps * config.env.num_envs
     config.ppo.total_steps = max(1, spec.budget // per_update) * per_update
+    # From scratch, at SB3's own default learning rate (mindloop's PPO default is a smaller
+    # fine-tuning rate for after behaviour cloning).
+    config.ppo.lr = SB3_LR
     t0 = time.perf_counter()
     result = train_sb3(config, log=print)
     assert result.final_eval is not None
@@ -439,7 +447,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-episodes", type=int, default=None, help="default 20 (quick: 4)")
     parser.add_argument("--num-envs", type=int, default=8)
     parser.add_argument(
-        "--bc-updates", type=int, default=None, help="mindloop's BC steps (default 100; quick 20)"
+        "--bc-updates",
+        type=int,
+        default=None,
+        help=f"mindloop's BC steps (default {BC_UPDATES}; quick 20)",
     )
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (processes)")
     parser.add_argument("--out", type=Path, default=None)
@@ -453,7 +464,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"unknown task {task!r}; choose from: {', '.join(envs.TASK_IDS)}")
     args.seeds = args.seeds or ([1] if args.quick else [1, 2])
     args.eval_episodes = args.eval_episodes or (4 if args.quick else 20)
-    args.bc_updates = args.bc_updates or (20 if args.quick else 100)
+    args.bc_updates = args.bc_updates or (20 if args.quick else BC_UPDATES)
     out = args.out or (OUT.with_name("learning_quick.json") if args.quick else OUT)
 
     import tempfile
