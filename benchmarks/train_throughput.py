@@ -2,13 +2,13 @@
 recurrent PPO against sb3-contrib RecurrentPPO and SB3 PPO, on the same env in one run.
 
 Every contender trains on the default task (``mindloop/MuscleReach-v0``) with the same
-mindloop fused encoder (cnn image, logmel audio, proprio, touch -> 256), the same hidden
-width (``core.hidden_dim`` = 128), the same ``num_envs`` x ``rollout_steps`` per update,
+mindloop fused encoder (``AgentConfig``'s default: cnn image, logmel audio, proprio, touch
+-> 256), the same hidden width (``core.hidden_dim`` = 128), the same ``num_envs`` x ``rollout_steps`` per update,
 ``epochs`` and ``minibatches`` (SB3's ``batch_size = num_envs * rollout_steps / minibatches``),
 and the same vector env (Gymnasium ``AsyncVectorEnv``, one worker process per env, forkserver):
 
 * **mindloop**: ``agent.ppo.PPOTrainer`` on a ``MindloopAgent`` with its defaults: GRU core,
-  up to ``k_max`` = 4 sampled think steps per frame, BPTT over ``bptt_steps`` chunks;
+  up to ``think.k_max`` sampled think steps per frame, BPTT over ``bptt_steps`` chunks;
 * **mindloop-nothink** (not in ``--quick``): the same with ``k_max`` = 0;
 * **sb3-recurrentppo**: sb3-contrib ``RecurrentPPO``, one LSTM shared by actor and critic
   (``agent.baselines``), BPTT over whole rollout sequences;
@@ -51,7 +51,6 @@ from agent.baselines import build_sb3_model, make_sb3_vec_env
 from agent.config import AgentConfig, EnvConfig, PPOConfig, RunConfig, TrainConfig
 from agent.ppo import PPOTrainer
 from agent.rollout import EnvRunner
-from agent.think import ThinkConfig
 from agent.vector import env_seeds, make_vector_env
 
 OUT = Path(__file__).resolve().parent / "out" / "train_throughput.json"
@@ -78,9 +77,11 @@ class Contender:
         return self.steps / self.seconds if self.seconds else 0.0
 
 
-def train_config(args: argparse.Namespace, algo: str, k_max: int = 4) -> TrainConfig:
+def train_config(args: argparse.Namespace, algo: str, k_max: int | None = None) -> TrainConfig:
     """The shared settings, as a mindloop TrainConfig (SB3 reads the same fields)."""
-    agent = AgentConfig(think=ThinkConfig(k_max=k_max))
+    agent = AgentConfig()  # mindloop's defaults: encoders, GRU width, think steps
+    if k_max is not None:
+        agent.think.k_max = k_max
     return TrainConfig(
         env=EnvConfig(id=args.env, num_envs=args.num_envs, vectorization=args.vectorization),
         agent=agent,
@@ -285,6 +286,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"{args.env}: {args.num_envs} envs ({args.vectorization}) x {args.rollout_steps} steps per "
         f"update, {args.epochs} epochs x {args.minibatches} minibatches; 1 torch thread; "
+        f"encoder options {train_config(args, 'ppo').agent.encoders.options or 'default'}, "
+        f"mindloop k_max {train_config(args, 'ppo').agent.think.k_max}; "
         f"{rounds} interleaved rounds x {updates} updates each"
     )
     print(table(contenders, mind))
@@ -301,8 +304,12 @@ def main(argv: list[str] | None = None) -> None:
             f"{r['total']:.2f} "
             f"(rounds median {r['median_round']:.2f})"
         )
+    agent = train_config(args, "ppo").agent
     result: dict[str, Any] = {
         "env": args.env,
+        "encoders": agent.encoders.to_dict(),
+        "hidden_dim": agent.core.hidden_dim,
+        "k_max": agent.think.k_max,
         "num_envs": args.num_envs,
         "rollout_steps": args.rollout_steps,
         "bptt_steps": args.bptt_steps,
