@@ -84,9 +84,50 @@ def _batch_zeros(batch: int, *shape: int, device: torch.device | None) -> torch.
     return torch.zeros(batch, *shape, device=device)
 
 
+def _store_input_major(module: nn.Module) -> None:
+    """Keep every 2-D weight W (out, in) of ``module`` in memory as W^T, row-major.
+
+    Same shape, values and state dict; only the strides change (``W.t()`` is contiguous). A
+    linear layer computes ``x @ W.t()``: with W stored this way that is a plain row-major GEMM,
+    which MKL runs ~1.4x faster than the transposed one for the few-row inputs of a rollout
+    step (the GRU step at batch 1: 27 -> 23 us). Applied to every core alike, so the latency
+    benchmark compares equally laid-out cores. ``.to()`` keeps the strides (preserve_format);
+    the state dict hands out contiguous copies (safetensors stores contiguous tensors only).
+    """
+    with torch.no_grad():
+        for param in module.parameters():
+            if param.dim() == 2:
+                param.data = param.data.t().contiguous().t()
+    module.register_state_dict_post_hook(_contiguous_state_dict)
+
+
+def _contiguous_state_dict(module: nn.Module, state_dict: dict, prefix: str, _meta) -> None:
+    for key, value in state_dict.items():
+        # Parameters (state_dict(keep_vars=True)) are handed out as they are
+        if key.startswith(prefix) and not isinstance(value, nn.Parameter):
+            state_dict[key] = value.contiguous()
+
+
+def _cell_params(cells: nn.ModuleList) -> list[dict[str, nn.Parameter]]:
+    """The ``_parameters`` dicts of torch RNN cells, read by the cores' ``step``.
+
+    ``Module.__getattr__`` costs ~0.7 us per parameter: at batch 1 fetching a cell's four
+    weights that way costs a tenth of the step. A module's ``_parameters`` dict is the one
+    place torch keeps its parameters (``.to()``, ``load_state_dict``, ``functional_call`` and
+    ``deepcopy`` all go through it), so reading it directly always sees the current ones.
+    """
+    return [cell._parameters for cell in cells]
+
+
 @CORES.register("gru")
 class GRUCore(nn.Module):
-    """Stacked ``nn.GRUCell``s. State: ``core/h`` (B, num_layers, hidden_dim)."""
+    """Stacked GRU cells. State: ``core/h`` (B, num_layers, hidden_dim).
+
+    The parameters are those of ``nn.GRUCell`` (``cells.{i}.weight_ih`` ...), but a step calls
+    the fused ATen kernel ``torch.gru_cell`` on them directly: at batch 1 the module wrapper
+    (input checks, ``__call__`` hooks) and stacking the layers cost as much as the cell's
+    maths (39 -> 25 us per step at width 128, one thread; ``benchmarks/core_latency.py``).
+    """
 
     def __init__(self, config: CoreConfig, input_dim: int) -> None:
         super().__init__()
@@ -94,22 +135,31 @@ class GRUCore(nn.Module):
         self.hidden_dim = config.hidden_dim
         dims = [input_dim] + [config.hidden_dim] * (config.num_layers - 1)
         self.cells = nn.ModuleList(nn.GRUCell(d, config.hidden_dim) for d in dims)
+        self._params = _cell_params(self.cells)
+        _store_input_major(self)
 
     def initial_state(self, batch: int, device: torch.device | None = None) -> State:
         return {"core/h": _batch_zeros(batch, len(self.cells), self.hidden_dim, device=device)}
 
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        hs = []
-        inp = x  # (B, input_dim)
-        for i, cell in enumerate(self.cells):
-            inp = cell(inp, state["core/h"][:, i])  # (B, H)
+        h_prev = state["core/h"]  # (B, L, H)
+        inp, hs = x, []  # x: (B, input_dim)
+        for i, p in enumerate(self._params):
+            inp = torch.gru_cell(
+                inp, h_prev.select(1, i), p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"]
+            )  # (B, H)
             hs.append(inp)
-        return inp, {"core/h": torch.stack(hs, dim=1)}
+        # one layer: a view, no copy (the state is never written in place)
+        h_all = hs[0].unsqueeze(1) if len(hs) == 1 else torch.stack(hs, dim=1)
+        return inp, {"core/h": h_all}
 
 
 @CORES.register("lstm")
 class LSTMCore(nn.Module):
-    """Stacked ``nn.LSTMCell``s. State: ``core/h`` and ``core/c``, (B, num_layers, hidden_dim)."""
+    """Stacked LSTM cells. State: ``core/h`` and ``core/c``, (B, num_layers, hidden_dim).
+
+    ``nn.LSTMCell`` parameters, stepped with the fused ``torch.lstm_cell`` (as :class:`GRUCore`).
+    """
 
     def __init__(self, config: CoreConfig, input_dim: int) -> None:
         super().__init__()
@@ -117,32 +167,51 @@ class LSTMCore(nn.Module):
         self.hidden_dim = config.hidden_dim
         dims = [input_dim] + [config.hidden_dim] * (config.num_layers - 1)
         self.cells = nn.ModuleList(nn.LSTMCell(d, config.hidden_dim) for d in dims)
+        self._params = _cell_params(self.cells)
+        _store_input_major(self)
 
     def initial_state(self, batch: int, device: torch.device | None = None) -> State:
         zeros = _batch_zeros(batch, len(self.cells), self.hidden_dim, device=device)
         return {"core/h": zeros, "core/c": zeros.clone()}
 
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        hs, cs = [], []
-        inp = x  # (B, input_dim)
-        for i, cell in enumerate(self.cells):
-            h, c = cell(inp, (state["core/h"][:, i], state["core/c"][:, i]))  # (B, H) each
+        h_prev, c_prev = state["core/h"], state["core/c"]  # (B, L, H) each
+        inp, hs, cs = x, [], []  # x: (B, input_dim)
+        for i, p in enumerate(self._params):
+            h, c = torch.lstm_cell(
+                inp,
+                (h_prev.select(1, i), c_prev.select(1, i)),
+                p["weight_ih"],
+                p["weight_hh"],
+                p["bias_ih"],
+                p["bias_hh"],
+            )  # (B, H) each
             hs.append(h)
             cs.append(c)
             inp = h
+        if len(hs) == 1:
+            return inp, {"core/h": hs[0].unsqueeze(1), "core/c": cs[0].unsqueeze(1)}
         return inp, {"core/h": torch.stack(hs, dim=1), "core/c": torch.stack(cs, dim=1)}
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary position embedding (Su et al. 2021) of x (B, heads, dh) by angles (B, 1, dh//2)."""
+    """Rotary position embedding (Su et al. 2021) of x (B, ..., dh) by angles (B, 1.., dh//2)
+    broadcast over the middle dims (q and k of all heads are rotated in one call)."""
     half = cos.shape[-1]
     x1, x2 = x[..., :half], x[..., half : 2 * half]
     rotated = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    if 2 * half == x.shape[-1]:
+        return rotated
     return torch.cat([rotated, x[..., 2 * half :]], dim=-1)  # odd dh keeps its last channel
 
 
 class _Block(nn.Module):
-    """Pre-LN transformer block operating on one new token against a KV cache."""
+    """Pre-LN transformer block operating on one new token against a KV cache.
+
+    ``forward`` calls the functional ops on the submodules' parameters (one dict lookup each,
+    see :func:`_cell_params`) rather than the submodules: at batch 1 the module calls cost as
+    much as the maths, and the latency benchmark gives both cores their fastest path.
+    """
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
         super().__init__()
@@ -153,35 +222,57 @@ class _Block(nn.Module):
         self.ln2 = nn.LayerNorm(dim)
         hidden = max(1, round(dim * mlp_ratio))
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self._p = {
+            name: module._parameters
+            for name, module in (
+                ("ln1", self.ln1),
+                ("qkv", self.qkv),
+                ("proj", self.proj),
+                ("ln2", self.ln2),
+                ("fc1", self.mlp[0]),
+                ("fc2", self.mlp[2]),
+            )
+        }
+        self._eps = (self.ln1.eps, self.ln2.eps)
 
     def forward(
         self,
         x: torch.Tensor,  # (B, D) the new token
         k_cache: torch.Tensor,  # (B, W, D) rotated keys of past steps
         v_cache: torch.Tensor,  # (B, W, D)
-        write: tuple[torch.Tensor, torch.Tensor],  # (rows, slots) (B,) each: where to write
-        rope: tuple[torch.Tensor, torch.Tensor],  # cos, sin (B, 1, dh//2) at the new position
+        write: tuple[torch.Tensor, torch.Tensor] | int,  # (rows, slots) (B,) each, or one slot
+        rope: tuple[torch.Tensor, torch.Tensor],  # cos, sin (B, 1, 1, dh//2) at the new position
         n_used: int,  # attend over slots [0, n_used): the filled prefix of the ring
         mask: torch.Tensor | None,  # (B, n_used) bool valid slots, None when all are valid
         inplace: bool,  # write the new key/value into the given caches
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, D = x.shape
         H, dh = self.heads, D // self.heads
-        q, k, v = self.qkv(self.ln1(x)).view(B, 3, H, dh).unbind(1)  # (B, H, dh) each
-        q, k = _rotate(q, *rope), _rotate(k, *rope)
+        p = self._p
+        ln1, ln2, qkv_p = p["ln1"], p["ln2"], p["qkv"]
+        z = F.layer_norm(x, (D,), ln1["weight"], ln1["bias"], self._eps[0])
+        qkv = F.linear(z, qkv_p["weight"], qkv_p["bias"]).view(B, 3, H, dh)
+        q, k = _rotate(qkv[:, :2], *rope).unbind(1)  # (B, H, dh) each
+        v = qkv[:, 2]
         if not inplace:
             # Functional write: the caller's state is not edited (a rollout keeps it as a
             # sequence's initial state for BPTT). Costs one copy of the cache per step.
             k_cache, v_cache = k_cache.clone(), v_cache.clone()
-        k_cache[write] = k.reshape(B, D)
-        v_cache[write] = v.reshape(B, D)
+        if isinstance(write, int):  # every env at the same position: a slice copy
+            k_cache[:, write] = k.reshape(B, D)
+            v_cache[:, write] = v.reshape(B, D)
+        else:
+            k_cache[write] = k.reshape(B, D)
+            v_cache[write] = v.reshape(B, D)
         keys = k_cache[:, :n_used].view(B, n_used, H, dh).transpose(1, 2)  # (B, H, N, dh)
         values = v_cache[:, :n_used].view(B, n_used, H, dh).transpose(1, 2)
         attn = F.scaled_dot_product_attention(
             q[:, :, None], keys, values, attn_mask=None if mask is None else mask[:, None, None]
         )  # (B, H, 1, dh)
-        x = x + self.proj(attn.reshape(B, D))
-        x = x + self.mlp(self.ln2(x))
+        x = x + F.linear(attn.reshape(B, D), p["proj"]["weight"], p["proj"]["bias"])
+        z = F.layer_norm(x, (D,), ln2["weight"], ln2["bias"], self._eps[1])
+        z = F.gelu(F.linear(z, p["fc1"]["weight"], p["fc1"]["bias"]))
+        x = x + F.linear(z, p["fc2"]["weight"], p["fc2"]["bias"])
         return x, k_cache, v_cache
 
 
@@ -215,6 +306,7 @@ class TransformerCore(nn.Module):
         half = (config.hidden_dim // config.num_heads) // 2
         inv_freq = 10000.0 ** (-torch.arange(half, dtype=torch.float32) / max(half, 1))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+        _store_input_major(self)
 
     def initial_state(self, batch: int, device: torch.device | None = None) -> State:
         state = {}
@@ -229,14 +321,17 @@ class TransformerCore(nn.Module):
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         pos = state["core/pos"]  # (B,)
         W = self.max_context
-        write = (torch.arange(x.shape[0], device=x.device), pos % W)  # slot p % W holds step p
-        # Only the filled prefix of the ring is attended: cost grows with history up to W.
-        filled = (pos + 1).clamp(max=W)  # (B,) valid slots after this write
-        n_used = int(filled.max())
+        lo, hi = (int(v) for v in torch.aminmax(pos))
+        n_used = min(hi + 1, W)  # only the filled prefix of the ring is attended
         mask = None
-        if int(filled.min()) < n_used:  # envs at different depths (e.g. after a reset)
-            mask = torch.arange(n_used, device=x.device)[None, :] < filled[:, None]
-        angle = pos.to(x.dtype)[:, None, None] * self.inv_freq  # (B, 1, dh//2)
+        if lo == hi:  # every env at the same depth (batch 1, envs started together)
+            write = hi % W  # slot p % W holds step p
+        else:  # envs at different depths (e.g. after a reset): per-row slots and a mask
+            write = (torch.arange(x.shape[0], device=x.device), pos % W)
+            filled = (pos + 1).clamp(max=W)  # (B,) valid slots after this write
+            if min(lo + 1, W) < n_used:
+                mask = torch.arange(n_used, device=x.device)[None, :] < filled[:, None]
+        angle = pos.to(x.dtype)[:, None, None, None] * self.inv_freq  # (B, 1, 1, dh//2)
         rope = (angle.cos(), angle.sin())
         inplace = self.inplace_kv and not torch.is_grad_enabled()
         h = self.embed(x)  # (B, D)

@@ -144,3 +144,56 @@ def test_transformer_inplace_kv_matches_functional_cache():
     assert s_i["core/k0"] is state["core/k0"]  # written in place
     hs, _ = run(inplace, xs[:2])  # with gradients on it falls back to the functional write
     assert hs.requires_grad
+
+
+@pytest.mark.parametrize("name, cell_cls", [("gru", torch.nn.GRUCell), ("lstm", torch.nn.LSTMCell)])
+def test_recurrent_cores_compute_the_torch_cells(name, cell_cls):
+    """The fused ``torch.gru_cell``/``lstm_cell`` step equals stacking the torch cell modules."""
+    core = make(name)
+    xs = torch.randn(4, B, IN)
+    hs, _ = run(core, xs)
+    cells = [cell_cls(IN, HID), cell_cls(HID, HID)]
+    for i, cell in enumerate(cells):
+        cell.load_state_dict(core.cells[i].state_dict())
+    h = [torch.zeros(B, HID) for _ in cells]
+    c = [torch.zeros(B, HID) for _ in cells]
+    for t, x in enumerate(xs):
+        inp = x
+        for i, cell in enumerate(cells):
+            if name == "gru":
+                h[i] = cell(inp, h[i])
+            else:
+                h[i], c[i] = cell(inp, (h[i], c[i]))
+            inp = h[i]
+        torch.testing.assert_close(hs[t], inp)
+
+
+@pytest.mark.parametrize("name", CORES.names())
+def test_weights_input_major_in_memory_contiguous_in_state_dict(name):
+    """2-D weights are stored transposed (the fast GEMM layout) but the state dict has the
+    usual shapes as contiguous tensors, and ``.to()`` keeps the layout."""
+    core = make(name)
+    weights = [p for p in core.parameters() if p.dim() == 2]
+    assert weights and all(p.t().is_contiguous() for p in weights)
+    assert all(v.is_contiguous() for v in core.state_dict().values())
+    keep = core.state_dict(keep_vars=True)
+    assert all(isinstance(v, torch.nn.Parameter) for k, v in keep.items() if "weight" in k)
+    moved = make(name).to(torch.float64).to(torch.float32)  # dtype/device moves keep strides
+    assert all(p.t().is_contiguous() for p in moved.parameters() if p.dim() == 2)
+    xs = torch.randn(3, B, IN)
+    torch.testing.assert_close(run(moved, xs)[0], run(core, xs)[0], rtol=0, atol=0)
+
+
+def test_transformer_mixed_depths_match_separate_runs():
+    """Envs at different positions (a reset mid-batch) use per-row cache slots and a mask:
+    each row equals the same env stepped alone."""
+    core = make("transformer")
+    xs = torch.randn(6, B, IN)
+    _, state = run(core, xs[:3])
+    start = torch.tensor([False, True, False])
+    state = reset_where(state, core.initial_state(B), start)
+    hs, _ = run(core, xs[3:], state)
+    for row in range(B):
+        alone = xs[:, row : row + 1]
+        expect, _ = run(core, alone[3:] if start[row] else alone)
+        torch.testing.assert_close(hs[:, row], expect[-3:, 0], rtol=1e-5, atol=1e-5)
