@@ -148,6 +148,7 @@ class BCTrainer:
         self.optimizer = torch.optim.Adam(agent.parameters(), lr=config.lr, eps=1e-5)
         self.generator = torch.Generator().manual_seed(seed)
         self.updates_done = 0
+        self._fitted_frames = -1
         self._lane_state: State | None = None
 
     def lr_at(self, update: int, total: int) -> float:
@@ -164,7 +165,8 @@ class BCTrainer:
     ) -> BCMetrics:
         """``updates`` gradient steps; returns the mean metrics of the last 10%."""
         total = total_updates or updates
-        if float(self.agent.value_norm.debias) == 0:  # value targets' scale, once
+        if self._fitted_frames != sampler.frames:  # value targets' scale, when data changed
+            self._fitted_frames = sampler.frames
             returns = torch.as_tensor(sampler.all_returns())
             self.agent.value_norm.update(self.gather(returns) if self.gather else returns)
         self.agent.train()

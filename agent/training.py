@@ -210,14 +210,12 @@ def bc_phase(run: Run) -> None:
     sampler = SequenceSampler(
         train_eps, bc.batch_envs, bc.seq_len, cfg.ppo.gamma, seed=_rank_seed(run)
     )
-    rounds = bc.dagger_rounds + 1
-    per_round = [
-        bc.updates // rounds + (1 if i < bc.updates % rounds else 0) for i in range(rounds)
-    ]
+    per_round = [bc.updates] + [bc.dagger_updates] * bc.dagger_rounds
+    total = sum(per_round)
     frames_per_update = bc.batch_envs * bc.seq_len * run.dist.world_size
 
     def on_update(u: int, m: Any) -> None:
-        if u % 10 == 0 or u == bc.updates:
+        if u % 10 == 0 or u == total:
             run.logger.scalars(
                 "losses",
                 {"bc_loss": m.loss, "bc_imitation": m.imitation, "bc_value": m.value,
@@ -226,12 +224,12 @@ def bc_phase(run: Run) -> None:
             )  # fmt: skip
             run.logger.scalars("charts", {"bc_think_steps": m.think_steps}, u * frames_per_update)
             run.logger.progress(
-                run.env_step, {"phase": "bc", "update": f"{u}/{bc.updates}", "loss": m.imitation}
+                run.env_step, {"phase": "bc", "update": f"{u}/{total}", "loss": m.imitation}
             )
 
     envs = None
     try:
-        for r in range(rounds):
+        for r in range(len(per_round)):
             if r > 0:  # DAgger: the learner drives, the expert labels what it visits
                 if envs is None:
                     envs = make_vector_env(cfg.env)
@@ -243,9 +241,7 @@ def bc_phase(run: Run) -> None:
                     f"bc: DAgger round {r}: learner success {np.mean([e.success for e in new]):.0%}, "
                     f"{sampler.frames} labelled frames"
                 )
-            metrics = trainer.train(
-                sampler, per_round[r], total_updates=bc.updates, on_update=on_update
-            )
+            metrics = trainer.train(sampler, per_round[r], total_updates=total, on_update=on_update)
     finally:
         if envs is not None:
             envs.close()
