@@ -576,8 +576,8 @@ def _env_spaces(config: TrainConfig):
 
 def _expected_steps(config: TrainConfig, algorithm: Algorithm) -> int:
     total = 0
-    if "bc" in algorithm.phases:
-        total += config.bc.episodes * 20
+    if "bc" in algorithm.phases:  # ~20 frames an episode: only the progress bar's scale
+        total += (config.bc.episodes + config.bc.dagger_rounds * config.bc.dagger_episodes) * 20
     if any(p in algorithm.phases for p in ("ppo", "sft-rl")):
         total += config.ppo.total_steps
     return max(total, 1)

@@ -48,6 +48,7 @@ def test_two_ranks_keep_identical_weights(tmp_path):
         "--env.id", "mindloop_test/TinyReach-v0", "--env.vectorization", "sync",
         "--env.num-envs", "2", "--algo", "bc+ppo",
         "--bc.episodes", "8", "--bc.updates", "4", "--bc.batch-envs", "2", "--bc.seq-len", "8",
+        "--bc.dagger-rounds", "1", "--bc.dagger-episodes", "2", "--bc.dagger-updates", "2",
         "--ppo.total-steps", "256", "--ppo.rollout-steps", "16", "--ppo.bptt-steps", "4",
         "--ppo.epochs", "2", "--ppo.minibatches", "2",
         "--agent.encoders.embed-dim", "16", "--agent.core.hidden-dim", "16",

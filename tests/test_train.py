@@ -48,6 +48,9 @@ def tiny_config(run_dir: Path, algo: str = "bc+ppo", env_id: str = TINY_REACH) -
     cfg.bc.updates = 6
     cfg.bc.batch_envs = 4
     cfg.bc.seq_len = 8
+    cfg.bc.dagger_rounds = 1  # one tiny DAgger round: the learner drives, the expert labels
+    cfg.bc.dagger_episodes = 4
+    cfg.bc.dagger_updates = 2
     cfg.run.dir = str(run_dir)
     cfg.run.eval_episodes = 4
     cfg.run.checkpoint_every = 1
@@ -181,6 +184,9 @@ def muscle_reach_config(run_dir: Path) -> TrainConfig:
     cfg.bc.episodes = 8
     cfg.bc.updates = 4
     cfg.bc.batch_envs = 2
+    cfg.bc.dagger_rounds = 1
+    cfg.bc.dagger_episodes = 2
+    cfg.bc.dagger_updates = 2
     cfg.run.dir = str(run_dir)
     cfg.run.eval_episodes = 2
     cfg.run.checkpoint_every = 1
