@@ -162,6 +162,18 @@ def test_bad_input_from_the_command_line():
     assert len(lines) == 1 and lines[0].startswith("error: unknown task"), proc.stderr
 
 
+def test_resume_alone_restores_the_runs_config(tmp_path):
+    """``train.py --resume DIR`` needs no other option: the run's config is the default."""
+    import train as train_script
+
+    cfg = tiny_config(tmp_path / "run", "bc")
+    train(cfg)
+    parsed = train_script.parse_config(["--resume", str(tmp_path / "run"), "--run.threads", "2"])
+    assert parsed.resume == str(tmp_path / "run")
+    assert parsed.algo == "bc" and parsed.env.id == TINY_REACH and parsed.run.threads == 2
+    assert parsed.agent == load_agent(tmp_path / "run")[1].agent
+
+
 def test_resume_with_a_different_config_names_the_field(tmp_path):
     cfg = tiny_config(tmp_path / "run", "bc")
     train(cfg)
