@@ -98,10 +98,14 @@ class RunLogger:
         else:
             print(message, flush=True)
 
-    def close(self) -> None:
+    def close_bar(self) -> None:
+        """End the progress bar (before printing a table); TensorBoard stays open."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+    def close(self) -> None:
+        self.close_bar()
         if self.writer is not None:
             self.writer.flush()
             self.writer.close()

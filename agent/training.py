@@ -477,10 +477,11 @@ def _train_mindloop(config: TrainConfig, algorithm: Algorithm) -> TrainResult:
         checkpoint = resolve_checkpoint(run_dir) if info.is_main else None
         success = None
         if info.is_main:
-            run.logger.close()
+            run.logger.close_bar()
             if config.run.eval_episodes:
                 success = final_evaluation(run)
                 checkpoint = run.save(None, None)  # the evaluation goes into the checkpoint
+            run.logger.close()
         return TrainResult(
             run_dir, agent, checkpoint, success, run.results, time.perf_counter() - t0
         )
@@ -507,10 +508,18 @@ def final_evaluation(run: Run) -> float:
         progress=cfg.run.progress,
         log=print,
     )
-    run.results["eval"] = {
-        "success_rate": result.success_rate,
-        "episodes": episodes,
-    }
+    summary = result.summary()
+    run.results["eval"] = {"success_rate": result.success_rate, "episodes": episodes}
+    run.logger.scalars(
+        "eval",
+        {
+            "success_rate": result.success_rate,
+            "episode_return": summary["return_mean"],
+            "episode_length": summary["length_mean"],
+            "think_steps": summary.get("think_steps_mean", 0.0),
+        },
+        run.env_step,
+    )
     return float(result.success_rate)
 
 
