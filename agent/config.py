@@ -199,7 +199,8 @@ class BCConfig:
     dagger_updates: int = 150
     """Gradient steps after each DAgger round (on all data so far), after the first updates."""
     dataset: str | None = None
-    """A Minari dataset id or directory of expert demonstrations to use instead of collecting."""
+    """Directory of a Minari dataset of demonstrations (agent.datasets / eval.py --record) to
+    train on instead of recording new ones."""
 
     def __post_init__(self) -> None:
         _check_min("bc", self, ("episodes", "updates", "batch_envs", "seq_len"), 1)
