@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
 from agent import memory_store as ms
 from agent.codec import Codec, train_codec
@@ -331,6 +332,20 @@ def test_bad_config_fails_at_build_time_with_one_line(overrides, fragment):
     with pytest.raises(ValueError, match=fragment) as err:
         small_config(**overrides)
     assert "\n" not in str(err.value)
+
+
+def test_weights_and_codec_statistics_round_trip_through_safetensors(tmp_path):
+    mem = make()
+    train_codec(mem.codec, torch.randn(256, 32) + 3.0, steps=5)  # moves the statistics
+    save_file(mem.state_dict(), tmp_path / "memory.safetensors")
+    other = make(seed=1)
+    other.load_state_dict(load_file(tmp_path / "memory.safetensors"))
+    assert torch.equal(other.codec.center, mem.codec.center)
+    h = torch.randn(2, HIDDEN)
+    ops = [OP_SET, OP_GET]
+    a, _ = run_ops(mem, [h, h], ops)
+    b, _ = run_ops(other, [h, h], ops)
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_config_is_a_plain_dataclass_for_cli_and_json():
