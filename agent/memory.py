@@ -23,9 +23,16 @@ behind the :class:`agent.interfaces.MemoryTool` protocol:
   item whose key is nearly the same, which replays and refreshes it); between episodes with
   ``nap_on_reset`` or in idle frames when the caller decides.
 
-Per-call cost and the codec's auxiliary loss are returned per env in ``apply``'s stats
-(``cost``, ``codec_loss``); the trainer subtracts the former from the reward and adds
-``config.codec_loss_coef * codec_loss.mean()`` to its loss.
+Training: the per-call cost and the codec's auxiliary loss are returned per env in
+``apply``'s stats (``cost``; ``codec_loss``, computed only when autograd is on); the trainer
+subtracts the former from the reward and adds ``config.codec_loss_coef * codec_loss.mean()``
+to its loss. The codec standardizes its input with running statistics that change only in
+``memory.codec.update_statistics(w)`` (e.g. once per update on
+``memory.workable_vector(h).detach()``) or :func:`agent.codec.train_codec`, so a rollout and
+its BPTT replay agree. No task gradient crosses the store, so nothing but the codec loss
+shapes *what* a set writes; benchmarks/memory_recall.py measured that an auxiliary
+reconstruction of the observation from ``workable_vector(h)`` is needed when the set
+decision is trained into the core (else the stored item stops telling cues apart).
 """
 
 from __future__ import annotations
