@@ -22,7 +22,9 @@ low-variance gradient. ``think="sampled"`` trains the path the policy actually s
 negative imitation loss; noisier, but each frame costs only the steps it took.
 
 DAgger (``dagger_rounds``) collects episodes where the learner acts and the expert labels the
-states it visits, and keeps training on the union, against the compounding errors of plain BC.
+states it visits, and keeps training on the union, against the compounding errors of plain BC
+(Ross et al. 2011; with their mixture: a step executes the expert's action with probability
+``dagger_beta``, halved each round, so a weak learner's rollouts stay near useful states).
 """
 
 from __future__ import annotations
@@ -152,8 +154,10 @@ class BCTrainer:
         self._lane_state: State | None = None
 
     def lr_at(self, update: int, total: int) -> float:
-        """Cosine from lr to 10% of it over ``total`` updates."""
-        frac = min(update / max(total, 1), 1.0)
+        """Linear warmup over ``warmup`` updates, then cosine from lr to 10% of it."""
+        if update < self.cfg.warmup:
+            return self.cfg.lr * (update + 1) / self.cfg.warmup
+        frac = min((update - self.cfg.warmup) / max(total - self.cfg.warmup, 1), 1.0)
         return self.cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
     def train(

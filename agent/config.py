@@ -172,14 +172,16 @@ class BCConfig:
 
     episodes: int = 500
     """Expert demonstration episodes collected before training."""
-    updates: int = 700
+    updates: int = 1000
     """Gradient steps of behaviour cloning on the demonstrations (before DAgger rounds)."""
     batch_envs: int = 8
     """Sequences per gradient step."""
     seq_len: int = 16
     """Frames per training sequence (BPTT length)."""
-    lr: float = 3e-3
-    """Adam learning rate (cosine-annealed to 10% over the updates)."""
+    lr: float = 1.5e-3
+    """Adam learning rate (warmup, then cosine-annealed to 10% over all updates)."""
+    warmup: int = 50
+    """Updates of linear learning-rate warmup (then cosine to 10%)."""
     label_smoothing: float = 0.1
     """Soft targets for categorical heads (text tokens): mass spread over other tokens."""
     target_concentration: float = 100.0
@@ -196,7 +198,10 @@ class BCConfig:
     default task 2 rounds lifted the worst seed from 68% to 100% success at the same cost)."""
     dagger_episodes: int = 100
     """Learner episodes collected (and relabelled) per DAgger round."""
-    dagger_updates: int = 150
+    dagger_beta: float = 0.5
+    """DAgger mixture: probability that a step of a DAgger rollout executes the expert's
+    action instead of the learner's (labels are the expert's either way); halved each round."""
+    dagger_updates: int = 200
     """Gradient steps after each DAgger round (on all data so far), after the first updates."""
     dataset: str | None = None
     """Directory of a Minari dataset of demonstrations (agent.datasets / eval.py --record) to
@@ -204,11 +209,13 @@ class BCConfig:
 
     def __post_init__(self) -> None:
         _check_min("bc", self, ("episodes", "updates", "batch_envs", "seq_len"), 1)
-        _check_min("bc", self, ("dagger_rounds", "dagger_episodes", "dagger_updates"), 0)
+        _check_min("bc", self, ("dagger_rounds", "dagger_episodes", "dagger_updates", "warmup"), 0)
         _check_min("bc", self, ("target_concentration", "kl_coef"), 0)
         _check_choice("bc.think", self.think, BC_THINK_MODES)
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"bc.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0.0 <= self.dagger_beta <= 1.0:
+            raise ValueError(f"bc.dagger_beta must be in [0, 1], got {self.dagger_beta}")
         if not 0.0 < self.lambda_p <= 1.0:
             raise ValueError(f"bc.lambda_p must be in (0, 1], got {self.lambda_p}")
         if not self.lr > 0:

@@ -79,6 +79,8 @@ def collect_episodes(
     seeds: list[int] | None = None,
     agent: MindloopAgent | None = None,
     deterministic: bool = False,
+    beta: float = 0.0,
+    seed: int = 0,
 ) -> list[Episode]:
     """Run ``envs`` until ``episodes`` complete episodes, every frame labelled by the expert.
 
@@ -89,6 +91,10 @@ def collect_episodes(
         agent: None: the expert acts (demonstrations). An agent: it acts and the expert
             only labels (DAgger), so the data covers the states the learner really visits.
         deterministic: the learner acts at its mean/argmax.
+        beta: DAgger's mixture: at each step and env, the expert's action is executed instead
+            of the learner's with this probability (the label is the expert's either way).
+            Keeps a weak learner's rollouts near the states that matter.
+        seed: seeds the mixture draws.
     """
     n = envs.num_envs
     obs, _ = envs.reset(seed=seeds)
@@ -96,12 +102,19 @@ def collect_episodes(
     out: list[Episode] = []
     state = agent.initial_state(n) if agent is not None else None
     start = torch.ones(n, dtype=torch.bool)
+    rng = np.random.default_rng(seed)
     while len(out) < episodes:
         labels = expert_actions(envs)  # (N, ...) per key
         if agent is None:
             actions = labels
         else:
             actions, state, _ = agent.act(obs, state, start, deterministic)
+            if beta > 0:
+                take = rng.random(n) < beta  # (N,) envs that execute the expert's action
+                actions = {
+                    k: np.where(take.reshape(-1, *[1] * (v.ndim - 1)), labels[k], v).astype(v.dtype)
+                    for k, v in actions.items()
+                }
         step = step_vector_env(envs, actions)
         for i in range(n):
             frame_obs = {k: np.array(v[i], copy=True) for k, v in obs.items()}

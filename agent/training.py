@@ -234,12 +234,16 @@ def bc_phase(run: Run) -> None:
                 if envs is None:
                     envs = make_vector_env(cfg.env)
                 seeds = env_seeds(cfg.run.seed + 7919 * r, cfg.env.num_envs, run.dist.rank)
-                new = collect_episodes(envs, bc.dagger_episodes, seeds=seeds, agent=agent)
+                beta = bc.dagger_beta * 0.5 ** (r - 1)  # Ross et al.'s decaying mixture
+                new = collect_episodes(
+                    envs, bc.dagger_episodes, seeds=seeds, agent=agent, beta=beta, seed=seeds[0]
+                )
                 run.env_step += sum(len(e) for e in new) * run.dist.world_size
                 sampler.add(new)
                 run.log(
-                    f"bc: DAgger round {r}: learner success {np.mean([e.success for e in new]):.0%}, "
-                    f"{sampler.frames} labelled frames"
+                    f"bc: DAgger round {r}: rollouts (learner, expert mixed in at beta={beta:g}) "
+                    f"succeed {np.mean([e.success for e in new]):.0%}; {sampler.frames} labelled "
+                    "frames"
                 )
             metrics = trainer.train(sampler, per_round[r], total_updates=total, on_update=on_update)
     finally:

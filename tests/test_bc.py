@@ -149,3 +149,16 @@ def test_dagger_collects_learner_states_with_expert_labels():
     ep = episodes[0]
     # the label is the expert's action (the target), whatever the learner did
     np.testing.assert_allclose(ep.actions["muscles"], ep.obs["proprio"][:, :2], atol=1e-6)
+
+
+def test_dagger_mixture_beta_one_is_the_expert():
+    """beta = 1: every executed action is the expert's, whatever the learner would do."""
+    envs, agent = make("mindloop_test/TinyReach-v0", k_max=0, num_envs=4)
+    try:
+        mixed = collect_episodes(envs, 8, seeds=[0, 1, 2, 3], agent=agent, beta=1.0)
+        expert = collect_episodes(envs, 8, seeds=[0, 1, 2, 3])
+    finally:
+        envs.close()
+    assert all(e.success for e in mixed)
+    for a, b in zip(mixed, expert, strict=True):
+        np.testing.assert_array_equal(a.obs["proprio"], b.obs["proprio"])
