@@ -5,7 +5,7 @@ Per frame and env (DESIGN §1)::
     h_0 = core(concat(x_obs, memory.read))             # observe step
     for k in 1..k_max:                                  # think steps
         if halting says stop at h_{k-1}: break          # sampled (or budget chosen at h_0)
-        h_k = core(concat(think_input(h_{k-1}, k), memory.read))
+        h_k = core(concat(think_input(h_{k-1}, k[, obs_tokens]), memory.read))
     after every core step: op ~ memory.op_distribution(h); memory.apply(h, op)
     action ~ heads(h_final);  value = value_head(h_0)
 
@@ -187,6 +187,9 @@ class MindloopPolicy(nn.Module):
             the core input at every step; its op log-probs join the policy's. The policy hands
             it the memory's own keys of the state (those of ``memory.initial_state``) and
             merges what ``apply`` returns.
+        token_dim: size of the frame tokens that the ``attend`` think input reads (passed as
+            ``obs_tokens`` (B, N, token_dim) to act/ponder/...); default ``obs_dim``. Other
+            think inputs read no tokens and ignore ``obs_tokens``.
     """
 
     def __init__(
@@ -195,6 +198,7 @@ class MindloopPolicy(nn.Module):
         action_space: spaces.Dict,
         config: PolicyConfig | None = None,
         memory: MemoryTool | None = None,
+        token_dim: int | None = None,
     ) -> None:
         super().__init__()
         config = config or PolicyConfig()
@@ -212,7 +216,7 @@ class MindloopPolicy(nn.Module):
         self.core = build_core(config.core, obs_dim + read_dim)
         hidden = self.core.hidden_dim
         # the think input lives in observation space; the memory read is appended after it
-        self.think_input = build_think_input(config.think, obs_dim, hidden)
+        self.think_input = build_think_input(config.think, obs_dim, hidden, token_dim)
         self.halting = build_halting(config.think, hidden)
         self.heads = ActionHeads(action_space, hidden)
         self.value_head = nn.Linear(hidden, 1)
@@ -294,6 +298,7 @@ class MindloopPolicy(nn.Module):
         state: State,
         choose: Chooser,
         recorded: Decisions | None = None,
+        obs_tokens: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, State, StepInfo]:
         """Observe step + think steps for one frame. -> (h_final (B, H), state, info)
         with the action fields of ``info`` left at zero (filled by the caller)."""
@@ -309,6 +314,7 @@ class MindloopPolicy(nn.Module):
         ctx, halt_lp, halt_ent = self.halting.begin(h0, choose, rec_steps)
         ops, halt_probs, step_stats = [op], [], [stats]
         steps = torch.zeros(B, dtype=torch.long, device=x_obs.device)
+        memo = None
         for k in range(1, K + 1):
             stop, p_stop, lp, ent = self.halting.decide(k, h, ctx, choose, rec_steps)
             halt_probs.append(torch.where(active, p_stop, 0.0))
@@ -317,7 +323,9 @@ class MindloopPolicy(nn.Module):
             active = active & ~stop
             if not bool(active.any()):
                 break
-            x = self.think_input(h, k, x_obs)  # (B, obs_dim)
+            if k == 1:  # per-frame work of the think input (attend: the tokens' keys/values)
+                memo = self.think_input.prepare(obs_tokens)
+            x = self.think_input(h, k, x_obs, memo)  # (B, obs_dim)
             h_new, state, op, lp_m, ent_m, stats = self._core_step(
                 x, state, active, choose, None if rec_ops is None else rec_ops[:, k]
             )
@@ -366,6 +374,7 @@ class MindloopPolicy(nn.Module):
         state: State | None,
         episode_start: torch.Tensor,
         deterministic: bool = False,
+        obs_tokens: torch.Tensor | None = None,
     ) -> tuple[Action, State, StepInfo]:
         """One frame for a batch of envs (rollouts and evaluation).
 
@@ -376,6 +385,8 @@ class MindloopPolicy(nn.Module):
                 before stepping (SB3/CleanRL convention).
             deterministic: halting by threshold (sampled) or argmax (budget), memory op by
                 argmax, action at the Beta mean / categorical argmax.
+            obs_tokens: (B, N, token_dim) the frame as tokens, for the ``attend`` think input
+                (its think steps re-read them); ignored by the other think inputs.
 
         Returns: action dict of (B, ...) tensors, the new state, :class:`StepInfo`.
         Wrap in ``torch.no_grad()`` for rollouts.
@@ -387,7 +398,7 @@ class MindloopPolicy(nn.Module):
         choose = Chooser(
             "deterministic" if deterministic else "sample", self.config.think.halt_threshold
         )
-        h, state, info = self._frame(obs_embedding, state, choose)
+        h, state, info = self._frame(obs_embedding, state, choose, obs_tokens=obs_tokens)
         dist = self.heads(h)
         action = dist.mode() if deterministic else dist.sample()
         info.log_prob_action = dist.log_prob(action)
@@ -401,6 +412,7 @@ class MindloopPolicy(nn.Module):
         episode_starts: torch.Tensor,
         actions: Action,
         decisions: Decisions,
+        obs_tokens: torch.Tensor | None = None,
     ) -> tuple[StepInfo, State]:
         """Replay a recorded sequence with backprop through time (teacher-forced decisions).
 
@@ -410,6 +422,7 @@ class MindloopPolicy(nn.Module):
             episode_starts: (T, B) the ``episode_start`` flags passed to ``act``.
             actions: dict of (T, B, ...) actions ``act`` returned.
             decisions: (T, B, ...) :class:`Decisions` stacked from ``act``'s infos.
+            obs_tokens: (T, B, N, token_dim) frame tokens (``attend`` think input only).
 
         Returns: :class:`StepInfo` with (T, B, ...) log-probs, entropies, values and think
         steps (equal to ``act``'s on the same inputs), and the final state.
@@ -425,7 +438,8 @@ class MindloopPolicy(nn.Module):
         for t in range(obs_embedding.shape[0]):
             state = self.reset_state(state, episode_starts[t])
             rec = Decisions(decisions.think_steps[t], decisions.mem_ops[t])
-            h, state, info = self._frame(obs_embedding[t], state, choose, rec)
+            tokens = None if obs_tokens is None else obs_tokens[t]
+            h, state, info = self._frame(obs_embedding[t], state, choose, rec, tokens)
             dist = self.heads(h)
             action_t = {k: v[t] for k, v in actions.items()}
             info.log_prob_action = dist.log_prob(action_t)
@@ -439,6 +453,7 @@ class MindloopPolicy(nn.Module):
         state: State | None,
         episode_start: torch.Tensor,
         deterministic: bool = False,
+        obs_tokens: torch.Tensor | None = None,
     ) -> tuple[PonderOutput, State]:
         """PonderNet view of one frame: all envs run all ``k_max`` think steps.
 
@@ -446,6 +461,7 @@ class MindloopPolicy(nn.Module):
         ``self.action_distribution(out.hidden[:, n])`` and ``out.kl_to_geometric(lambda_p)``.
         The state carried on is the one after ``out.think_steps`` steps: sampled from p_n,
         or (``deterministic``) the step ``act(deterministic=True)`` would stop at.
+        ``obs_tokens`` (B, N, token_dim): the frame's tokens, as for :meth:`act`.
         """
         self._check_obs(obs_embedding, 2)
         if state is None:
@@ -454,7 +470,7 @@ class MindloopPolicy(nn.Module):
         choose = Chooser(
             "deterministic" if deterministic else "sample", self.config.think.halt_threshold
         )
-        return self._ponder_frame(obs_embedding, state, choose)
+        return self._ponder_frame(obs_embedding, state, choose, obs_tokens)
 
     def ponder_sequence(
         self,
@@ -462,12 +478,17 @@ class MindloopPolicy(nn.Module):
         initial_state: State,
         episode_starts: torch.Tensor,
         deterministic: bool = False,
+        obs_tokens: torch.Tensor | None = None,
     ) -> tuple[PonderOutput, State]:
-        """:meth:`ponder` over (T, B, obs_dim) with BPTT (behaviour cloning over episodes)."""
+        """:meth:`ponder` over (T, B, obs_dim) with BPTT (behaviour cloning over episodes);
+        ``obs_tokens`` (T, B, N, token_dim) for the ``attend`` think input."""
         self._check_obs(obs_embedding, 3)
         state, outs = initial_state, []
         for t in range(obs_embedding.shape[0]):
-            out, state = self.ponder(obs_embedding[t], state, episode_starts[t], deterministic)
+            tokens = None if obs_tokens is None else obs_tokens[t]
+            out, state = self.ponder(
+                obs_embedding[t], state, episode_starts[t], deterministic, tokens
+            )
             outs.append(out)
         stacked = PonderOutput(
             **{
@@ -478,19 +499,24 @@ class MindloopPolicy(nn.Module):
         return stacked, state
 
     def _ponder_frame(
-        self, x_obs: torch.Tensor, state: State, choose: Chooser
+        self,
+        x_obs: torch.Tensor,
+        state: State,
+        choose: Chooser,
+        obs_tokens: torch.Tensor | None = None,
     ) -> tuple[PonderOutput, State]:
         B, K = x_obs.shape[0], self.k_max
         active = torch.ones(B, dtype=torch.bool, device=x_obs.device)
         h, state, op, *_ = self._core_step(x_obs, state, active, choose, None)
         h0 = h
         hs, states, ops, lambdas = [h], [state], [op], []
+        memo = self.think_input.prepare(obs_tokens) if K > 0 else None
         for k in range(1, K + 1):
             lam = self.halting.stop_prob(h)  # (B,) or None (budget mode decides at h_0)
             if lam is not None:
                 lambdas.append(lam)
             h, state, op, *_ = self._core_step(
-                self.think_input(h, k, x_obs), state, active, choose, None
+                self.think_input(h, k, x_obs, memo), state, active, choose, None
             )
             hs.append(h)
             states.append(state)

@@ -4,12 +4,15 @@ After each observe step the policy (``agent/policy.py``) may step the core up to
 more times on a *think input* (seed 000: "RNN can be fed think tokens to be deep"). Two parts
 here, each a small registry:
 
-- ``THINK_INPUTS``: ``token`` (a learned think token) or ``adapter`` (continuous
+- ``THINK_INPUTS``: ``token`` (a learned think token), ``adapter`` (continuous
   chain-of-thought: h is fed back through a learned adapter into input space, which answers
   the seed's worry that "the output of the last layer and the input to the first layer have
-  different distributions"). Optionally a step encoding (which think step this is, as the
-  Universal Transformer's timestep embedding) and the observation re-fed at every think step
-  (as ACT and PonderNet feed their input at every ponder step).
+  different distributions") or ``attend`` (the adapter plus a *glimpse*: each think step
+  re-reads the frame by attending from h to the frame's tokens, e.g. the entries of a vector
+  or the cells of a CNN feature map, so a think step can look at a different part of the
+  frame each time). Optionally a step encoding (which think step this is, as the Universal
+  Transformer's timestep embedding) and the observation re-fed at every think step (as ACT
+  and PonderNet feed their input at every ponder step).
 - ``HALTING``: ``sampled`` (a halting head gives p(stop | h_n) at every step n and the stop is
   *sampled*, so the number of think steps varies between runs) or ``budget`` (the agent picks
   k in 0..k_max up front from h_0: the seed's "tool call to allocate a think budget").
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import distributions as D
@@ -55,6 +59,14 @@ class ThinkConfig:
     """Deterministic mode stops at the first step with p(stop) >= this (sampled halting)."""
     init_halt_prob: float = 0.5
     """Initial p(stop) of the sampled halting head (its bias); lower explores longer thinking."""
+    attend_heads: int = 4
+    """attend only: attention heads of the glimpse over the frame's tokens."""
+    attend_dim: int = 0
+    """attend only: width of the glimpse's queries, keys and values (split over the heads);
+    0 = the core's input size."""
+    attend_top_k: int = 0
+    """attend only: a think step reads at most this many tokens (per head: hard top-k
+    attention, a fovea); 0 = soft attention over all tokens."""
 
     def __post_init__(self) -> None:
         if self.k_max < 0:
@@ -75,19 +87,35 @@ class ThinkConfig:
             raise ValueError(f"halt_threshold must be in (0, 1], got {self.halt_threshold}")
         if not 0.0 < self.init_halt_prob < 1.0:
             raise ValueError(f"init_halt_prob must be in (0, 1), got {self.init_halt_prob}")
+        if self.attend_heads < 1:
+            raise ValueError(f"attend_heads must be >= 1, got {self.attend_heads}")
+        if self.attend_top_k < 0:
+            raise ValueError(f"attend_top_k must be >= 0 (0 = all tokens), got {self.attend_top_k}")
+        if self.attend_dim < 0 or self.attend_dim % self.attend_heads:
+            raise ValueError(
+                f"attend_dim must be 0 (the input size) or a multiple of attend_heads="
+                f"{self.attend_heads}, got {self.attend_dim}"
+            )
 
 
 # --------------------------------------------------------------------------- think inputs
 
 
 class ThinkInput(nn.Module):
-    """Base class: ``forward(h, k, x_obs) -> x_k`` (B, input_dim) for think step k >= 1.
+    """Base class: ``forward(h, k, x_obs, memo) -> x_k`` (B, input_dim) for think step k >= 1.
 
     Subclasses give the content (``_content``); the base adds the optional step encoding and
-    the re-fed observation, so every think input gets them the same way.
+    the re-fed observation, so every think input gets them the same way. ``prepare`` does the
+    per-frame work the frame's think steps share (``attend``: keys and values of the frame's
+    tokens) and returns the ``memo`` passed to every step; modes that read no tokens return
+    None. ``needs_tokens`` says whether the policy must be given ``obs_tokens``.
     """
 
-    def __init__(self, input_dim: int, hidden_dim: int, config: ThinkConfig) -> None:
+    needs_tokens = False
+
+    def __init__(
+        self, input_dim: int, hidden_dim: int, config: ThinkConfig, token_dim: int | None = None
+    ) -> None:
         super().__init__()
         self.reinject_obs = config.reinject_obs
         self.step_encoding = config.step_encoding
@@ -97,11 +125,17 @@ class ThinkInput(nn.Module):
         elif config.step_encoding == "sinusoidal":
             self.register_buffer("step_table", _sinusoid(n_steps, input_dim), persistent=False)
 
-    def _content(self, h: torch.Tensor, x_obs: torch.Tensor) -> torch.Tensor:
+    def prepare(self, obs_tokens: torch.Tensor | None) -> Any:
+        """Per-frame work shared by its think steps, from the frame's tokens (B, N, token_dim)."""
+        return None
+
+    def _content(self, h: torch.Tensor, k: int, x_obs: torch.Tensor, memo: Any) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, h: torch.Tensor, k: int, x_obs: torch.Tensor) -> torch.Tensor:
-        x = self._content(h, x_obs)  # (B, D) or (D,)
+    def forward(
+        self, h: torch.Tensor, k: int, x_obs: torch.Tensor, memo: Any = None
+    ) -> torch.Tensor:
+        x = self._content(h, k, x_obs, memo)  # (B, D) or (D,)
         if self.step_encoding != "none":
             x = x + self.step_table[k]
         if self.reinject_obs:
@@ -123,11 +157,13 @@ def _sinusoid(n: int, dim: int) -> torch.Tensor:
 class ThinkToken(ThinkInput):
     """A learned think token: the same vector at every think step (plus the step encoding)."""
 
-    def __init__(self, input_dim: int, hidden_dim: int, config: ThinkConfig) -> None:
+    def __init__(
+        self, input_dim: int, hidden_dim: int, config: ThinkConfig, token_dim: int | None = None
+    ) -> None:
         super().__init__(input_dim, hidden_dim, config)
         self.token = nn.Parameter(torch.randn(input_dim) * 0.5)
 
-    def _content(self, h: torch.Tensor, x_obs: torch.Tensor) -> torch.Tensor:
+    def _content(self, h, k, x_obs, memo) -> torch.Tensor:
         return self.token  # (D,), broadcast over the batch
 
 
@@ -142,19 +178,97 @@ class HiddenAdapter(ThinkInput):
     core's gates, instead of only adding the two.
     """
 
-    def __init__(self, input_dim: int, hidden_dim: int, config: ThinkConfig) -> None:
+    def __init__(
+        self,
+        input_dim: int,
+        hidden_dim: int,
+        config: ThinkConfig,
+        token_dim: int | None = None,
+        extra_dim: int = 0,
+    ) -> None:
         super().__init__(input_dim, hidden_dim, config)
         self.norm = nn.LayerNorm(hidden_dim)
-        in_dim = hidden_dim + (input_dim if config.reinject_obs else 0)
+        in_dim = hidden_dim + (input_dim if config.reinject_obs else 0) + extra_dim
         self.adapter = nn.Sequential(
             nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, input_dim)
         )
 
-    def _content(self, h: torch.Tensor, x_obs: torch.Tensor) -> torch.Tensor:
-        z = self.norm(h)  # (B, H)
+    def _adapt(self, h: torch.Tensor, x_obs: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
+        z = [self.norm(h)]  # (B, H)
         if self.reinject_obs:
-            z = torch.cat([z, x_obs], dim=-1)  # (B, H + D)
-        return self.adapter(z)  # (B, D)
+            z.append(x_obs)  # (B, D)
+        return self.adapter(torch.cat([*z, *extra], dim=-1))  # (B, D)
+
+    def _content(self, h, k, x_obs, memo) -> torch.Tensor:
+        return self._adapt(h, x_obs)
+
+
+@THINK_INPUTS.register("attend")
+class GlimpseAdapter(HiddenAdapter):
+    """The adapter plus a glimpse: each think step re-reads the frame through attention.
+
+    The frame comes as tokens (B, N, token_dim) beside its pooled embedding: the entries of a
+    vector, the cells of a CNN feature map (with their position embedded), the words of a
+    text. At think step k the query is made from h_{k-1} (and the step encoding, when on); a
+    multi-head attention over the tokens reads (B, heads * d_head), and the adapter maps
+    [norm(h), read (, x_obs)] to the core's input. So each think step can look at a different
+    part of the frame: depth *and* a fresh look, where ``adapter`` only sees the pooled vector.
+    With ``attend_top_k`` a step reads only its k best-matching tokens (a fovea): what one
+    step can take in is bounded, so covering more of the frame takes more think steps.
+    Keys and values are computed once per frame (``prepare``), each step costs one query.
+    """
+
+    needs_tokens = True
+
+    def __init__(
+        self, input_dim: int, hidden_dim: int, config: ThinkConfig, token_dim: int | None = None
+    ) -> None:
+        heads = config.attend_heads
+        d_head = max(1, (config.attend_dim or input_dim) // heads)
+        super().__init__(input_dim, hidden_dim, config, token_dim, extra_dim=heads * d_head)
+        token_dim = token_dim or input_dim
+        self.heads, self.d_head = heads, d_head
+        step_dim = input_dim if config.step_encoding != "none" else 0
+        self.query = nn.Linear(hidden_dim + step_dim, heads * d_head)
+        self.key = nn.Linear(token_dim, heads * d_head)
+        self.value = nn.Linear(token_dim, heads * d_head)
+        self.token_dim = token_dim
+        self.top_k = config.attend_top_k
+        self.recorded: list[torch.Tensor] | None = None
+        """Set to a list to collect each step's attention weights (B, N, heads), detached
+        (for inspection: which tokens each think step read)."""
+
+    def prepare(self, obs_tokens: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if obs_tokens is None:
+            raise ValueError(
+                "think_input='attend' reads the frame's tokens: pass obs_tokens (B, N, token_dim)"
+            )
+        if obs_tokens.dim() != 3 or obs_tokens.shape[-1] != self.token_dim:
+            raise ValueError(
+                f"obs_tokens must be (B, N, token_dim={self.token_dim}), got {tuple(obs_tokens.shape)}"
+            )
+        B, N, _ = obs_tokens.shape
+        split = (B, N, self.heads, self.d_head)
+        return self.key(obs_tokens).view(split), self.value(obs_tokens).view(split)
+
+    def _content(self, h, k, x_obs, memo) -> torch.Tensor:
+        keys, values = memo  # (B, N, heads, d_head) each
+        B = h.shape[0]
+        z = self.norm(h)  # (B, H)
+        if self.step_encoding != "none":
+            z = torch.cat([z, self.step_table[k].expand(B, -1)], dim=-1)  # (B, H + D)
+        q = self.query(z).view(B, 1, self.heads, self.d_head) * self.d_head**-0.5
+        # One query per row: a broadcast product and sums, cheaper on CPU (backward included)
+        # than batched matmuls of (1 x d) by (d x N) or the fused attention kernel.
+        scores = (q * keys).sum(-1)  # (B, N, heads)
+        if 0 < self.top_k < scores.shape[1]:  # a fovea: only the k best tokens are read
+            kth = scores.topk(self.top_k, dim=1).values[:, -1:]  # (B, 1, heads)
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        weights = torch.softmax(scores, dim=1)
+        if self.recorded is not None:
+            self.recorded.append(weights.detach())
+        read = (weights[..., None] * values).sum(1)  # (B, heads, d_head)
+        return self._adapt(h, x_obs, read.reshape(B, self.heads * self.d_head))
 
 
 # --------------------------------------------------------------------------- halting
@@ -287,8 +401,14 @@ def build_halting(config: ThinkConfig, hidden_dim: int) -> Halting:
     return HALTING.get(config.halting)(hidden_dim, config)
 
 
-def build_think_input(config: ThinkConfig, input_dim: int, hidden_dim: int) -> ThinkInput:
-    return THINK_INPUTS.get(config.think_input)(input_dim, hidden_dim, config)
+def build_think_input(
+    config: ThinkConfig, input_dim: int, hidden_dim: int, token_dim: int | None = None
+) -> ThinkInput:
+    """The think input named by ``config``; ``token_dim`` (default ``input_dim``) is the size
+    of the frame tokens that ``attend`` reads."""
+    if token_dim is not None and token_dim < 1:
+        raise ValueError(f"token_dim must be >= 1, got {token_dim}")
+    return THINK_INPUTS.get(config.think_input)(input_dim, hidden_dim, config, token_dim)
 
 
 # --------------------------------------------------------------------------- PonderNet maths
@@ -327,6 +447,7 @@ __all__ = [
     "THINK_INPUTS",
     "BudgetHalting",
     "Chooser",
+    "GlimpseAdapter",
     "Halting",
     "HiddenAdapter",
     "SampledHalting",

@@ -12,6 +12,10 @@ Fairness notes:
   history (so it attends to every past frame, as a transformer baseline would), one block
   with the MLP ratio that matches the GRU's parameter count. Its functional-cache path (what
   training uses) is reported too.
+- Both cores get the same small-batch treatment (``agent/cores.py``): fused or functional
+  ATen ops on the parameters instead of nested module calls, weights stored input-major
+  (the GEMM layout MKL prefers for a few rows), no copies that one layer/one position does
+  not need. Both run under ``torch.inference_mode``.
 - The history is put in the cache directly (random keys/values, position = history): the
   step's cost does not depend on the cached values, and stepping 4,096 frames to fill it
   would only make the run longer.

@@ -67,23 +67,26 @@ class Args:
     """Tiny budget (under a minute): checks the pipeline, not the targets."""
     protocols: tuple[str, ...] = ("interpolation", "extrapolation")
     """Which protocols to run."""
-    minutes_interpolation: float = 22.0
-    """Training wall-clock budget of mindloop on the interpolation protocol."""
-    minutes_extrapolation: float = 14.0
-    """Training wall-clock budget of mindloop on the extrapolation protocol."""
-    baseline_minutes: float = 7.0
-    """Training wall-clock budget of the no-think baseline (per protocol)."""
+    updates_interpolation: int = 6000
+    """Training updates (batches) per contender on the interpolation protocol."""
+    updates_extrapolation: int = 6000
+    """Training updates (batches) per contender on the extrapolation protocol."""
+    max_minutes: float = 60.0
+    """Safety cap on one contender's training wall-clock time (the budget is in updates, so
+    results do not depend on how loaded the shared machine is; this only bounds a run)."""
     stop_accuracy: float = 0.995
     """Stop early once the curriculum is at its maximum and the running accuracy passes this."""
-    max_updates: int = 200_000
-    """Upper bound on updates per contender (the time budget usually ends training first)."""
     batch: int = 128
     lr: float = 1e-3
+    lr_schedule: str = "cosine"
+    """constant, or cosine decay to ``lr_final`` x lr over the update budget."""
+    lr_final: float = 0.05
     core: str = "gru"
     hidden: int = 128
     core_layers: int = 1
     encoder: str = "elementwise"
-    """Input encoder: mlp (a 2-layer MLP on the vector), elementwise (DeepSets), none (raw)."""
+    """Input encoder: elementwise (per-entry MLP: summed embedding + per-entry tokens),
+    mlp (a 2-layer MLP on the vector, no tokens), none (the raw vector, no tokens)."""
     encoder_hidden: int = 32
     """Hidden width of the input encoder."""
     embed_dim: int = 64
@@ -91,7 +94,7 @@ class Args:
     think: ThinkConfig = field(
         default_factory=lambda: ThinkConfig(
             k_max=12,
-            think_input="adapter",
+            think_input="attend",
             step_encoding="learned",
             reinject_obs=True,
             init_halt_prob=0.1,
@@ -101,9 +104,15 @@ class Args:
     """PonderNet geometric prior parameter."""
     beta: float = 0.01
     """Weight of the KL to the geometric prior."""
+    curriculum: str = "nonzeros"
+    """What grows during training: nonzeros (the maximum number of non-zeros), length (the
+    part of the vector the non-zeros may lie in), none (train on the full range at once)."""
     curriculum_start: int = 4
+    """First level of the curriculum (non-zeros or length)."""
     curriculum_step: int = 2
     curriculum_threshold: float = 0.95
+    level_updates: int = 25
+    """Fewest updates spent at a curriculum level."""
     frontier_fraction: float = 0.5
     """Share of each batch drawn near the curriculum maximum (the rest: 1..maximum)."""
     eval_batches: int = 8
@@ -119,36 +128,56 @@ class Args:
     def __post_init__(self) -> None:
         if self.encoder not in ("mlp", "elementwise", "none"):
             raise ValueError(f"unknown encoder {self.encoder!r}; available: mlp, elementwise, none")
+        if self.curriculum not in ("nonzeros", "length", "none"):
+            raise ValueError(
+                f"unknown curriculum {self.curriculum!r}; available: nonzeros, length, none"
+            )
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(
+                f"unknown lr_schedule {self.lr_schedule!r}; available: constant, cosine"
+            )
         bad = [p for p in self.protocols if p not in PROTOCOLS]
         if bad:
             raise ValueError(f"unknown protocol {bad[0]!r}; available: {', '.join(PROTOCOLS)}")
+        bad = [c for c in self.contenders if c not in ("mindloop", "no_think")]
+        if bad:
+            raise ValueError(f"unknown contender {bad[0]!r}; available: mindloop, no_think")
+        if self.think.think_input == "attend" and self.encoder != "elementwise":
+            raise ValueError(
+                f"think_input 'attend' reads per-entry tokens: use encoder elementwise, "
+                f"not {self.encoder!r}"
+            )
         if self.quick:
-            self.minutes_interpolation = self.minutes_extrapolation = 0.15
-            self.baseline_minutes = 0.1
+            self.updates_interpolation = self.updates_extrapolation = 60
             self.eval_batches = 1
-            self.log_every = 100
+            self.log_every = 20
 
 
 class ElementwiseEncoder(nn.Module):
-    """DeepSets encoder (Zaheer et al. 2017): a shared MLP on every entry, summed.
+    """Per-entry encoder: a shared MLP on every entry; pooled by a sum (DeepSets, Zaheer et
+    al. 2017) into the observation embedding, and kept per entry (+ a learned position
+    embedding) as the frame's tokens for the ``attend`` think input.
 
-    The entries of a parity input are exchangeable, so a set encoder makes counts of entry
-    values linear features of the embedding; the parity of a count, the part that needs
-    depth, is left to the core. The sum is scaled by a constant (not normalised) so counts
-    beyond the training range stay distinguishable (extrapolation).
+    No entry sees another here: whatever combines entries (counting, parity) happens in the
+    core's steps. The sum is scaled by a constant (not normalised) so counts beyond the
+    training range stay distinguishable (extrapolation).
     """
 
     def __init__(self, dims: int, hidden: int, embed_dim: int) -> None:
         super().__init__()
         self.phi = nn.Sequential(nn.Linear(1, hidden), nn.ReLU(), nn.Linear(hidden, embed_dim))
+        self.position = nn.Parameter(torch.randn(dims, embed_dim) * 0.5)
         self.scale = 8.0 / dims
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.phi(x[..., None]).sum(dim=-2) * self.scale  # (B, dims, E) -> (B, E)
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, dims) -> pooled embedding (B, E), tokens (B, dims, E)."""
+        per_entry = self.phi(x[..., None])  # (B, dims, E)
+        return per_entry.sum(dim=-2) * self.scale, per_entry + self.position
 
 
 def build_encoder(dims: int, args: Args) -> tuple[nn.Module, int]:
-    """The observation encoder named by ``args.encoder`` and its embedding size."""
+    """The observation encoder named by ``args.encoder`` and its embedding size. Every
+    encoder maps x (B, dims) to (embedding (B, E), tokens (B, N, E) or None)."""
     if args.encoder == "elementwise":
         return ElementwiseEncoder(dims, args.encoder_hidden, args.embed_dim), args.embed_dim
     if args.encoder == "mlp":
@@ -157,8 +186,19 @@ def build_encoder(dims: int, args: Args) -> tuple[nn.Module, int]:
             nn.ReLU(),
             nn.Linear(args.encoder_hidden, args.embed_dim),
         )
-        return mlp, args.embed_dim
-    return nn.Identity(), dims
+        return _NoTokens(mlp), args.embed_dim
+    return _NoTokens(nn.Identity()), dims
+
+
+class _NoTokens(nn.Module):
+    """An encoder of the whole vector: the frame has no tokens to re-read."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return self.net(x), None
 
 
 class ParityNet(nn.Module):
@@ -171,7 +211,9 @@ class ParityNet(nn.Module):
             core=CoreConfig(name=args.core, hidden_dim=args.hidden, num_layers=args.core_layers),
             think=think,
         )
-        self.policy = MindloopPolicy(obs_dim, spaces.Dict(answer=spaces.Discrete(2)), config)
+        self.policy = MindloopPolicy(
+            obs_dim, spaces.Dict(answer=spaces.Discrete(2)), config, token_dim=obs_dim
+        )
 
     def answer_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., H) -> (..., 2): the answer head applied to any hidden state."""
@@ -179,34 +221,88 @@ class ParityNet(nn.Module):
 
 
 def make_batch(
-    dims: int, lo: int, hi: int, batch: int, gen: torch.Generator
+    dims: int,
+    lo: int,
+    hi: int,
+    batch: int,
+    gen: torch.Generator,
+    length: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """x (B, dims) with m ~ U{lo..hi} random entries set to +/-1; y = (#(+1) odd); m."""
-    m = torch.randint(lo, hi + 1, (batch,), generator=gen)
-    order = torch.rand(batch, dims, generator=gen).argsort(dim=1)
-    nonzero = order < m[:, None]  # the first m of a random permutation
+    """x (B, dims) with m ~ U{lo..hi} random entries set to +/-1; y = (#(+1) odd); m.
+
+    ``length`` (B,): put row i's non-zeros among its first ``length[i]`` entries only (and
+    m <= length[i]); the rest stay 0 (the length curriculum). Default: anywhere.
+    """
+    top = torch.full((batch,), hi) if length is None else length.clamp(max=hi)
+    m = lo + (torch.rand(batch, generator=gen) * (top - lo + 1)).long()  # U{lo..top} per row
+    scores = torch.rand(batch, dims, generator=gen)
+    if length is not None:  # entries past the row's length rank after every active one
+        scores = scores + (torch.arange(dims)[None, :] >= length[:, None]).float() * 2
+    rank = scores.argsort(dim=1).argsort(dim=1)  # a random permutation, inactive entries last
+    nonzero = rank < m[:, None]
     signs = torch.randint(0, 2, (batch, dims), generator=gen) * 2 - 1
     x = (nonzero * signs).float()
     y = ((x == 1).sum(dim=1) % 2).long()
     return x, y, m
 
 
-def train(net: ParityNet, proto: Protocol, args: Args, label: str, minutes: float) -> dict:
+def curriculum_batch(
+    proto: Protocol, args: Args, cur: int, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A training batch at curriculum level ``cur`` -> x, y, m, hard (B,) bool: the rows at
+    the frontier, whose accuracy decides when the level rises.
+
+    - nonzeros: m <= cur (``frontier_fraction`` of the rows near cur), anywhere in the vector;
+    - length: the non-zeros lie in the first L entries, L = cur for ``frontier_fraction`` of
+      the rows, else uniform in curriculum_start..cur; m ~ U{lo..min(hi, L)}. Short vectors
+      come first, and densely filled ones are seen at every length;
+    - none: the protocol's training distribution from the start.
+    """
+    lo, hi = proto.train_range
+    B, step = args.batch, args.curriculum_step
+    n_front = int(B * args.frontier_fraction)
+    if args.curriculum == "length":
+        start = min(args.curriculum_start, cur)
+        length = torch.cat(
+            [
+                torch.full((n_front,), cur),
+                torch.randint(start, cur + 1, (B - n_front,), generator=gen),
+            ]
+        )
+        x, y, m = make_batch(proto.dims, lo, hi, B, gen, length)
+        return x, y, m, length > cur - step
+    if args.curriculum == "none":
+        x, y, m = make_batch(proto.dims, lo, hi, B, gen)
+        return x, y, m, torch.ones(B, dtype=torch.bool)
+    front_lo = max(lo, cur - 2 * step + 1)
+    x1, y1, m1 = make_batch(proto.dims, lo, cur, B - n_front, gen)
+    x2, y2, m2 = make_batch(proto.dims, front_lo, cur, n_front, gen)
+    m = torch.cat([m1, m2])
+    return torch.cat([x1, x2]), torch.cat([y1, y2]), m, m >= max(lo, cur - step + 1)
+
+
+def train(net: ParityNet, proto: Protocol, args: Args, label: str, updates: int) -> dict:
     """PonderNet training with a curriculum on the number of non-zeros; returns a log."""
     gen = torch.Generator().manual_seed(args.seed + 1)
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
-    lo, hi = proto.train_range
-    cur = min(args.curriculum_start, hi)
-    acc_ema, start, history = 0.5, time.perf_counter(), []
-    update = 0
-    for update in range(1, args.max_updates + 1):
-        n_front = int(args.batch * args.frontier_fraction)
-        front_lo = max(lo, cur - 2 * args.curriculum_step + 1)
-        x1, y1, m1 = make_batch(proto.dims, lo, cur, args.batch - n_front, gen)
-        x2, y2, m2 = make_batch(proto.dims, front_lo, cur, n_front, gen)
-        x, y, m = torch.cat([x1, x2]), torch.cat([y1, y2]), torch.cat([m1, m2])
-        emb = net.encoder(x)
-        out, _ = net.policy.ponder(emb, None, torch.ones(args.batch, dtype=torch.bool))
+    if args.lr_schedule == "cosine":
+        final = args.lr_final
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda u: final + (1 - final) * 0.5 * (1 + math.cos(math.pi * u / updates))
+        )
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda u: 1.0)
+    hi = proto.train_range[1]
+    top = proto.dims if args.curriculum == "length" else hi  # the curriculum's last level
+    cur = top if args.curriculum == "none" else min(args.curriculum_start, top)
+    acc_ema, history, at_level = 0.5, [], 0
+    start, cpu_start = time.perf_counter(), time.thread_time()
+    fresh = torch.ones(args.batch, dtype=torch.bool)
+    update, stopped = 0, "budget"
+    for update in range(1, updates + 1):
+        x, y, _, hard = curriculum_batch(proto, args, cur, gen)
+        emb, tokens = net.encoder(x)
+        out, _ = net.policy.ponder(emb, None, fresh, obs_tokens=tokens)
         logits = net.answer_logits(out.hidden)  # (B, K+1, 2)
         ce = F.cross_entropy(
             logits.flatten(0, 1), y.repeat_interleave(logits.shape[1]), reduction="none"
@@ -218,18 +314,21 @@ def train(net: ParityNet, proto: Protocol, args: Args, label: str, minutes: floa
         loss.backward()
         nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
+        sched.step()
 
         with torch.no_grad():  # accuracy under the halting distribution, on the hardest rows
             correct = (logits.argmax(-1) == y[:, None]).float()  # (B, K+1)
             acc = out.expected(correct)
-            hard = m >= max(lo, cur - args.curriculum_step + 1)
             if hard.any():
                 acc_ema = 0.98 * acc_ema + 0.02 * acc[hard].mean().item()
-        if acc_ema >= args.curriculum_threshold and cur < hi:
-            cur = min(hi, cur + args.curriculum_step)
-            acc_ema = 0.5
+        at_level += 1
+        if acc_ema >= args.curriculum_threshold and cur < top and at_level >= args.level_updates:
+            # The running accuracy is kept, not reset: a model that generalises to the next
+            # level climbs at once, one that does not falls below the threshold in a few
+            # updates (the hard rows are then the new level's).
+            cur, at_level = min(top, cur + args.curriculum_step), 0
         elapsed = time.perf_counter() - start
-        if update % args.log_every == 0:
+        if update % args.log_every == 0 or update == updates:
             steps = out.expected_steps().mean().item()
             history.append(
                 {
@@ -242,52 +341,83 @@ def train(net: ParityNet, proto: Protocol, args: Args, label: str, minutes: floa
                 }
             )
             print(
-                f"  [{label}] upd {update:6d}  max_nonzeros {cur:3d}  loss {loss.item():.3f}  "
+                f"  [{label}] upd {update:6d}  {args.curriculum} {cur:3d}  loss {loss.item():.3f}  "
                 f"acc_ema {acc_ema:.3f}  E[steps] {steps:5.2f}  {elapsed:6.0f}s",
                 flush=True,
             )
-        if elapsed > minutes * 60:
+        if elapsed > args.max_minutes * 60:
+            stopped = "time cap"
+            print(f"  [{label}] stopped by the {args.max_minutes} min cap", flush=True)
             break
-        if cur == hi and acc_ema >= args.stop_accuracy:
+        if cur == top and acc_ema >= args.stop_accuracy:
+            stopped = "converged"
             print(f"  [{label}] converged at update {update} ({elapsed:.0f}s)", flush=True)
             break
     return {
         "updates": update,
-        "final_max_nonzeros": cur,
+        "stopped": stopped,
+        "curriculum": args.curriculum,
+        "final_level": cur,
         "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.thread_time() - cpu_start,
         "history": history,
     }
 
 
 @torch.no_grad()
 def evaluate(net: ParityNet, proto: Protocol, args: Args) -> list[dict]:
-    """Accuracy and mean think steps per bucket of non-zeros (sampled and deterministic)."""
+    """Accuracy and mean think steps per bucket of non-zeros (sampled and deterministic);
+    for the attend think input also what the think steps read (deterministic halting):
+    ``tokens_per_step`` (exp of the attention entropy) and ``nonzeros_unread`` (the share of
+    non-zero entries that no think step gave a weight >= 0.05)."""
     gen = torch.Generator().manual_seed(args.seed + 1000)
     lo, hi = proto.test_range
+    glimpse = net.policy.think_input if hasattr(net.policy.think_input, "recorded") else None
     rows = []
     for b_lo in range(lo, hi + 1, args.bucket_width):
         b_hi = min(hi, b_lo + args.bucket_width - 1)
         stats = {"sampled": [0.0, 0.0], "deterministic": [0.0, 0.0]}
+        reads = {"tokens_per_step": [], "nonzeros_unread": []}
         n = 0
         for _ in range(args.eval_batches):
             x, y, _ = make_batch(proto.dims, b_lo, b_hi, args.batch, gen)
-            emb = net.encoder(x)
+            emb, tokens = net.encoder(x)
             start = torch.ones(args.batch, dtype=torch.bool)
             for mode, det in (("sampled", False), ("deterministic", True)):
-                action, _, info = net.policy.act(emb, None, start, deterministic=det)
+                if glimpse is not None and det:
+                    glimpse.recorded = []
+                action, _, info = net.policy.act(emb, None, start, det, obs_tokens=tokens)
                 stats[mode][0] += (action["answer"] == y).float().sum().item()
                 stats[mode][1] += info.think_steps.float().sum().item()
+            if glimpse is not None:
+                _read_stats(glimpse.recorded, info.think_steps, x, reads)
+                glimpse.recorded = None
             n += args.batch
-        rows.append(
-            {
-                "nonzeros": f"{b_lo}-{b_hi}",
-                "acc": stats["sampled"][0] / n,
-                "steps": stats["sampled"][1] / n,
-                "acc_det": stats["deterministic"][0] / n,
-                "steps_det": stats["deterministic"][1] / n,
-            }
-        )
+        row = {
+            "nonzeros": f"{b_lo}-{b_hi}",
+            "acc": stats["sampled"][0] / n,
+            "steps": stats["sampled"][1] / n,
+            "acc_det": stats["deterministic"][0] / n,
+            "steps_det": stats["deterministic"][1] / n,
+        }
+        row.update({k: sum(v) / len(v) for k, v in reads.items() if v})
+        rows.append(row)
     return rows
+
+
+def _read_stats(weights: list[torch.Tensor], steps: torch.Tensor, x: torch.Tensor, out) -> None:
+    """Add what the think steps that ran read (weights: per step (B, N, heads)); tokens per
+    step is per head (exp of its attention entropy)."""
+    if not weights:
+        return
+    w = torch.stack(weights, dim=1)  # (B, k, N, heads)
+    ran = torch.arange(1, w.shape[1] + 1)[None, :] <= steps[:, None]  # (B, k)
+    entropy = -(w * w.clamp_min(1e-12).log()).sum(2).mean(-1)  # (B, k), per head
+    if ran.any():
+        out["tokens_per_step"].append(entropy.exp()[ran].mean().item())
+    seen = (w * ran[..., None, None]).amax(dim=(1, 3)) >= 0.05  # (B, N) by any step or head
+    nonzero = x != 0
+    out["nonzeros_unread"].append(((nonzero & ~seen).sum() / nonzero.sum()).item())
 
 
 def overall(rows: list[dict], key: str) -> float:
@@ -302,10 +432,8 @@ def run_protocol(proto: Protocol, args: Args) -> dict:
             continue
         torch.manual_seed(args.seed)
         net = ParityNet(proto.dims, args, think)
-        minutes = (
-            args.baseline_minutes if think.k_max == 0 else getattr(args, f"minutes_{proto.name}")
-        )
-        log = train(net, proto, args, f"{proto.name}/{label}", minutes)
+        updates = getattr(args, f"updates_{proto.name}")  # the same budget for both contenders
+        log = train(net, proto, args, f"{proto.name}/{label}", updates)
         net.eval()
         rows = evaluate(net, proto, args)
         results[label] = {
@@ -341,8 +469,8 @@ def print_table(proto: Protocol, res: dict) -> None:
         f"{'all':>10} | {think['acc']:12.3f} {think['steps']:6.2f} {think['acc_det']:8.3f} "
         f"{'':9} | {base['acc']:12.3f}   (think / no-think accuracy ratio "
         f"{think['acc'] / max(base['acc'], 1e-9):.2f}); trained {think['train']['updates']} / "
-        f"{base['train']['updates']} updates, curriculum reached "
-        f"{think['train']['final_max_nonzeros']} / {base['train']['final_max_nonzeros']} non-zeros"
+        f"{base['train']['updates']} updates, curriculum ({think['train']['curriculum']}) "
+        f"reached {think['train']['final_level']} / {base['train']['final_level']}"
     )
 
 

@@ -115,7 +115,7 @@ def test_bc_reaches_high_agreement_with_the_expert(think):
     finally:
         envs.close()
     train, held = split_episodes(episodes, 0.2, seed=0)
-    cfg = BCConfig(updates=150, batch_envs=16, seq_len=8, lr=3e-3, think=think)
+    cfg = BCConfig(updates=150, batch_envs=16, seq_len=8, lr=3e-3, warmup=0, think=think)
     fit_normalization(agent, train)
     trainer = BCTrainer(agent, cfg, gamma=0.99, seed=0)
     trainer.train(SequenceSampler(train, cfg.batch_envs, cfg.seq_len, 0.99, seed=0), cfg.updates)
@@ -131,7 +131,7 @@ def test_bc_continuous_agreement():
     finally:
         envs.close()
     train, held = split_episodes(episodes, 0.2, seed=0)
-    cfg = BCConfig(updates=150, batch_envs=16, seq_len=8, lr=3e-3)
+    cfg = BCConfig(updates=150, batch_envs=16, seq_len=8, lr=3e-3, warmup=0)
     fit_normalization(agent, train)
     BCTrainer(agent, cfg, gamma=0.99).train(
         SequenceSampler(train, cfg.batch_envs, cfg.seq_len, 0.99, seed=0), cfg.updates

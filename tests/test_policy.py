@@ -18,6 +18,7 @@ from agent.state import State
 from agent.think import HALTING, THINK_INPUTS, ThinkConfig
 
 OBS, B, K, V, MUSCLES = 6, 5, 3, 7, 4
+N_TOK, TOK = 4, 5  # frame tokens for the attend think input
 ACTION_SPACE = spaces.Dict(
     muscles=spaces.Box(0.0, 1.0, (MUSCLES,), dtype="float32"), text=spaces.Discrete(V)
 )
@@ -63,16 +64,23 @@ def make_policy(core="gru", halting="sampled", think_input="token", k_max=K, mem
         think=ThinkConfig(k_max=k_max, halting=halting, think_input=think_input),
     )
     mem = FakeMemory(12) if memory else None
-    policy = MindloopPolicy(OBS, ACTION_SPACE, cfg, memory=mem)
+    policy = MindloopPolicy(OBS, ACTION_SPACE, cfg, memory=mem, token_dim=TOK)
     # spread the halting head so p(stop) varies with h (it starts at a constant 0.5)
     nn.init.normal_(policy.halting.head.weight, std=0.5)
     return policy
+
+
+def frame_tokens(T=None, seed=0):
+    """Frame tokens (B, N_TOK, TOK) or (T, B, N_TOK, TOK); only ``attend`` reads them."""
+    g = torch.Generator().manual_seed(seed + 100)
+    return torch.randn(*([T] if T else []), B, N_TOK, TOK, generator=g)
 
 
 def rollout(policy, T=4, seed=0, deterministic=False, starts=None):
     """act() over T frames; returns obs, initial state, starts, actions, stacked infos."""
     g = torch.Generator().manual_seed(seed)
     obs = torch.randn(T, B, OBS, generator=g)
+    tokens = frame_tokens(T, seed)
     if starts is None:
         starts = torch.rand(T, B, generator=g) < 0.3
         starts[0] = True
@@ -80,7 +88,9 @@ def rollout(policy, T=4, seed=0, deterministic=False, starts=None):
     state, actions, infos = state0, [], []
     with torch.no_grad():
         for t in range(T):
-            action, state, info = policy.act(obs[t], state, starts[t], deterministic)
+            action, state, info = policy.act(
+                obs[t], state, starts[t], deterministic, obs_tokens=tokens[t]
+            )
             actions.append(action)
             infos.append(info)
     acts = {k: torch.stack([a[k] for a in actions]) for k in actions[0]}
@@ -156,13 +166,16 @@ def test_episode_start_resets_only_flagged_envs(core):
     "core, halting, think_input, memory",
     [(c, h, "token", False) for c, h in VARIANTS]
     + [(c, "sampled", "adapter", True) for c in CORES.names()]
-    + [("gru", "budget", "adapter", True)],
+    + [("gru", "budget", "adapter", True)]
+    + [(c, "sampled", "attend", c == "gru") for c in CORES.names()],
 )
 def test_act_and_evaluate_sequence_agree(core, halting, think_input, memory):
     policy = make_policy(core, halting, think_input, memory=memory)
     obs, state0, starts, acts, info, final = rollout(policy, T=5)
     assert info.think_steps.float().std() > 0  # a real test: envs halt at different steps
-    out, replay_final = policy.evaluate_sequence(obs, state0, starts, acts, info.decisions)
+    out, replay_final = policy.evaluate_sequence(
+        obs, state0, starts, acts, info.decisions, obs_tokens=frame_tokens(5)
+    )
     for name in (
         "log_prob_action",
         "log_prob_halt",
@@ -188,16 +201,21 @@ def test_gradients_reach_the_core_through_think_steps(core, think_input):
     policy = make_policy(core, think_input=think_input)
     T = 2
     obs = torch.randn(T, B, OBS, requires_grad=True)
+    tokens = frame_tokens(T).requires_grad_()
     starts = torch.zeros(T, B, dtype=torch.bool)
     decisions = Decisions(think_steps=torch.full((T, B), K), mem_ops=torch.full((T, B, K + 1), -1))
     actions = {"muscles": torch.full((T, B, MUSCLES), 0.3), "text": torch.zeros(T, B).long()}
-    out, _ = policy.evaluate_sequence(obs, policy.initial_state(B), starts, actions, decisions)
+    out, _ = policy.evaluate_sequence(
+        obs, policy.initial_state(B), starts, actions, decisions, obs_tokens=tokens
+    )
     (-out.log_prob_action[-1].sum()).backward()
     for name, p in itertools.chain(
         policy.core.named_parameters(), policy.think_input.named_parameters()
     ):
         assert p.grad is not None and p.grad.abs().sum() > 0, name
     assert obs.grad[0].abs().sum() > 0
+    # attend re-reads the frame: its tokens get gradients, the other inputs ignore them
+    assert (tokens.grad is not None) == (think_input == "attend")
 
 
 def test_halting_log_prob_trains_the_halting_head():
@@ -342,3 +360,32 @@ def test_real_two_tier_memory_plugs_in(core):
     torch.testing.assert_close(out.value, info.value)
     for key in final:
         torch.testing.assert_close(replay_final[key], final[key], msg=key)
+
+
+def test_attend_needs_the_frame_tokens_only_when_it_thinks():
+    policy = make_policy(think_input="attend")
+    obs, start = torch.randn(B, OBS), torch.ones(B, dtype=torch.bool)
+    with pytest.raises(ValueError, match="pass obs_tokens") as err:
+        policy.act(obs, None, start)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="pass obs_tokens"):
+        policy.ponder(obs, None, start)
+    no_think = make_policy(think_input="attend", k_max=0)
+    no_think.act(obs, None, start)  # no think step reads the tokens: none needed
+
+
+def test_attend_ponder_matches_act_and_reads_the_tokens():
+    policy = make_policy(think_input="attend")
+    obs, start, tokens = torch.randn(B, OBS), torch.ones(B, dtype=torch.bool), frame_tokens()
+    with torch.no_grad():
+        out, pstate = policy.ponder(obs, None, start, deterministic=True, obs_tokens=tokens)
+        _, astate, info = policy.act(obs, None, start, deterministic=True, obs_tokens=tokens)
+        other, _ = policy.ponder(obs, None, start, deterministic=True, obs_tokens=-tokens)
+    assert torch.equal(out.think_steps, info.think_steps)
+    torch.testing.assert_close(pstate["core/h"], astate["core/h"])
+    torch.testing.assert_close(out.hidden[:, 0], other.hidden[:, 0])  # the observe step
+    assert not torch.allclose(out.hidden[:, 1:], other.hidden[:, 1:])  # think steps re-read
+    seq, _ = policy.ponder_sequence(
+        obs[None], policy.initial_state(B), start[None], True, obs_tokens=tokens[None]
+    )
+    torch.testing.assert_close(seq.hidden[0], out.hidden)

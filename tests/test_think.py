@@ -18,17 +18,21 @@ from agent.think import (
     kl_to_geometric,
 )
 
-D, H, B = 6, 8, 5
+D, H, B, N, TOK = 6, 8, 5, 7, 3
 
 
 @pytest.mark.parametrize(
     "kwargs, match",
     [
         ({"k_max": -1}, "k_max must be >= 0"),
-        ({"think_input": "words"}, "unknown think_input 'words'; available: adapter, token"),
+        (
+            {"think_input": "words"},
+            "unknown think_input 'words'; available: adapter, attend, token",
+        ),
         ({"halting": "coin"}, "unknown halting 'coin'; available: budget, sampled"),
         ({"step_encoding": "rope"}, "unknown step_encoding 'rope'"),
         ({"init_halt_prob": 1.0}, "init_halt_prob must be in"),
+        ({"attend_heads": 0}, "attend_heads must be >= 1"),
     ],
 )
 def test_bad_think_config_fails_with_one_line(kwargs, match):
@@ -42,9 +46,11 @@ def test_bad_think_config_fails_with_one_line(kwargs, match):
 def test_think_inputs_shape_and_step_encoding(name, step_encoding):
     torch.manual_seed(0)
     cfg = ThinkConfig(k_max=3, think_input=name, step_encoding=step_encoding)
-    think = build_think_input(cfg, D, H)
+    think = build_think_input(cfg, D, H, token_dim=TOK)
     h, x_obs = torch.randn(B, H), torch.randn(B, D)
-    x1, x2 = think(h, 1, x_obs), think(h, 2, x_obs)
+    memo = think.prepare(torch.randn(B, N, TOK))
+    assert (memo is not None) == think.needs_tokens
+    x1, x2 = think(h, 1, x_obs, memo), think(h, 2, x_obs, memo)
     assert x1.shape == (B, D) and torch.isfinite(x1).all()
     assert torch.allclose(x1, x2) == (step_encoding == "none")
 
@@ -131,3 +137,46 @@ def test_halting_log_prob_matches_sampled_steps(name):
 
 def test_halting_distribution_without_think_steps():
     torch.testing.assert_close(halting_distribution(torch.zeros(2, 0)), torch.ones(2, 1))
+
+
+def test_attend_reads_the_tokens_of_its_own_row():
+    """The glimpse depends on the frame's tokens (row by row) and on h through its query."""
+    torch.manual_seed(0)
+    think = build_think_input(ThinkConfig(think_input="attend", attend_heads=2), D, H, TOK)
+    h, x_obs, tokens = torch.randn(B, H), torch.randn(B, D), torch.randn(B, N, TOK)
+    x = think(h, 1, x_obs, think.prepare(tokens))
+    changed = tokens.clone()
+    changed[0] = torch.randn(N, TOK)
+    x_changed = think(h, 1, x_obs, think.prepare(changed))
+    assert not torch.allclose(x[0], x_changed[0])
+    torch.testing.assert_close(x[1:], x_changed[1:])
+    # the query comes from h: another h reads another glimpse of the same tokens
+    assert not torch.allclose(think(torch.randn(B, H), 1, x_obs, think.prepare(tokens)), x)
+
+
+def test_attend_token_order_matters_only_through_the_tokens():
+    """Attention is a set operation: permuting the tokens leaves the read unchanged (the
+    position of an entry has to be in its token, e.g. a position embedding)."""
+    torch.manual_seed(0)
+    think = build_think_input(ThinkConfig(think_input="attend"), D, H, TOK)
+    h, x_obs, tokens = torch.randn(B, H), torch.randn(B, D), torch.randn(B, N, TOK)
+    perm = torch.randperm(N)
+    torch.testing.assert_close(
+        think(h, 1, x_obs, think.prepare(tokens)),
+        think(h, 1, x_obs, think.prepare(tokens[:, perm])),
+    )
+
+
+@pytest.mark.parametrize(
+    "tokens, match",
+    [
+        (None, "think_input='attend' reads the frame's tokens: pass obs_tokens"),
+        (torch.zeros(B, N, TOK + 1), r"obs_tokens must be \(B, N, token_dim=3\)"),
+        (torch.zeros(B, TOK), r"obs_tokens must be \(B, N, token_dim=3\)"),
+    ],
+)
+def test_attend_bad_tokens_fail_with_one_line(tokens, match):
+    think = build_think_input(ThinkConfig(think_input="attend"), D, H, TOK)
+    with pytest.raises(ValueError, match=match) as err:
+        think.prepare(tokens)
+    assert "\n" not in str(err.value)
