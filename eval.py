@@ -19,6 +19,8 @@ from typing import Annotated
 
 import tyro
 
+from agent.cli import cli
+
 DEFAULT_TASK_ID = "mindloop/MuscleReach-v0"
 
 
@@ -149,9 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         if argv[:1] == ["replay"]:
-            run_replay(tyro.cli(ReplayConfig, args=argv[1:], prog="eval.py replay"))
+            run_replay(cli(ReplayConfig, args=argv[1:], prog="eval.py replay"))
         else:
-            run_eval(tyro.cli(EvalConfig, args=argv, prog="eval.py"))
+            run_eval(cli(EvalConfig, args=argv, prog="eval.py"))
     except (ValueError, FileNotFoundError) as e:  # a user mistake: one line, no traceback
         print(f"eval.py: error: {e}", file=sys.stderr)
         return 2

@@ -26,6 +26,7 @@ def parse_config(argv: list[str]):
     continues it; an option that would change anything but the resume-free fields (device,
     threads, progress bar) is a one-line error naming the field.
     """
+    from agent.cli import cli
     from agent.config import (
         RESUME_FREE_FIELDS,
         TrainConfig,
@@ -36,11 +37,11 @@ def parse_config(argv: list[str]):
 
     resume = _resume_arg(argv)
     if resume is None:
-        return _cli(TrainConfig, args=argv, description=__doc__.split("\n")[0])
+        return cli(TrainConfig, args=argv, description=__doc__.split("\n")[0])
     from agent.checkpoint import read_checkpoint_meta
 
     saved = config_from_dict(TrainConfig, read_checkpoint_meta(resume)["config"])
-    config = _cli(TrainConfig, args=argv, default=saved)
+    config = cli(TrainConfig, args=argv, default=saved)
     config.resume = resume
     diff = [
         name
@@ -53,25 +54,6 @@ def parse_config(argv: list[str]):
             "resume with the run's settings or start a new run"
         )
     return config
-
-
-def _cli(cls, **kwargs):
-    """``tyro.cli``, except that a config that rejects its values (a ``ValueError`` from a
-    dataclass ``__post_init__``: unknown core, bad sizes, ...) raises that one-line
-    ``ValueError`` instead of tyro's multi-line box, so main prints it like every user error.
-    (tyro's hook is marked unstable: without it, tyro's own message is shown.)"""
-    import tyro
-
-    hooks = getattr(getattr(tyro, "_errors", None), "on_parse_error", None)
-    if hooks is None:
-        return tyro.cli(cls, **kwargs)
-
-    def raise_value_errors(event) -> None:
-        if type(event).__name__ == "InstantiationFailure":
-            raise ValueError(str(event.message).strip().splitlines()[0])
-
-    with hooks(raise_value_errors):
-        return tyro.cli(cls, **kwargs)
 
 
 def _resume_arg(argv: list[str]) -> str | None:

@@ -47,14 +47,6 @@ SMALL_ENCODERS = FusedEncoderConfig(
 )
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_config(algo: str, run_dir: Path, total_steps: int = 64, **run: object) -> TrainConfig:
     agent = AgentConfig(encoders=SMALL_ENCODERS)
     agent.core.hidden_dim = 16

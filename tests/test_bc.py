@@ -25,15 +25,6 @@ from encoders.fusion import FusedEncoderConfig
 from tests import tiny_envs  # noqa: F401  (registers mindloop_test/*)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: these tests share 2 cores with others (see tests/test_train.py)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make(env_id: str, k_max: int = 1, seed: int = 0, num_envs: int = 8):
     torch.manual_seed(seed)
     envs = make_vector_env(EnvConfig(id=env_id, num_envs=num_envs, vectorization="sync"))

@@ -69,15 +69,6 @@ class TinySensorsEnv(gym.Env):
         return self._obs(), -dist, dist < 0.05, self.steps >= 32, {}
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Batch-1 rollouts gain nothing from threads and lose a lot on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 SMALL = FusedEncoderConfig(
     configs={
         "image": {"channels": (16, 32, 32), "embed_dim": 64},

@@ -251,18 +251,19 @@ def test_cli_not_a_record(tmp_path, capsys):
 
 
 def test_cli_config_errors_exit_nonzero(capsys):
+    """A config the dataclass rejects is one line on stderr and exit code 2 (not tyro's box)."""
     import eval as eval_cli
 
-    for argv in (
-        [],
-        ["--policy", "expert", "--checkpoint", "x"],
-        ["--policy", "expert", "--episodes", "0"],
-    ):
-        with pytest.raises(SystemExit) as e:
-            eval_cli.main(argv)
-        assert e.value.code == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and "nothing to evaluate" in err
+    cases = {
+        (): "nothing to evaluate",
+        ("--policy", "expert", "--checkpoint", "x"): "not both",
+        ("--policy", "expert", "--episodes", "0"): "episodes",
+    }
+    for argv, message in cases.items():
+        assert eval_cli.main(list(argv)) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("eval.py: error: ") and err.count("\n") == 1, err
+        assert message in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("algo", ["PPO", "RecurrentPPO"])

@@ -28,16 +28,6 @@ from agent.state import detach_state, index_state, state_nbytes
 HIDDEN = 24
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny tensors: one thread is faster, and two threads per xdist worker on a loaded
-    2-core machine made a 1 s codec fit take minutes (spin-waiting threads)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def small_config(**kw) -> MemoryConfig:
     base = dict(slot_dim=32, num_slots=3, code_dim=8, key_dim=8, capacity=6)
     base.update(kw)

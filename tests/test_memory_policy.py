@@ -15,16 +15,6 @@ OBS, B, K, HIDDEN = 6, 4, 2, 16
 ACTION_SPACE = spaces.Dict(text=spaces.Discrete(5))
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny tensors: one thread is faster, and two threads per xdist worker on a loaded
-    2-core machine made a 1 s codec fit take minutes (spin-waiting threads)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_policy(core: str, seed: int = 0, **mem_kw) -> MindloopPolicy:
     torch.manual_seed(seed)
     cfg = PolicyConfig(

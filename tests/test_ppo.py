@@ -17,15 +17,6 @@ from encoders.fusion import FusedEncoderConfig
 from tests import tiny_envs  # noqa: F401  (registers mindloop_test/*)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: these tests share 2 cores with others (see tests/test_train.py)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_agent_config(k_max: int = 1, hidden: int = 32) -> AgentConfig:
     return AgentConfig(
         encoders=FusedEncoderConfig(embed_dim=32),

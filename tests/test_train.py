@@ -21,16 +21,6 @@ TINY_REACH = "mindloop_test/TinyReach-v0"
 TINY_ANSWER = "mindloop_test/TinyAnswer-v0"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Training tests share 2 cores with other tests: one torch thread each avoids the
-    oversubscription that makes 2-thread training many times slower on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_config(run_dir: Path, algo: str = "bc+ppo", env_id: str = TINY_REACH) -> TrainConfig:
     cfg = TrainConfig(algo=algo)
     cfg.env.id = env_id
