@@ -251,7 +251,8 @@ def write_records(
 
     if not records:
         raise ValueError("no episodes to write: records is empty")
-    path = Path(path)
+    # absolute: Minari joins a relative dataset root onto itself ("runs/x/.../runs/x/...")
+    path = Path(path).absolute()
     if path.exists() and not overwrite:
         raise ValueError(f"{path} already exists; choose another path or pass overwrite=True")
     first = records[0]

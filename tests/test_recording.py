@@ -170,6 +170,17 @@ def test_writes_are_atomic(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rec"]  # no partial or temp dirs
 
 
+def test_relative_path_writes_where_it_says(tmp_path, monkeypatch):
+    """``train.py``'s default run dir is relative (runs/...): the dataset lands there, once."""
+    monkeypatch.chdir(tmp_path)
+    result = expert_records("mindloop/MuscleReach-v0", {}, 1)
+    path = write_records("runs/r/demos", result.records, result.observation_space,
+                         result.action_space)  # fmt: skip
+    assert path == tmp_path / "runs" / "r" / "demos"
+    assert num_episodes("runs/r/demos") == 1
+    assert sorted(p.name for p in (tmp_path / "runs" / "r").iterdir()) == ["demos"]
+
+
 def test_not_a_record_is_one_line(tmp_path):
     import minari
     from minari.data_collector import EpisodeBuffer
