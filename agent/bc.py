@@ -9,7 +9,8 @@ Loss per frame (the DESIGN's "irreducible uncertainty: soft targets"):
   to explore when it fine-tunes the clone, and the loss stays bounded where the expert sits
   at a bound (excitations are often exactly 0).
 - **Categorical (text) heads**: cross-entropy with label smoothing (mass ``label_smoothing``
-  spread uniformly over the vocabulary).
+  spread uniformly over the vocabulary); with ``balance_speech`` the frames where the expert
+  speaks and the silent ones weigh half each (:func:`frame_weights`).
 - **Value head**: regressed on the demonstrations' discounted returns-to-go, so PPO starts
   from a critic that roughly knows the task instead of one that scrambles the clone.
 
@@ -21,6 +22,19 @@ low-variance gradient. ``think="sampled"`` trains the path the policy actually s
 (teacher-forced replay of sampled think steps) and the halting head by REINFORCE on the
 negative imitation loss; noisier, but each frame costs only the steps it took.
 
+**Memory calls are cloned where the expert labels them** (``Episode.memory_ops``, e.g.
+CueRecall: set on the cue, get when the balls show; the recipe benchmarks/memory_recall.py
+measured at 1.000 recall over 5,000 steps, where RL alone learned to avoid the tool). On
+such batches BC trains through the replay path with the labelled ops teacher-forced (the
+store then really holds the cue when the reach is cloned, across BPTT chunks, since the
+lanes carry their state), plus ``memory_op_coef`` x the ops' cross-entropy (each op class
+present weighs the same: a get may label one frame in hundreds), the codec's reconstruction loss on the items set, and
+``observation_recon_coef`` x an auxiliary reconstruction of the observation embedding from
+the workable vector (no task gradient crosses the store: this is what keeps *which* cue in
+what a set writes). Think steps there make no calls (their op label is ``none``), and the
+halting head learns by REINFORCE as in ``think="sampled"``. Unlabelled frames keep the
+sampled ops and the REINFORCE signal.
+
 DAgger (``dagger_rounds``) collects episodes where the learner acts and the expert labels the
 states it visits, and keeps training on the union, against the compounding errors of plain BC
 (Ross et al. 2011; with their mixture: a step executes the expert's action with probability
@@ -30,7 +44,8 @@ states it visits, and keeps training on the union, against the compounding error
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +58,7 @@ from agent.config import BCConfig
 from agent.demonstrations import Episode, SequenceBatch, SequenceSampler
 from agent.distributed import touch_all_parameters
 from agent.heads import ActionDistribution, BetaHead, CategoricalHead
+from agent.memory import OP_NAMES, OP_NONE, OP_SET
 from agent.policy import Decisions
 from agent.state import State, detach_state
 from encoders.registry import Registry
@@ -119,6 +135,10 @@ class BCMetrics:
     value: float
     kl: float
     think_steps: float
+    memory_ops: float = 0.0
+    """Cross-entropy of the cloned memory calls (0 without labels)."""
+    observation_recon: float = 0.0
+    """Auxiliary reconstruction loss of the observation from the workable vector."""
 
 
 class BCTrainer:
@@ -147,7 +167,17 @@ class BCTrainer:
         self.model = model if model is not None else agent
         self.cfg = config
         self.gamma = gamma
-        self.optimizer = torch.optim.Adam(agent.parameters(), lr=config.lr, eps=1e-5)
+        memory = agent.policy.memory
+        # Training-only decoder of the observation embedding from the memory's workable vector
+        # (labelled memory training); not part of the agent, never saved.
+        self.observation_decoder: nn.Module | None = None
+        params = list(agent.parameters())
+        if memory is not None and hasattr(memory, "tracing"):
+            self.observation_decoder = nn.Linear(
+                memory.config.slot_dim, agent.encoder.embed_dim
+            ).to(agent.device)
+            params += list(self.observation_decoder.parameters())
+        self.optimizer = torch.optim.Adam(params, lr=config.lr, eps=1e-5)
         self.generator = torch.Generator().manual_seed(seed)
         self.updates_done = 0
         self._fitted_frames = -1
@@ -197,13 +227,17 @@ class BCTrainer:
             self._lane_state = self.agent.initial_state(B, device)
         starts = batch.episode_starts.to(device)
         actions = {k: v.to(device) for k, v in batch.actions.items()}
-        if self.cfg.think == "ponder":
+        op_labels = None
+        if batch.memory_ops is not None and self.observation_decoder is not None:
+            op_labels = batch.memory_ops.to(device)
+        aux = {"memory_ops": 0.0, "observation_recon": 0.0}
+        if self.cfg.think == "ponder" and op_labels is None:
             loss, imitation, kl, steps, value, state = self._ponder_loss(
                 batch.obs, self._lane_state, starts, actions
             )
         else:
             loss, imitation, kl, steps, value, state = self._sampled_loss(
-                batch.obs, self._lane_state, starts, actions
+                batch.obs, self._lane_state, starts, actions, op_labels, aux
             )
         target = self.agent.value_norm.normalize(batch.returns.to(device))
         value_loss = 0.5 * (value - target).pow(2).mean()
@@ -212,10 +246,15 @@ class BCTrainer:
             total = total + touch_all_parameters(self.agent)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
-        nn.utils.clip_grad_norm_(self.agent.parameters(), 1.0)
+        nn.utils.clip_grad_norm_(
+            [p for group in self.optimizer.param_groups for p in group["params"]], 1.0
+        )
         self.optimizer.step()
         self._lane_state = detach_state(state)
-        return BCMetrics(*(float(x.detach()) for x in (total, imitation, value_loss, kl, steps)))
+        return BCMetrics(
+            *(float(x.detach()) for x in (total, imitation, value_loss, kl, steps)),
+            **{k: float(v) for k, v in aux.items()},
+        )
 
     def _ponder_loss(self, obs, state, starts, actions):
         out, new_state = self.model(obs, state, starts, ponder=True)
@@ -227,12 +266,13 @@ class BCTrainer:
         }
         per_step = soft_target_loss(self.agent, dist, target, self.cfg, self.generator)
         per_step = per_step.reshape(T, B, K1)
-        imitation = out.expected(per_step).mean()  # sum_n p_n L_n, averaged over frames
+        # sum_n p_n L_n, averaged over frames (speech and silence balanced, frame_weights)
+        imitation = (out.expected(per_step) * frame_weights(actions, self.cfg)).mean()
         kl = out.kl_to_geometric(self.cfg.lambda_p).mean() if K1 > 1 else per_step.new_zeros(())
         loss = imitation + self.cfg.kl_coef * kl
         return loss, imitation, kl, out.expected_steps().mean(), out.value, new_state
 
-    def _sampled_loss(self, obs, state, starts, actions):
+    def _sampled_loss(self, obs, state, starts, actions, op_labels=None, aux=None):
         # 1) sample the think steps the policy would take (no gradient) ...
         with torch.no_grad():
             x = self.agent.encoder(obs)  # (T, B, D)
@@ -242,20 +282,104 @@ class BCTrainer:
                 steps.append(info.decisions.think_steps)
                 ops.append(info.decisions.mem_ops)
         decisions = Decisions(torch.stack(steps), torch.stack(ops))
+        if op_labels is not None:  # the expert's memory calls, teacher-forced
+            decisions = Decisions(decisions.think_steps, forced_ops(decisions.mem_ops, op_labels))
         # 2) ... then replay them with gradients: imitation through the sampled path, and
-        # REINFORCE on the halting (and memory) decisions with reward -imitation loss.
+        # REINFORCE on the halting (and unlabelled memory) decisions with reward -imitation.
         targets = sample_soft_targets(self.agent, actions, self.cfg, self.generator)
-        info, new_state = self.model(obs, state, starts, actions=targets, decisions=decisions)
+        with _traced(self.agent, op_labels is not None) as (trace, embedding):
+            info, new_state = self.model(obs, state, starts, actions=targets, decisions=decisions)
         # log-likelihood of a target sampled from the soft target distribution: a one-sample
         # estimate of the same cross-entropy the ponder path computes in closed form
         imitation_per = -info.log_prob_action  # (T, B)
         advantage = -(imitation_per.detach() - imitation_per.detach().mean())
-        decision_lp = info.log_prob_halt + info.log_prob_memory
-        reinforce = -(advantage * decision_lp).mean()
-        imitation = imitation_per.mean()
-        loss = imitation + reinforce
+        memory_lp = info.log_prob_memory  # (T, B)
+        extra = imitation_per.new_zeros(())
+        if op_labels is not None:
+            labelled = op_labels >= 0
+            memory_lp = torch.where(labelled, 0.0, memory_lp)  # cloned, not reinforced
+            extra = self._memory_losses(info, op_labels, decisions, trace, embedding[0], aux)
+        reinforce = -(advantage * (info.log_prob_halt + memory_lp)).mean()
+        imitation = (imitation_per * frame_weights(actions, self.cfg)).mean()
+        loss = imitation + reinforce + extra
         steps = info.think_steps.float().mean()
         return loss, imitation, reinforce.detach(), steps, info.value, new_state
+
+    def _memory_losses(self, info, op_labels, decisions, trace, embedding, aux) -> torch.Tensor:
+        """Op cloning + codec loss on the set items + observation reconstruction from w."""
+        memory = self.agent.policy.memory
+        labelled = op_labels >= 0  # (T, B)
+        op_ce = -info.log_prob_memory  # (T, B): -log p(label) summed over the frame's steps
+        # every op class present weighs the same (a get may label one frame in hundreds)
+        present = [labelled & (op_labels == op) for op in range(len(OP_NAMES))]
+        present = [m for m in present if bool(m.any())]
+        op_loss = sum(_masked_mean(op_ce, m) for m in present) / max(len(present), 1)
+        # the observe step's call of each frame: frames run 1 + (most think steps in the
+        # batch) memory calls, in order
+        T = op_labels.shape[0]
+        most = decisions.think_steps.reshape(T, -1).max(dim=1).values.tolist()
+        first = [0]
+        for n in most[:-1]:
+            first.append(first[-1] + 1 + int(n))
+        if len(trace) != first[-1] + 1 + int(most[-1]):
+            raise RuntimeError(f"memory trace has {len(trace)} calls for {T} frames: {most}")
+        w = torch.stack([trace[i][0] for i in first])  # (T, B, slot_dim) observe steps
+        target = embedding.detach()  # (T, B, D): the frame, not a moving target for the encoder
+        # relative to the embedding's spread, so the loss does not fade with its scale
+        err = (self.observation_decoder(w) - target).pow(2).mean()
+        recon = err / target.var(dim=(0, 1)).mean().clamp_min(1e-8)
+        sets = torch.cat([w_i[op_i == OP_SET] for w_i, op_i in trace])  # (n_set, slot_dim)
+        codec = recon.new_zeros(())
+        if sets.shape[0] >= 2 and memory.config.codec_loss_coef > 0:
+            memory.codec.update_statistics(sets.detach())
+            codec = memory.config.codec_loss_coef * memory.codec.reconstruction_loss(sets)[0].mean()
+        aux["memory_ops"], aux["observation_recon"] = float(op_loss.detach()), float(recon.detach())
+        return self.cfg.memory_op_coef * op_loss + self.cfg.observation_recon_coef * recon + codec
+
+
+def frame_weights(actions: dict[str, torch.Tensor], cfg: BCConfig) -> torch.Tensor:
+    """(T, B) weights of the frames' imitation losses, mean 1. With ``balance_speech`` and a
+    ``text`` action, the frames where the expert says a token and those where it is silent
+    weigh half each (an answer can be one frame in sixty: unweighted, the clone learns
+    silence first and the answer last); else all 1."""
+    text = actions.get("text")
+    if text is None or not cfg.balance_speech:
+        some = next(iter(actions.values()))
+        return torch.ones(some.shape[:2], device=some.device)
+    speech = (text.reshape(*text.shape[:2], -1) != 0).any(-1)  # (T, B)
+    n, n_speech = speech.numel(), int(speech.sum())
+    if n_speech in (0, n):
+        return torch.ones(speech.shape, device=text.device)
+    return torch.where(speech, 0.5 * n / n_speech, 0.5 * n / (n - n_speech))
+
+
+def forced_ops(sampled: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Memory ops (T, B, K+1) to replay: on labelled frames (``labels`` (T, B) >= 0) the
+    label at the observe step and no call on the think steps that ran (-1 where none ran);
+    unlabelled frames keep the sampled ops."""
+    forced = torch.where(sampled >= 0, OP_NONE, -1)
+    forced[..., 0] = labels.clamp_min(0)
+    return torch.where((labels >= 0)[..., None], forced, sampled)
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum() / mask.sum().clamp_min(1)
+
+
+@contextmanager
+def _traced(agent: MindloopAgent, enabled: bool) -> Iterator[tuple[list, list]]:
+    """Within the block, collect the memory's calls (``TwoTierMemory.tracing``: (w, op) per
+    call) and the encoder's output (the (T, B, D) observation embedding), both with graphs."""
+    if not enabled:
+        yield [], []
+        return
+    captured: list[torch.Tensor] = []
+    handle = agent.encoder.register_forward_hook(lambda m, i, out: captured.append(out))
+    try:
+        with agent.policy.memory.tracing() as trace:
+            yield trace, captured
+    finally:
+        handle.remove()
 
 
 def sample_soft_targets(
@@ -327,17 +451,24 @@ def action_agreement(agent: MindloopAgent, episodes: list[Episode]) -> dict[str,
     """How well the deterministic policy matches expert labels, replaying whole episodes.
 
     Bounded keys: mean absolute error and R^2 over all action dimensions; discrete keys:
-    accuracy. Keys come out as ``<action key>/mae``, ``/r2``, ``/accuracy``.
+    accuracy. Keys come out as ``<action key>/mae``, ``/r2``, ``/accuracy``. With a memory
+    and expert memory-op labels also ``memory_op/accuracy`` (all frames) and
+    ``memory_op/call_recall`` (frames where the expert calls set/get: the same call made).
     """
     agent.eval()
     preds: dict[str, list[np.ndarray]] = {}
     labels: dict[str, list[np.ndarray]] = {}
+    op_pred: list[int] = []
+    op_true: list[int] = []
     for ep in episodes:
         state = agent.initial_state(1)
         for t in range(len(ep)):
             obs = {k: v[t : t + 1] for k, v in ep.obs.items()}
             start = torch.tensor([t == 0])
-            act, state, _ = agent.act(obs, state, start, deterministic=True)
+            act, state, info = agent.act(obs, state, start, deterministic=True)
+            if ep.memory_ops is not None and agent.policy.memory is not None:
+                op_pred.append(int(info.decisions.mem_ops[0, 0]))
+                op_true.append(int(ep.memory_ops[t]))
             for k, v in act.items():
                 preds.setdefault(k, []).append(v.reshape(-1))
                 labels.setdefault(k, []).append(np.asarray(ep.actions[k][t]).reshape(-1))
@@ -352,6 +483,12 @@ def action_agreement(agent: MindloopAgent, episodes: list[Episode]) -> dict[str,
             out[f"{key}/r2"] = float(
                 1 - np.sum((p - y) ** 2) / max(np.sum((y - y.mean(0)) ** 2), 1e-12)
             )
+    if op_true:
+        pred, true = np.array(op_pred), np.array(op_true)
+        out["memory_op/accuracy"] = float(np.mean(pred == true))
+        calls = true != OP_NONE
+        if calls.any():
+            out["memory_op/call_recall"] = float(np.mean(pred[calls] == true[calls]))
     return out
 
 

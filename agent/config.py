@@ -206,9 +206,22 @@ class BCConfig:
     dataset: str | None = None
     """Directory of a Minari dataset of demonstrations (agent.datasets / eval.py --record) to
     train on instead of recording new ones."""
+    balance_speech: bool = True
+    """Text tasks: frames where the expert says a token and silent frames weigh half each in
+    the imitation loss (CountAnswer answers once in ~60 frames; unweighted, the clone learns
+    to stay silent long before it learns to answer)."""
+    memory_op_coef: float = 1.0
+    """Weight of the cross-entropy that clones the expert's memory calls (set/get/none), on
+    tasks whose expert labels them (CueRecall); each op class (none, set, get) weighs the
+    same, so a rare call is not drowned by the frames without one. 0: no op cloning."""
+    observation_recon_coef: float = 1.0
+    """Weight of the auxiliary reconstruction of the observation embedding from the memory's
+    workable vector (what a set stores), when memory ops are cloned: no task gradient crosses
+    the store, so this keeps what a set writes about the present frame."""
 
     def __post_init__(self) -> None:
         _check_min("bc", self, ("episodes", "updates", "batch_envs", "seq_len"), 1)
+        _check_min("bc", self, ("memory_op_coef", "observation_recon_coef"), 0)
         _check_min("bc", self, ("dagger_rounds", "dagger_episodes", "dagger_updates", "warmup"), 0)
         _check_min("bc", self, ("target_concentration", "kl_coef"), 0)
         _check_choice("bc.think", self.think, BC_THINK_MODES)

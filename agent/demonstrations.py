@@ -14,6 +14,12 @@ Two sources give the same :class:`Episode` list:
 episodes back to back, cut into chunks of ``seq_len`` frames: what a vector env's rollout
 looks like, so BC trains the recurrent core with the same truncated BPTT as PPO (the state is
 carried from chunk to chunk of a lane and reset at episode starts).
+
+**Memory-op labels.** A task whose expert also says when a get/set memory tool should be
+called (``env.unwrapped.expert_memory_op()`` -> ``"none"``/``"set"``/``"get"``, e.g.
+CueRecall: set on the cue, get when the balls show) gets those labels recorded with every
+frame (:attr:`Episode.memory_ops`; in a Minari dataset as the expert's ``agent/memory/set``
+and ``get`` infos), and BC clones them (``agent/bc.py``). Tasks without it simply have none.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import torch
 from gymnasium.vector import VectorEnv
 
 from agent.agent import MindloopAgent
+from agent.memory import OP_GET, OP_NAMES, OP_NONE, OP_SET
 from agent.vector import expert_actions, step_vector_env
 
 
@@ -40,6 +47,9 @@ class Episode:
     rewards: np.ndarray
     """(L,) env rewards of the action actually taken (the expert's, for demonstrations)."""
     success: bool
+    memory_ops: np.ndarray | None = None
+    """(L,) int64: the expert's memory call at t (``agent.memory`` OP_NONE/OP_SET/OP_GET), or
+    None when the task labels none."""
 
     def __len__(self) -> int:
         return len(self.rewards)
@@ -56,21 +66,47 @@ class Episode:
 
 def load_episodes(path: str | os.PathLike) -> list[Episode]:
     """The episodes of a demonstration dataset (Minari, :mod:`agent.datasets`)."""
-    from agent.datasets import load_demonstrations
+    from agent.recording import read_records
 
-    demos = load_demonstrations(path)
     out = []
-    for i, (start, stop) in enumerate(demos.episode_bounds):
-        obs, actions = demos.episode(i)
+    for r in read_records(path):
         out.append(
             Episode(
-                obs=obs,
-                actions=actions,
-                rewards=demos.rewards[start:stop].astype(np.float32),
-                success=bool(demos.success[i]),
+                obs={k: v[:-1] for k, v in r.observations.items()},  # no frame after the last
+                actions=dict(r.actions),
+                rewards=np.asarray(r.rewards, dtype=np.float32),
+                success=bool(r.success),
+                memory_ops=_ops_from_counts(r.memory, r.length),
             )
         )
+    if not out:
+        raise ValueError(f"the dataset {path} has no episodes")
     return out
+
+
+def _ops_from_counts(memory: dict[str, np.ndarray], length: int) -> np.ndarray | None:
+    """(L,) op labels from a record's per-frame ``set``/``get`` counts (None without them)."""
+    if "set" not in memory or "get" not in memory:
+        return None
+    ops = np.full(length, OP_NONE, dtype=np.int64)
+    ops[np.asarray(memory["set"]) > 0] = OP_SET
+    ops[np.asarray(memory["get"]) > 0] = OP_GET
+    return ops
+
+
+def expert_memory_ops(envs: VectorEnv) -> np.ndarray | None:
+    """(N,) int64 memory-op labels of the sub-envs' experts for their current state
+    (``expert_memory_op()``), or None when the task has no such labels."""
+    try:
+        names = envs.call("expert_memory_op")
+    except AttributeError:
+        return None
+    unknown = sorted({str(n) for n in names} - set(OP_NAMES))
+    if unknown:
+        raise ValueError(
+            f"expert_memory_op() returned {', '.join(unknown)}; allowed: {', '.join(OP_NAMES)}"
+        )
+    return np.array([OP_NAMES.index(n) for n in names], dtype=np.int64)
 
 
 def collect_episodes(
@@ -98,13 +134,14 @@ def collect_episodes(
     """
     n = envs.num_envs
     obs, _ = envs.reset(seed=seeds)
-    buffers: list[list[tuple[dict, dict, float]]] = [[] for _ in range(n)]
+    buffers: list[list[tuple[dict, dict, float, int]]] = [[] for _ in range(n)]
     out: list[Episode] = []
     state = agent.initial_state(n) if agent is not None else None
     start = torch.ones(n, dtype=torch.bool)
     rng = np.random.default_rng(seed)
     while len(out) < episodes:
         labels = expert_actions(envs)  # (N, ...) per key
+        op_labels = expert_memory_ops(envs)  # (N,) or None
         if agent is None:
             actions = labels
         else:
@@ -119,7 +156,8 @@ def collect_episodes(
         for i in range(n):
             frame_obs = {k: np.array(v[i], copy=True) for k, v in obs.items()}
             frame_act = {k: np.array(v[i], copy=True) for k, v in labels.items()}
-            buffers[i].append((frame_obs, frame_act, float(step.reward[i])))
+            op = -1 if op_labels is None else int(op_labels[i])
+            buffers[i].append((frame_obs, frame_act, float(step.reward[i]), op))
         for i in np.flatnonzero(step.done):
             frames, buffers[i] = buffers[i], []
             out.append(
@@ -128,6 +166,9 @@ def collect_episodes(
                     actions={k: np.stack([f[1][k] for f in frames]) for k in frames[0][1]},
                     rewards=np.array([f[2] for f in frames], dtype=np.float32),
                     success=bool(step.success[i]),
+                    memory_ops=None
+                    if op_labels is None
+                    else np.array([f[3] for f in frames], dtype=np.int64),
                 )
             )
         obs = step.obs
@@ -145,6 +186,9 @@ class SequenceBatch:
     """(T, B) bool: a new episode starts at this frame (reset the state first)."""
     returns: torch.Tensor
     """(T, B) discounted returns-to-go (value targets)."""
+    memory_ops: torch.Tensor | None = None
+    """(T, B) long expert memory-op labels, -1 on frames of unlabelled episodes; None when no
+    episode of the sampler has labels."""
 
 
 class SequenceSampler:
@@ -190,6 +234,8 @@ class SequenceSampler:
         act = {k: np.empty((T, B, *v.shape[1:]), v.dtype) for k, v in first.actions.items()}
         starts = np.zeros((T, B), dtype=bool)
         returns = np.zeros((T, B), dtype=np.float32)
+        labelled = any(e.memory_ops is not None for e in self.episodes)
+        ops = np.full((T, B), -1, dtype=np.int64)
         for b in range(B):
             t = 0
             while t < T:
@@ -201,6 +247,8 @@ class SequenceSampler:
                 for k in act:
                     act[k][t : t + n, b] = ep.actions[k][pos : pos + n]
                 returns[t : t + n, b] = self._returns[ep_i][pos : pos + n]
+                if ep.memory_ops is not None:
+                    ops[t : t + n, b] = ep.memory_ops[pos : pos + n]
                 starts[t, b] = pos == 0
                 t += n
                 if pos + n >= len(ep):  # the lane moves on to a random episode
@@ -213,6 +261,7 @@ class SequenceSampler:
             actions={k: torch.as_tensor(v) for k, v in act.items()},
             episode_starts=torch.as_tensor(starts),
             returns=torch.as_tensor(returns),
+            memory_ops=torch.as_tensor(ops) if labelled else None,
         )
 
 
@@ -230,6 +279,7 @@ __all__ = [
     "SequenceBatch",
     "SequenceSampler",
     "collect_episodes",
+    "expert_memory_ops",
     "load_episodes",
     "split_episodes",
 ]

@@ -37,6 +37,8 @@ decision is trained into the core (else the stored item stops telling cues apart
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -112,6 +114,12 @@ class MemoryConfig:
     """Cost per set or get, reported as stats['cost'] for the trainer to subtract from reward."""
     codec_loss_coef: float = 1.0
     """Weight a trainer gives stats['codec_loss'] (0 skips computing it)."""
+    standardized_read: bool = False
+    """Feed the core the fetched item in the codec's standardized units (what differs
+    between stored items, e.g. which cue, at unit scale) instead of raw workable units
+    (where that difference can be a few % of a large common part)."""
+    codec_momentum: float = 0.01
+    """How fast the codec's running center/spread follow the items it is fitted on."""
 
     def __post_init__(self) -> None:
         if self.name not in MEMORIES:
@@ -157,6 +165,8 @@ class MemoryConfig:
             raise ValueError(
                 f"memory op_init_logits needs 3 values (none, set, get), got {self.op_init_logits}"
             )
+        if not 0.0 < self.codec_momentum <= 1.0:
+            raise ValueError(f"memory codec_momentum must be in (0, 1], got {self.codec_momentum}")
         if not 0.0 <= self.workable_decay < 1.0:
             raise ValueError(f"memory workable_decay must be in [0, 1), got {self.workable_decay}")
         if self.call_cost < 0 or self.codec_loss_coef < 0:
@@ -205,7 +215,20 @@ class TwoTierMemory(nn.Module):
             self.op_head.weight.mul_(0.1)  # start near op_init_logits whatever h is
             self.op_head.bias.copy_(torch.tensor(config.op_init_logits))
         self.codec = Codec(S, config.code_dim, config.codec_hidden, config.store_dtype)
+        self.codec.momentum = config.codec_momentum
         self.read_dim = 2 * S + 2  # workable read, got, hit, score
+        self._trace: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    @contextmanager
+    def tracing(self) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Collect ``(w (B, slot_dim), op (B,))`` of every :meth:`apply` call, in call order,
+        with w's graph: what a trainer needs for auxiliary losses on what a set stores (the
+        codec's reconstruction of set items, an observation reconstruction from w)."""
+        self._trace = []
+        try:
+            yield self._trace
+        finally:
+            self._trace = None
 
     # ----------------------------------------------------------------- sizes, for reports
     @property
@@ -263,10 +286,12 @@ class TwoTierMemory(nn.Module):
         return {**state, **part}
 
     def read(self, state: State) -> torch.Tensor:
-        """(B, read_dim) = [workable read, last fetched item, hit flag, key cosine]."""
-        return torch.cat(
-            [state["mem/read"], state["mem/got"], state["mem/hit"], state["mem/score"]], dim=-1
-        )
+        """(B, read_dim) = [workable read, last fetched item, hit flag, key cosine]; the item
+        in the codec's standardized units (zeros before a hit) with ``standardized_read``."""
+        got = state["mem/got"]
+        if self.config.standardized_read:
+            got = self.codec.standardize(got) * state["mem/hit"]
+        return torch.cat([state["mem/read"], got, state["mem/hit"], state["mem/score"]], dim=-1)
 
     def op_distribution(self, h: torch.Tensor) -> D.Categorical:
         """Categorical over (none, set, get) from h (B, hidden_dim)."""
@@ -290,6 +315,8 @@ class TwoTierMemory(nn.Module):
         w, key, read_q, addr, gate = torch.split(self.proj(self.norm(h)), self._split, dim=-1)
         w = torch.tanh(w)  # (B, S)
         key = F.normalize(key, dim=-1, eps=1e-8)  # (B, K)
+        if self._trace is not None:
+            self._trace.append((w, op))
         new = dict(state)
 
         # Workable tier: fade (workable_decay), then move the addressed slot(s) toward this

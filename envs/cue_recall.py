@@ -15,6 +15,9 @@ from envs.reach import COLOR_RGBA, COLOR_TONE_HZ, ReachEnv
 
 CUE_MODES = ("color", "sound", "both")
 PHASES = ("cue", "delay", "reach")
+MEMORY_OPS = ("none", "set", "get")
+"""Memory calls the scripted expert labels frames with (``expert_memory_op``): the names of a
+get/set memory tool's ops (mindloop's ``agent.memory.OP_NAMES``)."""
 
 
 class CueRecallEnv(ReachEnv):
@@ -42,6 +45,12 @@ class CueRecallEnv(ReachEnv):
 
     **Termination**: success or a wrong choice. **Truncation**: after
     ``cue_steps + delay_steps + reach_steps`` steps.
+
+    **Expert**: ``expert_action()`` reaches for the matching ball once the balls show (it
+    holds still before); ``expert_memory_op()`` labels each frame with the memory call a
+    get/set memory tool should make there: ``set`` on the cue frames (store the cue), ``get``
+    on the first reach frame (fetch it back when the balls appear), ``none`` elsewhere, so
+    behaviour cloning can teach *when* to call the tool.
 
     **Version history**: v0: initial version.
     """
@@ -134,6 +143,14 @@ class CueRecallEnv(ReachEnv):
     def phase(self) -> str:
         t = self._step_count
         return "cue" if t < self.cue_steps else "delay" if t < self.reach_start else "reach"
+
+    def expert_memory_op(self) -> str:
+        """The memory call for the current frame (one of :data:`MEMORY_OPS`): ``set`` while
+        the cue shows, ``get`` on the frame the balls first show, else ``none``."""
+        t = self._step_count
+        if t < self.cue_steps:
+            return "set"
+        return "get" if t == self.reach_start else "none"
 
     def _light(self, geom: int, color: int | None) -> None:
         m = self.model
