@@ -113,7 +113,20 @@ class ExpertPolicy:
         self, obs: dict[str, np.ndarray], episode_start: np.ndarray, env: VectorEnv
     ) -> PolicyStep:
         per_env = env.call("expert_action")  # tuple of B action dicts
-        return PolicyStep(actions=_stack_actions(per_env))
+        step = PolicyStep(actions=_stack_actions(per_env))
+        ops = _expert_memory_ops(env)  # the expert's memory calls, where the task labels them
+        if ops is not None:
+            get = (ops == "get").astype(np.float64)
+            step.memory = {"set": (ops == "set").astype(np.float64), "get": get, "hit": get}
+        return step
+
+
+def _expert_memory_ops(env: VectorEnv) -> np.ndarray | None:
+    """(B,) op names of ``expert_memory_op()`` (none/set/get), or None if the task has none."""
+    try:
+        return np.asarray(env.call("expert_memory_op"), dtype=object)
+    except AttributeError:
+        return None
 
 
 @POLICIES.register("random")
