@@ -434,18 +434,23 @@ class MindloopPolicy(nn.Module):
                 f"k_max={self.k_max}; replay with the policy that recorded them"
             )
         choose = Chooser("replay")
-        state, infos = initial_state, []
+        state, infos, hs = initial_state, [], []
         for t in range(obs_embedding.shape[0]):
             state = self.reset_state(state, episode_starts[t])
             rec = Decisions(decisions.think_steps[t], decisions.mem_ops[t])
             tokens = None if obs_tokens is None else obs_tokens[t]
             h, state, info = self._frame(obs_embedding[t], state, choose, rec, tokens)
-            dist = self.heads(h)
-            action_t = {k: v[t] for k, v in actions.items()}
-            info.log_prob_action = dist.log_prob(action_t)
-            info.entropy_action = dist.entropy()
+            hs.append(h)  # (B, H)
             infos.append(info)
-        return StepInfo.stack(infos), state
+        # The heads do not recur: one call on all (T * B) final hidden states instead of T
+        # small ones (the PPO update's minibatches are only a few sequences wide).
+        T, B = obs_embedding.shape[:2]
+        dist = self.heads(torch.cat(hs))  # over (T * B, H)
+        flat = {k: v.reshape(T * B, *v.shape[2:]) for k, v in actions.items()}
+        out = StepInfo.stack(infos)
+        out.log_prob_action = dist.log_prob(flat).reshape(T, B)
+        out.entropy_action = dist.entropy().reshape(T, B)
+        return out, state
 
     def ponder(
         self,
