@@ -33,7 +33,7 @@ from gymnasium.vector import VectorEnv
 
 from agent.agent import MindloopAgent
 from agent.memory import OP_GET, OP_NAMES, OP_NONE, OP_SET
-from agent.vector import expert_actions, step_vector_env
+from agent.vector import call_if_every_env_has, expert_actions, step_vector_env
 
 
 @dataclass
@@ -97,9 +97,8 @@ def _ops_from_counts(memory: dict[str, np.ndarray], length: int) -> np.ndarray |
 def expert_memory_ops(envs: VectorEnv) -> np.ndarray | None:
     """(N,) int64 memory-op labels of the sub-envs' experts for their current state
     (``expert_memory_op()``), or None when the task has no such labels."""
-    try:
-        names = envs.call("expert_memory_op")
-    except AttributeError:
+    names = call_if_every_env_has(envs, "expert_memory_op")
+    if names is None:
         return None
     unknown = sorted({str(n) for n in names} - set(OP_NAMES))
     if unknown:

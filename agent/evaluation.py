@@ -35,6 +35,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 
 import envs  # registers the mindloop/ ids (and picks the GL backend first)
 from agent.recording import EpisodeRecord, EpisodeRecorder
+from agent.vector import call_if_every_env_has
 from encoders.registry import Registry
 from envs import vocab
 
@@ -123,10 +124,8 @@ class ExpertPolicy:
 
 def _expert_memory_ops(env: VectorEnv) -> np.ndarray | None:
     """(B,) op names of ``expert_memory_op()`` (none/set/get), or None if the task has none."""
-    try:
-        return np.asarray(env.call("expert_memory_op"), dtype=object)
-    except AttributeError:
-        return None
+    ops = call_if_every_env_has(env, "expert_memory_op")
+    return None if ops is None else np.asarray(ops, dtype=object)
 
 
 @POLICIES.register("random")

@@ -169,6 +169,18 @@ def expert_actions(envs: VectorEnv) -> dict[str, np.ndarray]:
     return {k: np.stack([np.asarray(a[k]) for a in per_env]) for k in per_env[0]}
 
 
+def call_if_every_env_has(envs: VectorEnv, name: str) -> tuple[Any, ...] | None:
+    """``envs.call(name)`` if every sub-env (through its wrappers) has ``name``, else None.
+
+    Asked with ``has_wrapper_attr`` first because calling a missing method in an
+    ``AsyncVectorEnv`` worker does not just raise: the worker shuts down and the vector env
+    is dead for the rest of the run.
+    """
+    if not all(envs.call("has_wrapper_attr", name)):
+        return None
+    return envs.call(name)
+
+
 def stack_obs(items: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """A list of single observations -> a batch (N, ...) per key."""
     return {k: np.stack([np.asarray(o[k]) for o in items]) for k in items[0]}

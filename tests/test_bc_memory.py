@@ -119,13 +119,21 @@ def test_expert_memory_ops_are_recorded_and_absent_for_other_tasks():
     assert ops is not None and len(ops) == len(episodes[0])
     assert ops[:2].tolist() == [OP_SET, OP_SET] and ops[26] == OP_GET
     assert (ops[2:26] == OP_NONE).all()
+
+
+@pytest.mark.parametrize("vectorization", ["sync", "async"])
+def test_tasks_without_memory_labels_collect_without_them(vectorization):
+    """A task with no ``expert_memory_op`` gives no labels, and asking does not kill the
+    workers of an async vector env (calling a missing method there shuts a worker down)."""
     reach = make_vector_env(
-        EnvConfig(id="mindloop_test/TinyReach-v0", num_envs=1, vectorization="sync")
+        EnvConfig(id="mindloop/MuscleReach-v0", num_envs=2, vectorization=vectorization),
+        obs_keys=("proprio",),
     )
     try:
         reach.reset(seed=0)
         assert expert_memory_ops(reach) is None
-        assert collect_episodes(reach, 1, seeds=[0])[0].memory_ops is None
+        episodes = collect_episodes(reach, 2, seeds=[0, 1])
+        assert all(e.memory_ops is None for e in episodes)
     finally:
         reach.close()
 
