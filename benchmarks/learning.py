@@ -6,7 +6,11 @@ seeded episodes, deterministic policy, through :func:`agent.evaluation.evaluate`
 
 * **mindloop**: mindloop's own pipeline (``train.py``'s default ``--algo``: behaviour cloning
   from the task's scripted expert, then recurrent PPO) with think steps and the memory tool.
-  The expert demonstration steps are **counted in the budget**: PPO gets what is left.
+  The expert demonstration steps are **counted in the budget**: PPO gets what is left. Where
+  the expert labels its memory calls (CueRecall: set on the cue, get when the balls show),
+  BC clones them (``agent/bc.py``); the memory reads fetched items in the codec's
+  standardized units (``memory.standardized_read``). On text tasks BC weighs the expert's
+  answer frames and its silent frames half each (``bc.balance_speech``).
 * **mindloop-nothink**: the same with think steps disabled (``k_max`` = 0).
 * **sb3-recurrentppo**: sb3-contrib ``RecurrentPPO`` (LSTM), pure RL.
 * **sb3-ppo**: SB3 ``PPO`` (no memory), pure RL.
@@ -19,6 +23,9 @@ linear LR schedule; whole updates only, within the budget; the SB3 contenders le
 scratch at SB3's default learning rate 3e-4), envs stepped in-process (``SyncVectorEnv``) and 1 torch
 thread per run; ``--jobs`` runs that many runs at once, each in its own process. CueRecall
 runs with ``delay_steps=200`` (the issue's target setting).
+
+mindloop's BC runs without DAgger rounds here (their learner rollouts are env steps that
+the budget would have to count; earlier runs of this script left them on and uncounted).
 
 The budget is planned for ~2 hours on the 2 shared cores of the development machine with
 ``--jobs 2``: 12k env steps per run (4k on MyoElbowReach, whose bone meshes render at ~40
@@ -152,6 +159,13 @@ def run_sb3(spec: RunSpec, run_dir: Path) -> RunResult:
     )
 
 
+THINK_PRIOR = 0.2
+"""PonderNet prior (``bc.lambda_p``) of the thinking contender: train.py's 0.5 puts half the
+prior mass on 0 think steps, and its clones then took 0 think steps per frame in
+deterministic evaluation (measured on CountAnswer), i.e. the same computation as the
+no-think contender; 0.2 leans the prior toward using the k_max steps, and the halting head
+still learns where thinking does not lower the loss."""
+
 DEMO_SHARE = 0.25
 """Share of a mindloop run's budget spent on expert demonstrations (behaviour cloning)."""
 
@@ -167,9 +181,15 @@ def run_mindloop(spec: RunSpec, run_dir: Path) -> RunResult:
     t0 = time.perf_counter()
     config = base_config(spec, "bc+ppo", run_dir)
     config.agent.use_memory = True
+    # the fetched item reaches the core in the codec's standardized units (which cue, at
+    # unit scale), and the codec's statistics follow the items within tens of updates
+    config.agent.memory.standardized_read = True
+    config.agent.memory.codec_momentum = 0.1
     config.run.progress = False
     if spec.contender == "mindloop-nothink":
         config.agent.think.k_max = 0
+    else:
+        config.bc.lambda_p = THINK_PRIOR
     run_dir.mkdir(parents=True, exist_ok=True)
     demos = run_dir / "demos"
     episodes = max(2, round(DEMO_SHARE * spec.budget / expert_episode_length(spec)))
@@ -191,6 +211,9 @@ def run_mindloop(spec: RunSpec, run_dir: Path) -> RunResult:
         config.algo = "bc"
     config.ppo.total_steps = max(ppo_updates * per_update, 1)
     config.bc.updates = spec.bc_updates
+    # DAgger rollouts are env steps too; train.py's default 2 rounds x 100 episodes would take
+    # more than the whole budget on CueRecall (222-step episodes), uncounted: off here.
+    config.bc.dagger_rounds = 0
     train(config)
     steps = demo_steps + ppo_updates * per_update
     eval_path = run_dir / "eval.json"
