@@ -177,7 +177,7 @@ class BCTrainer:
                 memory.config.slot_dim, agent.encoder.embed_dim
             ).to(agent.device)
             params += list(self.observation_decoder.parameters())
-        self.optimizer = torch.optim.Adam(params, lr=config.lr, eps=1e-5)
+        self.optimizer = torch.optim.Adam(params, lr=config.lr, eps=1e-5, foreach=True)
         self.generator = torch.Generator().manual_seed(seed)
         self.updates_done = 0
         self._fitted_frames = -1

@@ -317,9 +317,11 @@ class MindloopPolicy(nn.Module):
         memo = None
         for k in range(1, K + 1):
             stop, p_stop, lp, ent = self.halting.decide(k, h, ctx, choose, rec_steps)
-            halt_probs.append(torch.where(active, p_stop, 0.0))
-            halt_lp = halt_lp + torch.where(active, lp, 0.0)
-            halt_ent = halt_ent + torch.where(active, ent, 0.0)
+            if not bool(active.all()):  # halted envs add nothing (skipped when none halted:
+                # fewer graph nodes, and the BPTT update's backward is overhead-bound)
+                p_stop, lp, ent = (torch.where(active, v, 0.0) for v in (p_stop, lp, ent))
+            halt_probs.append(p_stop)
+            halt_lp, halt_ent = halt_lp + lp, halt_ent + ent
             active = active & ~stop
             if not bool(active.any()):
                 break
@@ -329,7 +331,7 @@ class MindloopPolicy(nn.Module):
             h_new, state, op, lp_m, ent_m, stats = self._core_step(
                 x, state, active, choose, None if rec_ops is None else rec_ops[:, k]
             )
-            h = torch.where(active[:, None], h_new, h)
+            h = h_new if bool(active.all()) else torch.where(active[:, None], h_new, h)
             steps = steps + active.long()
             mem_lp, mem_ent = mem_lp + lp_m, mem_ent + ent_m
             ops.append(op)
