@@ -85,8 +85,8 @@ from agent.config import (
     config_from_dict,
     config_to_dict,
 )
-from agent.evaluation import EvalResult, SB3Policy, evaluate, evaluate_and_save
-from agent.training import EVAL_SEED_OFFSET
+from agent.evaluation import EvalResult, SB3Policy, evaluate
+from agent.training import EVAL_SEED_OFFSET, evaluate_trained
 from encoders.registry import Registry
 from encoders.sb3 import sb3_policy_kwargs
 from envs.wrappers import FlattenActionWrapper
@@ -898,20 +898,7 @@ def final_evaluation(
     model: BaseAlgorithm, config: TrainConfig, run_dir: Path, log: Callable[[str], None] = print
 ) -> EvalResult:
     """Evaluate the trained policy as ``eval.py`` would: table, ``eval.json``, ``video.mp4``."""
-    episodes = max(1, config.run.eval_episodes)
-    return evaluate_and_save(
-        sb3_eval_policy(model, config.algo),
-        config.env.id,
-        episodes,
-        seed=EVAL_SEED_OFFSET + config.run.seed,
-        num_envs=min(config.env.num_envs, episodes),
-        env_kwargs=config.env.make_kwargs(),
-        vectorization=config.env.vectorization,
-        video=run_dir / "video.mp4" if config.run.video else None,
-        json_path=run_dir / "eval.json",
-        progress=config.run.progress,
-        log=log,
-    )
+    return evaluate_trained(sb3_eval_policy(model, config.algo), config, run_dir, log)
 
 
 def restore_sb3_checkpoint(

@@ -493,26 +493,39 @@ def _train_mindloop(config: TrainConfig, algorithm: Algorithm) -> TrainResult:
         shutdown(info)
 
 
+def evaluate_trained(
+    policy: Any, config: TrainConfig, run_dir: Path, log: Callable[[str], None] = print
+) -> Any:
+    """Evaluate a trained policy (mindloop's or an SB3 baseline's ``EvalPolicy``) as
+    ``eval.py`` does, on the run's task and evaluation seeds: table, ``eval.json`` and
+    ``video.mp4`` in ``run_dir``. -> ``agent.evaluation.EvalResult``."""
+    from agent.evaluation import evaluate_and_save
+
+    episodes = max(config.run.eval_episodes, 1)
+    return evaluate_and_save(
+        policy,
+        config.env.id,
+        episodes,
+        seed=EVAL_SEED_OFFSET + config.run.seed,
+        num_envs=min(config.env.num_envs, episodes),
+        env_kwargs=config.env.make_kwargs(),
+        vectorization=config.env.vectorization,
+        video=run_dir / "video.mp4" if config.run.video else None,
+        json_path=run_dir / "eval.json",
+        progress=config.run.progress,
+        log=log,
+    )
+
+
 def final_evaluation(run: Run) -> float:
     """Evaluate the trained agent as ``eval.py`` does: table, eval.json, video.mp4."""
-    from agent.evaluation import AgentPolicy, evaluate_and_save
+    from agent.evaluation import AgentPolicy
 
     cfg = run.config
-    episodes = max(cfg.run.eval_episodes, 1)
-    result = evaluate_and_save(
-        AgentPolicy(run.agent, deterministic=True, name=f"mindloop {cfg.algo}"),
-        cfg.env.id,
-        episodes,
-        seed=EVAL_SEED_OFFSET + cfg.run.seed,
-        num_envs=min(cfg.env.num_envs, episodes),
-        env_kwargs=cfg.env.make_kwargs(),
-        vectorization=cfg.env.vectorization,
-        video=run.run_dir / "video.mp4" if cfg.run.video else None,
-        json_path=run.run_dir / "eval.json",
-        progress=cfg.run.progress,
-        log=print,
-    )
+    policy = AgentPolicy(run.agent, deterministic=True, name=f"mindloop {cfg.algo}")
+    result = evaluate_trained(policy, cfg, run.run_dir)
     summary = result.summary()
+    episodes = max(cfg.run.eval_episodes, 1)
     run.results["eval"] = {"success_rate": result.success_rate, "episodes": episodes}
     run.logger.scalars(
         "eval",
