@@ -35,7 +35,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 
 import envs  # registers the mindloop/ ids (and picks the GL backend first)
 from agent.recording import EpisodeRecord, EpisodeRecorder
-from agent.vector import call_if_every_env_has
+from agent.vector import call_if_every_env_has, every_env_has
 from encoders.registry import Registry
 from envs import vocab
 
@@ -102,13 +102,11 @@ class ExpertPolicy:
     name = "expert"
 
     def reset(self, env: VectorEnv, seed: int | None) -> None:
-        try:
-            env.get_attr("expert_action")
-        except AttributeError:
+        if not every_env_has(env, "expert_action"):
             raise ValueError(
                 "the expert policy needs an env with expert_action() (every mindloop/ task "
                 "has one); use --policy random or a checkpoint for this env"
-            ) from None
+            )
 
     def act(
         self, obs: dict[str, np.ndarray], episode_start: np.ndarray, env: VectorEnv
@@ -719,14 +717,11 @@ def _run(
     speaks = isinstance(vec.single_action_space, gym.spaces.Dict) and "text" in (
         vec.single_action_space.spaces
     )
-    if n_record:
-        try:
-            vec.get_attr("get_state")
-        except AttributeError:
-            raise ValueError(
-                f"recording episodes (for --record or --video) needs an env with get_state() "
-                f"and set_state() for replay, like the mindloop/ tasks; {env_id} has none"
-            ) from None
+    if n_record and not every_env_has(vec, "get_state"):
+        raise ValueError(
+            f"recording episodes (for --record or --video) needs an env with get_state() "
+            f"and set_state() for replay, like the mindloop/ tasks; {env_id} has none"
+        )
     audio_rate, dt = _audio_rate(vec) if n_record else (None, None)
     policy.reset(vec, seed)
     start = time.perf_counter()
@@ -870,12 +865,10 @@ def _record_frames(
 
 
 def _audio_rate(vec: VectorEnv) -> tuple[int | None, float | None]:
-    try:
-        config = vec.get_attr("audio_config")[0]
-        dt = float(vec.get_attr("dt")[0])
-    except AttributeError:
+    if not every_env_has(vec, "audio_config", "dt"):
         return None, None
-    return int(config.sample_rate), dt
+    config = vec.get_attr("audio_config")[0]
+    return int(config.sample_rate), float(vec.get_attr("dt")[0])
 
 
 def _info(info: dict[str, Any], key: str, i: int, default: Any) -> Any:

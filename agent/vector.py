@@ -169,16 +169,19 @@ def expert_actions(envs: VectorEnv) -> dict[str, np.ndarray]:
     return {k: np.stack([np.asarray(a[k]) for a in per_env]) for k in per_env[0]}
 
 
-def call_if_every_env_has(envs: VectorEnv, name: str) -> tuple[Any, ...] | None:
-    """``envs.call(name)`` if every sub-env (through its wrappers) has ``name``, else None.
+def every_env_has(envs: VectorEnv, *names: str) -> bool:
+    """Whether every sub-env (through its wrappers) has all of ``names``.
 
-    Asked with ``has_wrapper_attr`` first because calling a missing method in an
-    ``AsyncVectorEnv`` worker does not just raise: the worker shuts down and the vector env
+    The way to probe a vector env: ``get_attr``/``call`` of a missing name in an
+    ``AsyncVectorEnv`` worker does not just raise, the worker shuts down and the vector env
     is dead for the rest of the run.
     """
-    if not all(envs.call("has_wrapper_attr", name)):
-        return None
-    return envs.call(name)
+    return all(all(envs.call("has_wrapper_attr", name)) for name in names)
+
+
+def call_if_every_env_has(envs: VectorEnv, name: str) -> tuple[Any, ...] | None:
+    """``envs.call(name)`` if every sub-env has ``name`` (:func:`every_env_has`), else None."""
+    return envs.call(name) if every_env_has(envs, name) else None
 
 
 def stack_obs(items: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

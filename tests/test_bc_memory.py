@@ -18,7 +18,7 @@ from agent.cores import CoreConfig
 from agent.demonstrations import SequenceSampler, collect_episodes, expert_memory_ops
 from agent.memory import OP_GET, OP_NONE, OP_SET, MemoryConfig
 from agent.think import ThinkConfig
-from agent.vector import env_seeds, make_vector_env
+from agent.vector import env_seeds, every_env_has, make_vector_env
 from encoders.fusion import FusedEncoderConfig
 
 CUES = 4
@@ -131,6 +131,8 @@ def test_tasks_without_memory_labels_collect_without_them(vectorization):
     )
     try:
         reach.reset(seed=0)
+        assert every_env_has(reach, "expert_action", "get_state")
+        assert not every_env_has(reach, "expert_action", "expert_memory_op")
         assert expert_memory_ops(reach) is None
         episodes = collect_episodes(reach, 2, seeds=[0, 1])
         assert all(e.memory_ops is None for e in episodes)
