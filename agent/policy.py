@@ -299,11 +299,19 @@ class MindloopPolicy(nn.Module):
         choose: Chooser,
         recorded: Decisions | None = None,
         obs_tokens: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, State, StepInfo]:
-        """Observe step + think steps for one frame. -> (h_final (B, H), state, info)
-        with the action fields of ``info`` left at zero (filled by the caller)."""
+        defer_heads: bool = False,
+    ) -> tuple[torch.Tensor, State, StepInfo, tuple[torch.Tensor, torch.Tensor] | None]:
+        """Observe step + think steps for one frame.
+
+        -> (h_final (B, H), state, info, deferred) with the action fields of ``info`` left at
+        zero (filled by the caller). ``defer_heads`` (replay with a halting mode that
+        ``scores_after_loop``): the value and the halting fields are left at zero too and
+        ``deferred`` = (h_0 (B, H), h_prev (B, K, H)) for the caller to score all frames in
+        one call (:meth:`_score_deferred`); else ``deferred`` is None.
+        """
         B, K = x_obs.shape[0], self.k_max
         rec_steps = recorded.think_steps if recorded is not None else None
+        defer = defer_heads and rec_steps is not None and self.halting.scores_after_loop
         rec_ops = recorded.mem_ops if recorded is not None else None
         active = torch.ones(B, dtype=torch.bool, device=x_obs.device)
 
@@ -312,16 +320,20 @@ class MindloopPolicy(nn.Module):
         )
         h0 = h
         ctx, halt_lp, halt_ent = self.halting.begin(h0, choose, rec_steps)
-        ops, halt_probs, step_stats = [op], [], [stats]
+        ops, halt_probs, step_stats, h_prev = [op], [], [stats], []
         steps = torch.zeros(B, dtype=torch.long, device=x_obs.device)
         memo = None
         for k in range(1, K + 1):
-            stop, p_stop, lp, ent = self.halting.decide(k, h, ctx, choose, rec_steps)
-            if not bool(active.all()):  # halted envs add nothing (skipped when none halted:
-                # fewer graph nodes, and the BPTT update's backward is overhead-bound)
-                p_stop, lp, ent = (torch.where(active, v, 0.0) for v in (p_stop, lp, ent))
-            halt_probs.append(p_stop)
-            halt_lp, halt_ent = halt_lp + lp, halt_ent + ent
+            if defer:  # the recorded stop; scored later with every other frame's (one call)
+                stop = rec_steps == k - 1
+                h_prev.append(h)
+            else:
+                stop, p_stop, lp, ent = self.halting.decide(k, h, ctx, choose, rec_steps)
+                if not bool(active.all()):  # halted envs add nothing (skipped when none
+                    # halted: fewer graph nodes; the BPTT update's backward is overhead-bound)
+                    p_stop, lp, ent = (torch.where(active, v, 0.0) for v in (p_stop, lp, ent))
+                halt_probs.append(p_stop)
+                halt_lp, halt_ent = halt_lp + lp, halt_ent + ent
             active = active & ~stop
             if not bool(active.any()):
                 break
@@ -359,10 +371,32 @@ class MindloopPolicy(nn.Module):
             entropy_action=zero,
             entropy_halt=halt_ent,
             entropy_memory=mem_ent,
-            value=self.value_head(h0).squeeze(-1),
+            value=zero if defer else self.value_head(h0).squeeze(-1),
             memory_stats=memory_stats,
         )
-        return h, state, info
+        if not defer:
+            return h, state, info, None
+        # decisions never made (every env halted first) are masked by score_recorded
+        h_prev += [h] * (K - len(h_prev))
+        return (
+            h,
+            state,
+            info,
+            (h0, torch.stack(h_prev, dim=1) if K else h.new_zeros(B, 0, h.shape[-1])),
+        )
+
+    def _score_deferred(
+        self, out: StepInfo, h0: torch.Tensor, h_prev: torch.Tensor, steps: torch.Tensor
+    ) -> None:
+        """Fill ``out``'s value and halting fields from h_0 (T, B, H) and h_prev (T, B, K, H)
+        in one call each: a replay's T frames of small per-step head calls become two
+        batched ones (the update's backward is bound by the number of graph nodes)."""
+        out.value = self.value_head(h0).squeeze(-1)  # (T, B)
+        p_stop, out.log_prob_halt, out.entropy_halt = self.halting.score_recorded(h_prev, steps)
+        K = self.k_max
+        halt_prob = torch.nn.functional.pad(p_stop, (0, 1))  # (T, B, K+1)
+        forced = (torch.arange(K + 1, device=steps.device) == K) & (steps[..., None] == K)
+        out.halt_prob = torch.where(forced, 1.0, halt_prob)  # the stop at k_max is forced
 
     # ------------------------------------------------------------------ public API
 
@@ -400,7 +434,7 @@ class MindloopPolicy(nn.Module):
         choose = Chooser(
             "deterministic" if deterministic else "sample", self.config.think.halt_threshold
         )
-        h, state, info = self._frame(obs_embedding, state, choose, obs_tokens=obs_tokens)
+        h, state, info, _ = self._frame(obs_embedding, state, choose, obs_tokens=obs_tokens)
         dist = self.heads(h)
         action = dist.mode() if deterministic else dist.sample()
         info.log_prob_action = dist.log_prob(action)
@@ -436,20 +470,26 @@ class MindloopPolicy(nn.Module):
                 f"k_max={self.k_max}; replay with the policy that recorded them"
             )
         choose = Chooser("replay")
-        state, infos, hs = initial_state, [], []
+        state, infos, hs, deferred = initial_state, [], [], []
         for t in range(obs_embedding.shape[0]):
             state = self.reset_state(state, episode_starts[t])
             rec = Decisions(decisions.think_steps[t], decisions.mem_ops[t])
             tokens = None if obs_tokens is None else obs_tokens[t]
-            h, state, info = self._frame(obs_embedding[t], state, choose, rec, tokens)
+            h, state, info, pending = self._frame(
+                obs_embedding[t], state, choose, rec, tokens, defer_heads=True
+            )
             hs.append(h)  # (B, H)
             infos.append(info)
+            deferred.append(pending)
         # The heads do not recur: one call on all (T * B) final hidden states instead of T
         # small ones (the PPO update's minibatches are only a few sequences wide).
         T, B = obs_embedding.shape[:2]
         dist = self.heads(torch.cat(hs))  # over (T * B, H)
         flat = {k: v.reshape(T * B, *v.shape[2:]) for k, v in actions.items()}
         out = StepInfo.stack(infos)
+        if deferred[0] is not None:  # value and halting heads: one call over all frames too
+            h0s, h_prev = (torch.stack(v) for v in zip(*deferred, strict=True))
+            self._score_deferred(out, h0s, h_prev, out.think_steps)
         out.log_prob_action = dist.log_prob(flat).reshape(T, B)
         out.entropy_action = dist.entropy().reshape(T, B)
         return out, state

@@ -337,6 +337,25 @@ class Halting(nn.Module):
         """p(stop | h_n) (B,) when the mode decides step by step, else None."""
         return None
 
+    scores_after_loop: bool = False
+    """Whether :meth:`score_recorded` can score a replay's recorded stops after the loop
+    (the decisions depend on h_{k-1} only, not on anything sampled along the way)."""
+
+    def score_recorded(
+        self, h_prev: torch.Tensor, steps: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Score recorded stops in one call (replay only; see ``scores_after_loop``).
+
+        Args:
+            h_prev: (..., k_max, H): h_{k-1}, the state each decision k = 1..k_max was made at
+                (any value where no decision was made).
+            steps: (...,) long: the recorded think steps.
+
+        Returns: p_stop (..., k_max) (0 where no decision was made), log_prob (...),
+        entropy (...): equal to the sums of :meth:`decide`'s over the decisions made.
+        """
+        raise NotImplementedError
+
 
 @HALTING.register("sampled")
 class SampledHalting(Halting):
@@ -363,6 +382,22 @@ class SampledHalting(Halting):
 
     def distribution(self, h0, lambdas):
         return halting_distribution(lambdas)
+
+    scores_after_loop = True
+
+    def score_recorded(self, h_prev, steps):
+        p = self.stop_prob(h_prev)  # (..., K): one head call for every decision of a replay
+        idx = torch.arange(p.shape[-1], device=p.device)  # decision k = idx + 1, made at h_idx
+        decided = idx <= steps[..., None]  # the env had not stopped before decision idx + 1
+        stop = idx == steps[..., None]
+        p_safe = p.clamp(1e-7, 1 - 1e-7)
+        log_prob = torch.where(stop, p_safe.log(), (1 - p_safe).log())
+        zero = torch.zeros_like(p)
+        return (
+            torch.where(decided, p, zero),
+            torch.where(decided, log_prob, zero).sum(-1),
+            torch.where(decided, bernoulli_entropy(p), zero).sum(-1),
+        )
 
 
 @HALTING.register("budget")

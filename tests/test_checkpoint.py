@@ -13,6 +13,8 @@ import agent.checkpoint as ckpt_mod
 from agent.agent import MindloopAgent
 from agent.checkpoint import (
     load_agent,
+    optimizer_from_state,
+    optimizer_to_state,
     resolve_checkpoint,
     save_checkpoint,
     space_from_dict,
@@ -203,3 +205,38 @@ def test_env_snapshots_continue_exactly_through_files(tmp_path):
         for k in a.obs:
             np.testing.assert_array_equal(a.obs[k], b.obs[k], err_msg=k)
         np.testing.assert_array_equal(a.reward, b.reward)
+
+
+@pytest.mark.parametrize("kind", ["fused", "foreach"])
+def test_optimizer_state_round_trip_continues_exactly(kind):
+    """Adam restored from its saved state takes the same next step as the original (fused
+    and foreach, with a transposed parameter). The end-to-end case that needed the strides
+    back (``_match_param_strides``) is ``test_train.py::test_resume_continues_exactly``."""
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(16, 48).t())  # (48, 16), strides (1, 48)
+    bias = torch.nn.Parameter(torch.randn(16))
+    params = [weight, bias]
+
+    def adam(ps):
+        return torch.optim.Adam(ps, lr=1e-2, **{kind: True})
+
+    def step(opt, ps, seed):
+        g = torch.Generator().manual_seed(seed)
+        for p in ps:
+            # with the parameter's strides, as autograd makes them
+            p.grad = torch.empty_like(p).copy_(torch.randn(p.shape, generator=g))
+        opt.step()
+
+    opt = adam(params)
+    for seed in range(3):
+        step(opt, params, seed)
+    saved = optimizer_to_state(opt)
+    saved.tensors = {k: v.clone() for k, v in saved.tensors.items()}  # as if from disk
+    twin = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    twin[0] = torch.nn.Parameter(params[0].detach().t().contiguous().t())  # same strides
+    twin_opt = adam(twin)
+    optimizer_from_state(twin_opt, saved)
+    step(opt, params, 3)
+    step(twin_opt, twin, 3)
+    for a, b in zip(params, twin, strict=True):
+        assert torch.equal(a, b)
