@@ -304,14 +304,17 @@ class MindloopPolicy(nn.Module):
         """Observe step + think steps for one frame.
 
         -> (h_final (B, H), state, info, deferred) with the action fields of ``info`` left at
-        zero (filled by the caller). ``defer_heads`` (replay with a halting mode that
-        ``scores_after_loop``): the value and the halting fields are left at zero too and
-        ``deferred`` = (h_0 (B, H), h_prev (B, K, H)) for the caller to score all frames in
-        one call (:meth:`_score_deferred`); else ``deferred`` is None.
+        zero (filled by the caller). With a halting mode that ``scores_after_loop`` the loop
+        only takes the stops (sampled, by threshold, or recorded) and their log-probs and
+        entropies are computed once after it (:meth:`Halting.score_stops`). ``defer_heads``
+        (replay): the value and halting fields are left at zero too and ``deferred`` =
+        (h_0 (B, H), h_prev (B, K, H)) for the caller to score all frames in one call
+        (:meth:`_score_deferred`); else ``deferred`` is None.
         """
         B, K = x_obs.shape[0], self.k_max
         rec_steps = recorded.think_steps if recorded is not None else None
-        defer = defer_heads and rec_steps is not None and self.halting.scores_after_loop
+        after_loop = self.halting.scores_after_loop
+        defer = defer_heads and rec_steps is not None and after_loop
         rec_ops = recorded.mem_ops if recorded is not None else None
         active = torch.ones(B, dtype=torch.bool, device=x_obs.device)
 
@@ -327,10 +330,14 @@ class MindloopPolicy(nn.Module):
             if defer:  # the recorded stop; scored later with every other frame's (one call)
                 stop = rec_steps == k - 1
                 h_prev.append(h)
+            elif after_loop:  # p(stop) and the stop only; log-prob and entropy after the loop
+                p_stop = self.halting.stop_prob(h)  # (B,)
+                recorded_stop = None if rec_steps is None else rec_steps == k - 1
+                stop = choose.bernoulli(p_stop, recorded_stop)
+                halt_probs.append(p_stop)
             else:
                 stop, p_stop, lp, ent = self.halting.decide(k, h, ctx, choose, rec_steps)
-                if not bool(active.all()):  # halted envs add nothing (skipped when none
-                    # halted: fewer graph nodes; the BPTT update's backward is overhead-bound)
+                if not bool(active.all()):  # halted envs add nothing
                     p_stop, lp, ent = (torch.where(active, v, 0.0) for v in (p_stop, lp, ent))
                 halt_probs.append(p_stop)
                 halt_lp, halt_ent = halt_lp + lp, halt_ent + ent
@@ -349,12 +356,15 @@ class MindloopPolicy(nn.Module):
             ops.append(op)
             step_stats.append(stats)
 
-        n_idx = torch.arange(K + 1, device=x_obs.device)
+        if after_loop and not defer and K:  # score this frame's stops in one go
+            p_all = torch.stack(halt_probs, dim=1)  # (B, n <= K): decisions never made ...
+            p_all = torch.nn.functional.pad(p_all, (0, K - p_all.shape[1]), value=0.5)
+            p_stop, halt_lp, halt_ent = self.halting.score_stops(p_all, steps)  # ... masked
+            halt_probs = list(p_stop.unbind(1))
         halt_prob = torch.zeros(B, K + 1, device=x_obs.device, dtype=h.dtype)
         if halt_probs:
             halt_prob[:, : len(halt_probs)] = torch.stack(halt_probs, dim=1)
-        # the stop at step k_max is forced (probability 1, no log-prob)
-        halt_prob = torch.where((n_idx == K) & (steps[:, None] == K), 1.0, halt_prob)
+        halt_prob = _force_last_stop(halt_prob, steps)
         mem_ops = torch.full((B, K + 1), -1, dtype=torch.long, device=x_obs.device)
         mem_ops[:, : len(ops)] = torch.stack(ops, dim=1)
         memory_stats = {
@@ -376,14 +386,10 @@ class MindloopPolicy(nn.Module):
         )
         if not defer:
             return h, state, info, None
-        # decisions never made (every env halted first) are masked by score_recorded
+        # decisions never made (every env halted first) are masked by score_stops
         h_prev += [h] * (K - len(h_prev))
-        return (
-            h,
-            state,
-            info,
-            (h0, torch.stack(h_prev, dim=1) if K else h.new_zeros(B, 0, h.shape[-1])),
-        )
+        stacked = torch.stack(h_prev, dim=1) if K else h.new_zeros(B, 0, h.shape[-1])
+        return h, state, info, (h0, stacked)
 
     def _score_deferred(
         self, out: StepInfo, h0: torch.Tensor, h_prev: torch.Tensor, steps: torch.Tensor
@@ -392,11 +398,9 @@ class MindloopPolicy(nn.Module):
         in one call each: a replay's T frames of small per-step head calls become two
         batched ones (the update's backward is bound by the number of graph nodes)."""
         out.value = self.value_head(h0).squeeze(-1)  # (T, B)
-        p_stop, out.log_prob_halt, out.entropy_halt = self.halting.score_recorded(h_prev, steps)
-        K = self.k_max
-        halt_prob = torch.nn.functional.pad(p_stop, (0, 1))  # (T, B, K+1)
-        forced = (torch.arange(K + 1, device=steps.device) == K) & (steps[..., None] == K)
-        out.halt_prob = torch.where(forced, 1.0, halt_prob)  # the stop at k_max is forced
+        p_stop = self.halting.stop_prob(h_prev)  # (T, B, K)
+        p_stop, out.log_prob_halt, out.entropy_halt = self.halting.score_stops(p_stop, steps)
+        out.halt_prob = _force_last_stop(torch.nn.functional.pad(p_stop, (0, 1)), steps)
 
     # ------------------------------------------------------------------ public API
 
@@ -607,6 +611,14 @@ class MindloopPolicy(nn.Module):
     def geometric_prior(self, lambda_p: float) -> torch.Tensor:
         """PonderNet prior over 0..k_max for this policy (for logging)."""
         return geometric_prior(lambda_p, self.k_max)
+
+
+def _force_last_stop(halt_prob: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """halt_prob (..., K+1) with p = 1 at step K where the env took all K think steps: the stop
+    at k_max is forced (probability 1, no log-prob)."""
+    K = halt_prob.shape[-1] - 1
+    at_k = torch.arange(K + 1, device=halt_prob.device) == K
+    return torch.where(at_k & (steps[..., None] == K), 1.0, halt_prob)
 
 
 def _where_rows(active: torch.Tensor, new: State, old: State) -> State:

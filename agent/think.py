@@ -338,21 +338,22 @@ class Halting(nn.Module):
         return None
 
     scores_after_loop: bool = False
-    """Whether :meth:`score_recorded` can score a replay's recorded stops after the loop
-    (the decisions depend on h_{k-1} only, not on anything sampled along the way)."""
+    """Whether the stops are scored after the think loop by :meth:`score_stops` from the
+    per-step p(stop) (:meth:`stop_prob`): then a rollout's loop only samples, and a replay
+    scores all its frames' recorded stops in one batched call."""
 
-    def score_recorded(
-        self, h_prev: torch.Tensor, steps: torch.Tensor
+    def score_stops(
+        self, p_stop: torch.Tensor, steps: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Score recorded stops in one call (replay only; see ``scores_after_loop``).
+        """Score the stops of frames whose think steps are known (see ``scores_after_loop``).
 
         Args:
-            h_prev: (..., k_max, H): h_{k-1}, the state each decision k = 1..k_max was made at
+            p_stop: (..., k_max): p(stop) at each decision k = 1..k_max, made at h_{k-1}
                 (any value where no decision was made).
-            steps: (...,) long: the recorded think steps.
+            steps: (...,) long: the think steps taken (sampled or recorded).
 
         Returns: p_stop (..., k_max) (0 where no decision was made), log_prob (...),
-        entropy (...): equal to the sums of :meth:`decide`'s over the decisions made.
+        entropy (...): the sums over the decisions made, as :meth:`decide` gives them.
         """
         raise NotImplementedError
 
@@ -385,18 +386,17 @@ class SampledHalting(Halting):
 
     scores_after_loop = True
 
-    def score_recorded(self, h_prev, steps):
-        p = self.stop_prob(h_prev)  # (..., K): one head call for every decision of a replay
-        idx = torch.arange(p.shape[-1], device=p.device)  # decision k = idx + 1, made at h_idx
+    def score_stops(self, p_stop, steps):
+        idx = torch.arange(p_stop.shape[-1], device=p_stop.device)  # decision idx + 1, at h_idx
         decided = idx <= steps[..., None]  # the env had not stopped before decision idx + 1
         stop = idx == steps[..., None]
-        p_safe = p.clamp(1e-7, 1 - 1e-7)
+        p_safe = p_stop.clamp(1e-7, 1 - 1e-7)
         log_prob = torch.where(stop, p_safe.log(), (1 - p_safe).log())
-        zero = torch.zeros_like(p)
+        zero = torch.zeros_like(p_stop)
         return (
-            torch.where(decided, p, zero),
+            torch.where(decided, p_stop, zero),
             torch.where(decided, log_prob, zero).sum(-1),
-            torch.where(decided, bernoulli_entropy(p), zero).sum(-1),
+            torch.where(decided, bernoulli_entropy(p_stop), zero).sum(-1),
         )
 
 
