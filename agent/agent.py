@@ -158,12 +158,13 @@ class MindloopAgent(nn.Module):
         actions: Action | None = None,
         decisions: Decisions | None = None,
         ponder: bool = False,
+        mem_ops: torch.Tensor | None = None,
     ) -> tuple[StepInfo | PonderOutput, State]:
         """The training forward over (T, B, ...) frames, one entry point so that
         ``DistributedDataParallel(agent)`` sees every loss: :meth:`ponder_sequence` when
         ``ponder``, else :meth:`evaluate_sequence` replaying ``actions`` and ``decisions``."""
         if ponder:
-            return self.ponder_sequence(obs, initial_state, episode_starts)
+            return self.ponder_sequence(obs, initial_state, episode_starts, mem_ops=mem_ops)
         if actions is None or decisions is None:
             raise ValueError("forward needs actions and decisions to replay (or ponder=True)")
         return self.evaluate_sequence(obs, initial_state, episode_starts, actions, decisions)
@@ -187,11 +188,15 @@ class MindloopAgent(nn.Module):
         initial_state: State,
         episode_starts: torch.Tensor,
         deterministic: bool = False,
+        mem_ops: torch.Tensor | None = None,
     ) -> tuple[PonderOutput, State]:
         """PonderNet view of (T, B, ...) frames: every think step run, the halting
-        distribution returned (for supervised training, see ``agent/bc.py``)."""
+        distribution returned (for supervised training, see ``agent/bc.py``); ``mem_ops``
+        (T, B) teacher-forces labelled memory calls (-1: unlabelled)."""
         x = self.encoder(obs)  # (T, B, embed_dim)
-        return self.policy.ponder_sequence(x, initial_state, episode_starts, deterministic)
+        return self.policy.ponder_sequence(
+            x, initial_state, episode_starts, deterministic, mem_ops=mem_ops
+        )
 
 
 def encoders_for(config: FusedEncoderConfig, space: spaces.Dict) -> FusedEncoderConfig:

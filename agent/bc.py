@@ -25,15 +25,18 @@ negative imitation loss; noisier, but each frame costs only the steps it took.
 **Memory calls are cloned where the expert labels them** (``Episode.memory_ops``, e.g.
 CueRecall: set on the cue, get when the balls show; the recipe benchmarks/memory_recall.py
 measured at 1.000 recall over 5,000 steps, where RL alone learned to avoid the tool). On
-such batches BC trains through the replay path with the labelled ops teacher-forced (the
-store then really holds the cue when the reach is cloned, across BPTT chunks, since the
-lanes carry their state), plus ``memory_op_coef`` x the ops' cross-entropy (each op class
-present weighs the same: a get may label one frame in hundreds), the codec's reconstruction loss on the items set, and
+such batches the labelled ops are teacher-forced in whichever path ``think`` trains
+(``ponder``: ``MindloopPolicy.ponder_sequence(mem_ops=...)``, keeping the closed-form
+imitation loss; ``sampled``: the replay), so the store really holds the cue when the
+reach is cloned, across BPTT chunks, since the lanes carry their state; plus
+``memory_op_coef`` x the ops' cross-entropy (each op class present weighs the same: a get
+may label one frame in hundreds), the codec's reconstruction loss on the items set, and
 ``observation_recon_coef`` x an auxiliary reconstruction of the observation embedding from
 the workable vector (no task gradient crosses the store: this is what keeps *which* cue in
-what a set writes). Think steps there make no calls (their op label is ``none``), and the
-halting head learns by REINFORCE as in ``think="sampled"``. Unlabelled frames keep the
-sampled ops and the REINFORCE signal.
+what a set writes). Think steps there make no calls (their op label is ``none``). Unlabelled
+frames keep the ops the policy chooses (in the sampled path, with the REINFORCE signal).
+On CueRecall the ponder path fits the muscles better than the replay path (held-out R^2
+0.33 vs -0.28, benchmarks/RESULTS.md, Learning).
 
 DAgger (``dagger_rounds``) collects episodes where the learner acts and the expert labels the
 states it visits, and keeps training on the union, against the compounding errors of plain BC
@@ -231,9 +234,9 @@ class BCTrainer:
         if batch.memory_ops is not None and self.observation_decoder is not None:
             op_labels = batch.memory_ops.to(device)
         aux = {"memory_ops": 0.0, "observation_recon": 0.0}
-        if self.cfg.think == "ponder" and op_labels is None:
+        if self.cfg.think == "ponder":
             loss, imitation, kl, steps, value, state = self._ponder_loss(
-                batch.obs, self._lane_state, starts, actions
+                batch.obs, self._lane_state, starts, actions, op_labels, aux
             )
         else:
             loss, imitation, kl, steps, value, state = self._sampled_loss(
@@ -256,8 +259,9 @@ class BCTrainer:
             **{k: float(v) for k, v in aux.items()},
         )
 
-    def _ponder_loss(self, obs, state, starts, actions):
-        out, new_state = self.model(obs, state, starts, ponder=True)
+    def _ponder_loss(self, obs, state, starts, actions, op_labels=None, aux=None):
+        with _traced(self.agent, op_labels is not None) as (trace, embedding):
+            out, new_state = self.model(obs, state, starts, ponder=True, mem_ops=op_labels)
         T, B, K1, H = out.hidden.shape
         dist = self.agent.policy.action_distribution(out.hidden.reshape(-1, H))
         target = {
@@ -270,6 +274,17 @@ class BCTrainer:
         imitation = (out.expected(per_step) * frame_weights(actions, self.cfg)).mean()
         kl = out.kl_to_geometric(self.cfg.lambda_p).mean() if K1 > 1 else per_step.new_zeros(())
         loss = imitation + self.cfg.kl_coef * kl
+        if op_labels is not None:
+            # -log p(label) of the observe step's call + -log p(none) of every think step
+            # (all K ran), on labelled frames
+            op_dist = self.agent.policy.memory.op_distribution(out.hidden)  # (T, B, K1)
+            step_labels = torch.zeros_like(out.mem_ops)
+            step_labels[..., 0] = op_labels.clamp_min(0)
+            op_ce = -op_dist.log_prob(step_labels).sum(-1)  # (T, B)
+            observe_calls = [t * K1 for t in range(T)]  # every env ran all K1 steps
+            loss = loss + self._memory_losses(
+                op_ce, op_labels, observe_calls, trace, embedding[0], aux
+            )
         return loss, imitation, kl, out.expected_steps().mean(), out.value, new_state
 
     def _sampled_loss(self, obs, state, starts, actions, op_labels=None, aux=None):
@@ -298,32 +313,38 @@ class BCTrainer:
         if op_labels is not None:
             labelled = op_labels >= 0
             memory_lp = torch.where(labelled, 0.0, memory_lp)  # cloned, not reinforced
-            extra = self._memory_losses(info, op_labels, decisions, trace, embedding[0], aux)
+            # the observe step's call of each frame: frames run 1 + (most think steps in
+            # the batch) memory calls, in order
+            most = decisions.think_steps.reshape(op_labels.shape[0], -1).max(dim=1).values
+            observe_calls = [0]
+            for n in most.tolist()[:-1]:
+                observe_calls.append(observe_calls[-1] + 1 + int(n))
+            if len(trace) != observe_calls[-1] + 1 + int(most[-1]):
+                raise RuntimeError(f"memory trace has {len(trace)} calls for frames: {most}")
+            # -log p(label) summed over the frame's steps
+            extra = self._memory_losses(
+                -info.log_prob_memory, op_labels, observe_calls, trace, embedding[0], aux
+            )
         reinforce = -(advantage * (info.log_prob_halt + memory_lp)).mean()
         imitation = (imitation_per * frame_weights(actions, self.cfg)).mean()
         loss = imitation + reinforce + extra
         steps = info.think_steps.float().mean()
         return loss, imitation, reinforce.detach(), steps, info.value, new_state
 
-    def _memory_losses(self, info, op_labels, decisions, trace, embedding, aux) -> torch.Tensor:
-        """Op cloning + codec loss on the set items + observation reconstruction from w."""
+    def _memory_losses(
+        self, op_ce, op_labels, observe_calls, trace, embedding, aux
+    ) -> torch.Tensor:
+        """Op cloning + codec loss on the set items + observation reconstruction from w.
+
+        ``op_ce`` (T, B): cross-entropy of the labelled calls per frame; ``observe_calls``:
+        per frame, the index in ``trace`` of its observe step's memory call."""
         memory = self.agent.policy.memory
         labelled = op_labels >= 0  # (T, B)
-        op_ce = -info.log_prob_memory  # (T, B): -log p(label) summed over the frame's steps
         # every op class present weighs the same (a get may label one frame in hundreds)
         present = [labelled & (op_labels == op) for op in range(len(OP_NAMES))]
         present = [m for m in present if bool(m.any())]
         op_loss = sum(_masked_mean(op_ce, m) for m in present) / max(len(present), 1)
-        # the observe step's call of each frame: frames run 1 + (most think steps in the
-        # batch) memory calls, in order
-        T = op_labels.shape[0]
-        most = decisions.think_steps.reshape(T, -1).max(dim=1).values.tolist()
-        first = [0]
-        for n in most[:-1]:
-            first.append(first[-1] + 1 + int(n))
-        if len(trace) != first[-1] + 1 + int(most[-1]):
-            raise RuntimeError(f"memory trace has {len(trace)} calls for {T} frames: {most}")
-        w = torch.stack([trace[i][0] for i in first])  # (T, B, slot_dim) observe steps
+        w = torch.stack([trace[i][0] for i in observe_calls])  # (T, B, slot_dim) observe steps
         target = embedding.detach()  # (T, B, D): the frame, not a moving target for the encoder
         # relative to the embedding's spread, so the loss does not fade with its scale
         err = (self.observation_decoder(w) - target).pow(2).mean()

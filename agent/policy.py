@@ -505,6 +505,7 @@ class MindloopPolicy(nn.Module):
         episode_start: torch.Tensor,
         deterministic: bool = False,
         obs_tokens: torch.Tensor | None = None,
+        mem_ops: torch.Tensor | None = None,
     ) -> tuple[PonderOutput, State]:
         """PonderNet view of one frame: all envs run all ``k_max`` think steps.
 
@@ -513,6 +514,9 @@ class MindloopPolicy(nn.Module):
         The state carried on is the one after ``out.think_steps`` steps: sampled from p_n,
         or (``deterministic``) the step ``act(deterministic=True)`` would stop at.
         ``obs_tokens`` (B, N, token_dim): the frame's tokens, as for :meth:`act`.
+        ``mem_ops`` (B,) long: memory calls to teacher-force (behaviour cloning of labelled
+        calls): where >= 0, the observe step makes that call and the think steps make none;
+        where -1 (unlabelled), the ops are chosen as usual.
         """
         self._check_obs(obs_embedding, 2)
         if state is None:
@@ -521,7 +525,7 @@ class MindloopPolicy(nn.Module):
         choose = Chooser(
             "deterministic" if deterministic else "sample", self.config.think.halt_threshold
         )
-        return self._ponder_frame(obs_embedding, state, choose, obs_tokens)
+        return self._ponder_frame(obs_embedding, state, choose, obs_tokens, mem_ops)
 
     def ponder_sequence(
         self,
@@ -530,15 +534,18 @@ class MindloopPolicy(nn.Module):
         episode_starts: torch.Tensor,
         deterministic: bool = False,
         obs_tokens: torch.Tensor | None = None,
+        mem_ops: torch.Tensor | None = None,
     ) -> tuple[PonderOutput, State]:
         """:meth:`ponder` over (T, B, obs_dim) with BPTT (behaviour cloning over episodes);
-        ``obs_tokens`` (T, B, N, token_dim) for the ``attend`` think input."""
+        ``obs_tokens`` (T, B, N, token_dim) for the ``attend`` think input; ``mem_ops``
+        (T, B) memory calls to teacher-force (-1: not labelled), as for :meth:`ponder`."""
         self._check_obs(obs_embedding, 3)
         state, outs = initial_state, []
         for t in range(obs_embedding.shape[0]):
             tokens = None if obs_tokens is None else obs_tokens[t]
+            ops = None if mem_ops is None else mem_ops[t]
             out, state = self.ponder(
-                obs_embedding[t], state, episode_starts[t], deterministic, tokens
+                obs_embedding[t], state, episode_starts[t], deterministic, tokens, ops
             )
             outs.append(out)
         stacked = PonderOutput(
@@ -555,9 +562,14 @@ class MindloopPolicy(nn.Module):
         state: State,
         choose: Chooser,
         obs_tokens: torch.Tensor | None = None,
+        mem_ops: torch.Tensor | None = None,
     ) -> tuple[PonderOutput, State]:
         B, K = x_obs.shape[0], self.k_max
         active = torch.ones(B, dtype=torch.bool, device=x_obs.device)
+        think_choose = choose
+        if mem_ops is not None:  # labelled frames: the label observing, no call thinking
+            think_choose = _ForcedOps(choose, torch.where(mem_ops >= 0, 0, -1))
+            choose = _ForcedOps(choose, mem_ops)
         h, state, op, *_ = self._core_step(x_obs, state, active, choose, None)
         h0 = h
         hs, states, ops, lambdas = [h], [state], [op], []
@@ -567,7 +579,7 @@ class MindloopPolicy(nn.Module):
             if lam is not None:
                 lambdas.append(lam)
             h, state, op, *_ = self._core_step(
-                self.think_input(h, k, x_obs, memo), state, active, choose, None
+                self.think_input(h, k, x_obs, memo), state, active, think_choose, None
             )
             hs.append(h)
             states.append(state)
@@ -611,6 +623,21 @@ class MindloopPolicy(nn.Module):
     def geometric_prior(self, lambda_p: float) -> torch.Tensor:
         """PonderNet prior over 0..k_max for this policy (for logging)."""
         return geometric_prior(lambda_p, self.k_max)
+
+
+class _ForcedOps:
+    """A :class:`Chooser` whose memory op is ``ops`` (B,) where >= 0 (teacher forcing of
+    labelled calls in the ponder path) and the wrapped chooser's elsewhere."""
+
+    def __init__(self, base: Chooser, ops: torch.Tensor) -> None:
+        self.base, self.ops = base, ops.long()
+        self.mode, self.threshold = base.mode, base.threshold
+
+    def bernoulli(self, p: torch.Tensor, recorded: torch.Tensor | None) -> torch.Tensor:
+        return self.base.bernoulli(p, recorded)
+
+    def categorical(self, dist, recorded: torch.Tensor | None) -> torch.Tensor:
+        return torch.where(self.ops >= 0, self.ops, self.base.categorical(dist, recorded))
 
 
 def _force_last_stop(halt_prob: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:

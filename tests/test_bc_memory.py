@@ -105,6 +105,37 @@ def test_forced_ops_put_labels_at_the_observe_step():
     assert out[0, 1].tolist() == [0, -1]  # unlabelled: the sampled ops
 
 
+def test_ponder_path_teacher_forces_labelled_memory_calls():
+    """ponder_sequence(mem_ops=...): labelled frames make the label at the observe step and
+    no call on the think steps; unlabelled frames (-1) choose their own ops."""
+    torch.manual_seed(0)
+    envs = make_vector_env(
+        EnvConfig(id="mindloop_test/TinyRecall-v0", num_envs=2, vectorization="sync")
+    )
+    try:
+        agent = make_agent(envs)
+        obs, _ = envs.reset(seed=0)
+    finally:
+        envs.close()
+    T, B = 4, 2
+    seq = {k: torch.as_tensor(v)[None].expand(T, *v.shape) for k, v in obs.items()}
+    labels = torch.tensor([[OP_SET, -1], [OP_GET, -1], [OP_NONE, -1], [OP_GET, -1]])
+    starts = torch.zeros(T, B, dtype=torch.bool)
+    with torch.no_grad():
+        out, _ = agent.ponder_sequence(seq, agent.initial_state(B), starts, mem_ops=labels)
+    assert out.mem_ops.shape == (T, B, 2)  # observe + k_max=1 think step
+    assert torch.equal(out.mem_ops[:, 0, 0], labels[:, 0])
+    assert torch.equal(out.mem_ops[:, 0, 1], torch.full((T,), OP_NONE))
+    assert bool((out.mem_ops[:, 1] >= 0).all())  # unlabelled lane: sampled ops, all valid
+    # the forced get of frame 1 fetched the item the forced set of frame 0 stored
+    first_two = {k: v[:2] for k, v in seq.items()}
+    with torch.no_grad():
+        _, state = agent.ponder_sequence(
+            first_two, agent.initial_state(B), starts[:2], mem_ops=labels[:2]
+        )
+    assert float(state["mem/hit"][0]) == 1.0
+
+
 def test_expert_memory_ops_are_recorded_and_absent_for_other_tasks():
     from tests import tiny_envs  # noqa: F401  (registers mindloop_test/TinyReach-v0)
 
