@@ -35,7 +35,10 @@ class CueRecallEnv(ReachEnv):
        episode as a failure.
 
     **Observation**: ``image``, ``audio``, ``proprio``, ``touch`` as MuscleReach; nothing
-    tells the cue once it is gone: the agent must remember it.
+    tells the cue once it is gone: the agent must remember it. With ``cue_stays=True`` the
+    cue light stays on for the whole episode (its tone still sounds only in the cue phase):
+    the visually guided control condition of a memory-guided task, which needs no memory
+    and measures the colour-matched reach on its own (and can serve as a curriculum).
 
     **Action** ``Dict(muscles=Box(0, 1, (6,), float32))``.
 
@@ -71,6 +74,7 @@ class CueRecallEnv(ReachEnv):
         distractor_rate: float = 0.1,
         distractor_steps: int = 3,
         tone_level: float = 0.25,
+        cue_stays: bool = False,
         success_radius: float | None = None,
         hold_steps: int = 3,
         dwell_speed: float = 0.15,
@@ -100,6 +104,7 @@ class CueRecallEnv(ReachEnv):
         self.reach_start = self.cue_steps + self.delay_steps
         self.distractor_rate, self.distractor_steps = float(distractor_rate), int(distractor_steps)
         self.tone_level = float(tone_level)
+        self.cue_stays = bool(cue_stays)
         super().__init__(
             arm=arm,
             num_objects=num_targets,
@@ -171,7 +176,7 @@ class CueRecallEnv(ReachEnv):
     def _update_phase(self) -> None:
         """Runs after each step: switch lights, start/stop distractors, show targets."""
         t = self._step_count
-        if t == self.cue_steps:
+        if t == self.cue_steps and not self.cue_stays:
             self._light(self._cue_geom, None)
         if self.cue_steps <= t < self.reach_start:
             if self._distractor_left > 0:

@@ -172,6 +172,17 @@ def test_cue_recall_shows_the_cue_then_hides_it() -> None:
         assert info["phase"] == "delay" and color_pixels(obs["image"], info["cue"]) == 0
 
 
+def test_cue_recall_cue_stays_is_the_visually_guided_control() -> None:
+    kwargs = {"cue": "color", "distractor_rate": 0.0, "delay_steps": 10, "cue_stays": True}
+    with gym.make("mindloop/CueRecall-v0", **kwargs) as env:
+        for seed in (2, 3):  # the light is switched back on at every reset
+            obs, info = env.reset(seed=seed)
+            shown = color_pixels(obs["image"], info["cue"])
+            for _ in range(env.unwrapped.cue_steps + 5):
+                obs, _, _, _, info = env.step({"muscles": np.zeros(6, np.float32)})
+            assert info["phase"] == "delay" and color_pixels(obs["image"], info["cue"]) == shown
+
+
 # ---------------------------------------------------------------- reading
 @pytest.mark.parametrize("mode", ["both", "color", "shape"])
 def test_instruction_tokens_decode_to_the_intended_object(mode: str) -> None:
