@@ -48,7 +48,9 @@ class ThinkConfig:
     k_max: int = 4
     """Most think steps after an observe step (0 disables thinking)."""
     think_input: str = "token"
-    """What a think step feeds the core: token (learned think token) or adapter (h fed back)."""
+    """What a think step feeds the core: token (learned think token), adapter (h fed back),
+    attend (adapter + attention over the frame's tokens), scan (adapter + the next
+    ``scan_group`` tokens of the frame)."""
     halting: str = "sampled"
     """sampled: p(stop) per step, sampled; budget: k in 0..k_max picked up front."""
     step_encoding: str = "none"
@@ -67,6 +69,8 @@ class ThinkConfig:
     attend_top_k: int = 0
     """attend only: a think step reads at most this many tokens (per head: hard top-k
     attention, a fovea); 0 = soft attention over all tokens."""
+    scan_group: int = 4
+    """scan only: tokens a think step reads (step k reads tokens (k-1)*G .. k*G-1)."""
 
     def __post_init__(self) -> None:
         if self.k_max < 0:
@@ -89,6 +93,8 @@ class ThinkConfig:
             raise ValueError(f"init_halt_prob must be in (0, 1), got {self.init_halt_prob}")
         if self.attend_heads < 1:
             raise ValueError(f"attend_heads must be >= 1, got {self.attend_heads}")
+        if self.scan_group < 1:
+            raise ValueError(f"scan_group must be >= 1, got {self.scan_group}")
         if self.attend_top_k < 0:
             raise ValueError(f"attend_top_k must be >= 0 (0 = all tokens), got {self.attend_top_k}")
         if self.attend_dim < 0 or self.attend_dim % self.attend_heads:
@@ -239,14 +245,7 @@ class GlimpseAdapter(HiddenAdapter):
         (for inspection: which tokens each think step read)."""
 
     def prepare(self, obs_tokens: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        if obs_tokens is None:
-            raise ValueError(
-                "think_input='attend' reads the frame's tokens: pass obs_tokens (B, N, token_dim)"
-            )
-        if obs_tokens.dim() != 3 or obs_tokens.shape[-1] != self.token_dim:
-            raise ValueError(
-                f"obs_tokens must be (B, N, token_dim={self.token_dim}), got {tuple(obs_tokens.shape)}"
-            )
+        _check_tokens(obs_tokens, self.token_dim, "attend")
         B, N, _ = obs_tokens.shape
         split = (B, N, self.heads, self.d_head)
         return self.key(obs_tokens).view(split), self.value(obs_tokens).view(split)
@@ -269,6 +268,51 @@ class GlimpseAdapter(HiddenAdapter):
             self.recorded.append(weights.detach())
         read = (weights[..., None] * values).sum(1)  # (B, heads, d_head)
         return self._adapt(h, x_obs, read.reshape(B, self.heads * self.d_head))
+
+
+@THINK_INPUTS.register("scan")
+class ScanAdapter(HiddenAdapter):
+    """The adapter plus a serial read: think step k reads the next ``scan_group`` tokens.
+
+    Step k takes in tokens (k-1)*G .. k*G-1 of the frame (G = ``scan_group``), summed to one
+    (B, token_dim) read, and the adapter maps [norm(h), read (, x_obs)] to the core's input:
+    a glimpse in a fixed order (the order the encoder emits its tokens: the events of a
+    frame, the words of a text, the cells of a feature map in raster order). What one step
+    takes in is bounded, so a frame with more tokens takes more think steps to read, and
+    since every step applies the same function to the next group, what is learned on short
+    frames carries over to longer ones (nothing depends on the step's index unless
+    ``step_encoding`` is on). Reads past the last token, and all-zero padding tokens, are
+    zeros: the halting head can learn to stop when the reads run out.
+    """
+
+    needs_tokens = True
+
+    def __init__(
+        self, input_dim: int, hidden_dim: int, config: ThinkConfig, token_dim: int | None = None
+    ) -> None:
+        token_dim = token_dim or input_dim
+        super().__init__(input_dim, hidden_dim, config, token_dim, extra_dim=token_dim)
+        self.token_dim, self.group = token_dim, config.scan_group
+
+    def prepare(self, obs_tokens: torch.Tensor | None) -> torch.Tensor:
+        _check_tokens(obs_tokens, self.token_dim, "scan")
+        return obs_tokens
+
+    def _content(self, h, k, x_obs, memo) -> torch.Tensor:
+        tokens = memo  # (B, N, token_dim)
+        read = tokens[:, (k - 1) * self.group : k * self.group].sum(1)  # (B, token_dim)
+        return self._adapt(h, x_obs, read)
+
+
+def _check_tokens(obs_tokens: torch.Tensor | None, token_dim: int, mode: str) -> None:
+    if obs_tokens is None:
+        raise ValueError(
+            f"think_input={mode!r} reads the frame's tokens: pass obs_tokens (B, N, token_dim)"
+        )
+    if obs_tokens.dim() != 3 or obs_tokens.shape[-1] != token_dim:
+        raise ValueError(
+            f"obs_tokens must be (B, N, token_dim={token_dim}), got {tuple(obs_tokens.shape)}"
+        )
 
 
 # --------------------------------------------------------------------------- halting

@@ -167,7 +167,8 @@ def test_episode_start_resets_only_flagged_envs(core):
     [(c, h, "token", False) for c, h in VARIANTS]
     + [(c, "sampled", "adapter", True) for c in CORES.names()]
     + [("gru", "budget", "adapter", True)]
-    + [(c, "sampled", "attend", c == "gru") for c in CORES.names()],
+    + [(c, "sampled", "attend", c == "gru") for c in CORES.names()]
+    + [("gru", "sampled", "scan", False)],
 )
 def test_act_and_evaluate_sequence_agree(core, halting, think_input, memory):
     policy = make_policy(core, halting, think_input, memory=memory)
@@ -214,8 +215,8 @@ def test_gradients_reach_the_core_through_think_steps(core, think_input):
     ):
         assert p.grad is not None and p.grad.abs().sum() > 0, name
     assert obs.grad[0].abs().sum() > 0
-    # attend re-reads the frame: its tokens get gradients, the other inputs ignore them
-    assert (tokens.grad is not None) == (think_input == "attend")
+    # attend and scan re-read the frame: its tokens get gradients, the other inputs ignore them
+    assert (tokens.grad is not None) == (think_input in ("attend", "scan"))
 
 
 def test_halting_log_prob_trains_the_halting_head():

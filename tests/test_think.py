@@ -27,12 +27,13 @@ D, H, B, N, TOK = 6, 8, 5, 7, 3
         ({"k_max": -1}, "k_max must be >= 0"),
         (
             {"think_input": "words"},
-            "unknown think_input 'words'; available: adapter, attend, token",
+            "unknown think_input 'words'; available: adapter, attend, scan, token",
         ),
         ({"halting": "coin"}, "unknown halting 'coin'; available: budget, sampled"),
         ({"step_encoding": "rope"}, "unknown step_encoding 'rope'"),
         ({"init_halt_prob": 1.0}, "init_halt_prob must be in"),
         ({"attend_heads": 0}, "attend_heads must be >= 1"),
+        ({"scan_group": 0}, "scan_group must be >= 1"),
     ],
 )
 def test_bad_think_config_fails_with_one_line(kwargs, match):
@@ -52,7 +53,8 @@ def test_think_inputs_shape_and_step_encoding(name, step_encoding):
     assert (memo is not None) == think.needs_tokens
     x1, x2 = think(h, 1, x_obs, memo), think(h, 2, x_obs, memo)
     assert x1.shape == (B, D) and torch.isfinite(x1).all()
-    assert torch.allclose(x1, x2) == (step_encoding == "none")
+    # steps differ by their encoding, and a scan's also by the tokens each step reads
+    assert torch.allclose(x1, x2) == (step_encoding == "none" and name != "scan")
 
 
 def test_adapter_depends_on_h_and_token_does_not():
@@ -167,16 +169,35 @@ def test_attend_token_order_matters_only_through_the_tokens():
     )
 
 
+@pytest.mark.parametrize("mode", ["attend", "scan"])
 @pytest.mark.parametrize(
     "tokens, match",
     [
-        (None, "think_input='attend' reads the frame's tokens: pass obs_tokens"),
+        (None, "think_input='MODE' reads the frame's tokens: pass obs_tokens"),
         (torch.zeros(B, N, TOK + 1), r"obs_tokens must be \(B, N, token_dim=3\)"),
         (torch.zeros(B, TOK), r"obs_tokens must be \(B, N, token_dim=3\)"),
     ],
 )
-def test_attend_bad_tokens_fail_with_one_line(tokens, match):
-    think = build_think_input(ThinkConfig(think_input="attend"), D, H, TOK)
+def test_token_reading_inputs_fail_on_bad_tokens_with_one_line(mode, tokens, match):
+    match = match.replace("MODE", mode)
+    think = build_think_input(ThinkConfig(think_input=mode), D, H, TOK)
     with pytest.raises(ValueError, match=match) as err:
         think.prepare(tokens)
     assert "\n" not in str(err.value)
+
+
+def test_scan_step_k_reads_the_kth_group_of_tokens():
+    """Think step k reads tokens (k-1)*G .. k*G-1 only; past the last token it reads zeros."""
+    torch.manual_seed(0)
+    think = build_think_input(ThinkConfig(think_input="scan", scan_group=3), D, H, TOK)
+    h, x_obs, tokens = torch.randn(B, H), torch.randn(B, D), torch.randn(B, N, TOK)  # N = 7
+    changed = tokens.clone()
+    changed[:, 4] = torch.randn(B, TOK)  # in the second group (tokens 3..5)
+    steps = [think(h, k, x_obs, think.prepare(tokens)) for k in (1, 2, 3, 4)]
+    after = [think(h, k, x_obs, think.prepare(changed)) for k in (1, 2, 3, 4)]
+    torch.testing.assert_close(steps[0], after[0])
+    assert not torch.allclose(steps[1], after[1])
+    torch.testing.assert_close(steps[2], after[2])
+    # step 4 reads past the 7 tokens: the same as reading a group of zero tokens
+    empty = think(h, 1, x_obs, think.prepare(torch.zeros(B, N, TOK)))
+    torch.testing.assert_close(steps[3], empty)
