@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -59,6 +61,11 @@ PROTOCOLS = {
 }
 
 
+ENCODERS = ("elementwise", "events", "mlp", "none")
+TOKEN_ENCODERS = ("elementwise", "events")
+"""The encoders that hand the think steps per-entry tokens."""
+
+
 @dataclass
 class Args:
     """Parity benchmark settings (defaults: the full run)."""
@@ -67,9 +74,9 @@ class Args:
     """Tiny budget (under a minute): checks the pipeline, not the targets."""
     protocols: tuple[str, ...] = ("interpolation", "extrapolation")
     """Which protocols to run."""
-    updates_interpolation: int = 6000
+    updates_interpolation: int = 12000
     """Training updates (batches) per contender on the interpolation protocol."""
-    updates_extrapolation: int = 6000
+    updates_extrapolation: int = 12000
     """Training updates (batches) per contender on the extrapolation protocol."""
     max_minutes: float = 60.0
     """Safety cap on one contender's training wall-clock time (the budget is in updates, so
@@ -77,16 +84,17 @@ class Args:
     stop_accuracy: float = 0.995
     """Stop early once the curriculum is at its maximum and the running accuracy passes this."""
     batch: int = 128
-    lr: float = 1e-3
+    lr: float = 5e-4
     lr_schedule: str = "cosine"
     """constant, or cosine decay to ``lr_final`` x lr over the update budget."""
     lr_final: float = 0.05
     core: str = "gru"
     hidden: int = 128
     core_layers: int = 1
-    encoder: str = "elementwise"
+    encoder: str = "events"
     """Input encoder: elementwise (per-entry MLP: summed embedding + per-entry tokens),
-    mlp (a 2-layer MLP on the vector, no tokens), none (the raw vector, no tokens)."""
+    events (the same, tokens only for the non-zero entries, packed in order), mlp (a 2-layer
+    MLP on the vector, no tokens), none (the raw vector, no tokens)."""
     encoder_hidden: int = 32
     """Hidden width of the input encoder."""
     embed_dim: int = 64
@@ -94,12 +102,17 @@ class Args:
     think: ThinkConfig = field(
         default_factory=lambda: ThinkConfig(
             k_max=12,
-            think_input="attend",
-            step_encoding="learned",
-            reinject_obs=True,
+            think_input="scan",
+            scan_group=4,
+            step_encoding="none",
+            reinject_obs=False,
             init_halt_prob=0.1,
         )
     )
+    """mindloop's think settings. The default ``scan`` reads the vector's non-zero entries
+    (``encoder`` events) four per think step; its k_max is set per protocol to read the
+    longest vector (see :func:`think_for`). ``attend`` (with ``encoder`` elementwise) and
+    ``adapter`` are the earlier settings recorded in RESULTS.md."""
     lambda_p: float = 0.1
     """PonderNet geometric prior parameter."""
     beta: float = 0.01
@@ -121,13 +134,18 @@ class Args:
     contenders: tuple[str, ...] = ("mindloop", "no_think")
     """Which contenders to train (the table needs both)."""
     threads: int = 1
-    """torch threads (1 keeps runs fair on a shared machine)."""
+    """torch threads per process (1 keeps runs fair on a shared machine)."""
+    jobs: int = 1
+    """Protocols trained at once, one process each (2 on a 2-core machine halves the wall
+    time; every number is per update, so the results do not depend on it)."""
     seed: int = 0
     log_every: int = 250
+    out: str = str(OUT / "parity.json")
+    """Where the JSON results go."""
 
     def __post_init__(self) -> None:
-        if self.encoder not in ("mlp", "elementwise", "none"):
-            raise ValueError(f"unknown encoder {self.encoder!r}; available: mlp, elementwise, none")
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"unknown encoder {self.encoder!r}; available: {', '.join(ENCODERS)}")
         if self.curriculum not in ("nonzeros", "length", "none"):
             raise ValueError(
                 f"unknown curriculum {self.curriculum!r}; available: nonzeros, length, none"
@@ -142,10 +160,10 @@ class Args:
         bad = [c for c in self.contenders if c not in ("mindloop", "no_think")]
         if bad:
             raise ValueError(f"unknown contender {bad[0]!r}; available: mindloop, no_think")
-        if self.think.think_input == "attend" and self.encoder != "elementwise":
+        if self.think.think_input in ("attend", "scan") and self.encoder not in TOKEN_ENCODERS:
             raise ValueError(
-                f"think_input 'attend' reads per-entry tokens: use encoder elementwise, "
-                f"not {self.encoder!r}"
+                f"think_input {self.think.think_input!r} reads per-entry tokens: use encoder "
+                f"{' or '.join(TOKEN_ENCODERS)}, not {self.encoder!r}"
             )
         if self.quick:
             self.updates_interpolation = self.updates_extrapolation = 60
@@ -175,11 +193,39 @@ class ElementwiseEncoder(nn.Module):
         return per_entry.sum(dim=-2) * self.scale, per_entry + self.position
 
 
+class EventEncoder(nn.Module):
+    """The vector as a list of events: one token per non-zero entry, in the vector's order.
+
+    The same per-entry MLP as :class:`ElementwiseEncoder`, but the tokens are only the
+    non-zero entries (packed to the front, zero-padded to ``dims``: the frame as events, as
+    an event camera or a list of sounds would give them), with no position embedding (the
+    task does not depend on where an entry is). The pooled embedding is the scaled sum.
+    With the ``scan`` think input a think step reads the next ``scan_group`` events, so a
+    vector with more non-zeros takes more think steps to read.
+    """
+
+    def __init__(self, dims: int, hidden: int, embed_dim: int) -> None:
+        super().__init__()
+        self.phi = nn.Sequential(nn.Linear(1, hidden), nn.ReLU(), nn.Linear(hidden, embed_dim))
+        self.scale = 8.0 / dims
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, dims) -> pooled embedding (B, E), tokens (B, dims, E): non-zeros first."""
+        nonzero = x != 0
+        per_entry = self.phi(x[..., None]) * nonzero[..., None]  # (B, dims, E), zeros -> 0
+        # non-zero entries first, each group in the vector's order (a stable sort key)
+        key = (~nonzero).float() * x.shape[1] + torch.arange(x.shape[1], device=x.device)
+        order = key.argsort(dim=1)[..., None].expand_as(per_entry)
+        return per_entry.sum(dim=-2) * self.scale, per_entry.gather(1, order)
+
+
 def build_encoder(dims: int, args: Args) -> tuple[nn.Module, int]:
     """The observation encoder named by ``args.encoder`` and its embedding size. Every
     encoder maps x (B, dims) to (embedding (B, E), tokens (B, N, E) or None)."""
     if args.encoder == "elementwise":
         return ElementwiseEncoder(dims, args.encoder_hidden, args.embed_dim), args.embed_dim
+    if args.encoder == "events":
+        return EventEncoder(dims, args.encoder_hidden, args.embed_dim), args.embed_dim
     if args.encoder == "mlp":
         mlp = nn.Sequential(
             nn.Linear(dims, args.encoder_hidden),
@@ -424,9 +470,22 @@ def overall(rows: list[dict], key: str) -> float:
     return sum(r[key] for r in rows) / len(rows)
 
 
+def think_for(proto: Protocol, args: Args) -> ThinkConfig:
+    """mindloop's think settings on a protocol: with the ``scan`` think input, enough steps
+    to read every entry of the longest vector (dims / scan_group) plus two: one that sees
+    the reads run out, and slack for a sampled stop (``args.think.k_max`` is then
+    ignored); else ``args.think`` as given."""
+    think = args.think
+    if think.think_input == "scan":
+        think = replace(think, k_max=math.ceil(proto.dims / think.scan_group) + 2)
+    return think
+
+
 def run_protocol(proto: Protocol, args: Args) -> dict:
     results = {}
-    contenders = {"mindloop": args.think, "no_think": replace(args.think, k_max=0)}
+    think = think_for(proto, args)
+    print(f"{proto.name}: mindloop think k_max {think.k_max}, {think.think_input} think input")
+    contenders = {"mindloop": think, "no_think": replace(think, k_max=0)}
     for label, think in contenders.items():
         if label not in args.contenders:
             continue
@@ -474,18 +533,27 @@ def print_table(proto: Protocol, res: dict) -> None:
     )
 
 
+def _run_protocol_in_worker(name: str, args: Args) -> dict:
+    torch.set_num_threads(args.threads)
+    return run_protocol(PROTOCOLS[name], args)
+
+
 def main(args: Args) -> dict:
     torch.set_num_threads(args.threads)
     print(f"parity benchmark: {json.dumps(asdict(args), default=str)}")
     results = {}
+    if args.jobs > 1 and len(args.protocols) > 1:  # one process per protocol (same settings)
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(args.jobs, len(args.protocols)), mp_context=ctx) as pool:
+            futures = {n: pool.submit(_run_protocol_in_worker, n, args) for n in args.protocols}
+            results = {n: f.result() for n, f in futures.items()}
+    else:
+        results = {n: run_protocol(PROTOCOLS[n], args) for n in args.protocols}
     for name in args.protocols:
-        proto = PROTOCOLS[name]
-        results[name] = run_protocol(proto, args)
-        print_table(proto, results[name])
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "parity.json").write_text(
-        json.dumps({"args": asdict(args), "results": results}, indent=1, default=str)
-    )
+        print_table(PROTOCOLS[name], results[name])
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"args": asdict(args), "results": results}, indent=1, default=str))
     headline_proto = "extrapolation" if "extrapolation" in results else args.protocols[0]
     acc = results[headline_proto].get("mindloop", {"acc": float("nan")})["acc"]
     acc = acc if not math.isnan(acc) else 0.0
