@@ -187,7 +187,7 @@ class MindloopPolicy(nn.Module):
             the core input at every step; its op log-probs join the policy's. The policy hands
             it the memory's own keys of the state (those of ``memory.initial_state``) and
             merges what ``apply`` returns.
-        token_dim: size of the frame tokens that the ``attend`` think input reads (passed as
+        token_dim: size of the frame tokens that the ``attend`` and ``scan`` think inputs read (passed as
             ``obs_tokens`` (B, N, token_dim) to act/ponder/...); default ``obs_dim``. Other
             think inputs read no tokens and ignore ``obs_tokens``.
     """
@@ -425,7 +425,7 @@ class MindloopPolicy(nn.Module):
                 before stepping (SB3/CleanRL convention).
             deterministic: halting by threshold (sampled) or argmax (budget), memory op by
                 argmax, action at the Beta mean / categorical argmax.
-            obs_tokens: (B, N, token_dim) the frame as tokens, for the ``attend`` think input
+            obs_tokens: (B, N, token_dim) the frame as tokens, for the ``attend`` and ``scan`` think inputs
                 (its think steps re-read them); ignored by the other think inputs.
 
         Returns: action dict of (B, ...) tensors, the new state, :class:`StepInfo`.
@@ -462,7 +462,7 @@ class MindloopPolicy(nn.Module):
             episode_starts: (T, B) the ``episode_start`` flags passed to ``act``.
             actions: dict of (T, B, ...) actions ``act`` returned.
             decisions: (T, B, ...) :class:`Decisions` stacked from ``act``'s infos.
-            obs_tokens: (T, B, N, token_dim) frame tokens (``attend`` think input only).
+            obs_tokens: (T, B, N, token_dim) frame tokens (``attend`` and ``scan`` think inputs only).
 
         Returns: :class:`StepInfo` with (T, B, ...) log-probs, entropies, values and think
         steps (equal to ``act``'s on the same inputs), and the final state.
@@ -537,7 +537,7 @@ class MindloopPolicy(nn.Module):
         mem_ops: torch.Tensor | None = None,
     ) -> tuple[PonderOutput, State]:
         """:meth:`ponder` over (T, B, obs_dim) with BPTT (behaviour cloning over episodes);
-        ``obs_tokens`` (T, B, N, token_dim) for the ``attend`` think input; ``mem_ops``
+        ``obs_tokens`` (T, B, N, token_dim) for the ``attend`` and ``scan`` think inputs; ``mem_ops``
         (T, B) memory calls to teacher-force (-1: not labelled), as for :meth:`ponder`."""
         self._check_obs(obs_embedding, 3)
         state, outs = initial_state, []

@@ -13,6 +13,13 @@ a KL to a geometric prior) and the same model with think steps disabled (``k_max
 reports accuracy and mean think steps per bucket of non-zeros, with the halting *sampled*
 (as in rollouts) and deterministic.
 
+mindloop's default think input is ``scan`` over the ``events`` encoder's tokens: the vector is
+handed over as its non-zero entries in order, and think step k reads entries 4(k-1)..4k-1
+(summed). Every think step then does the same small job (fold the parity of up to four
+entries into the running answer), so a vector with more non-zeros takes more think steps,
+and what is learned on short lists can carry over to longer ones. The no-think baseline
+gets the same pooled embedding (a scaled sum over the entries) and no think steps.
+
 Training uses a curriculum on the number of non-zeros (DESIGN §7: without one a GRU stays at
 chance on a CPU budget): the maximum starts at ``curriculum_start`` and rises by
 ``curriculum_step`` when the running accuracy on the hardest inputs seen passes
@@ -20,6 +27,7 @@ chance on a CPU budget): the maximum starts at ``curriculum_start`` and rises by
 
     python benchmarks/parity.py --quick            # under a minute, smoke numbers
     nice -n 5 python benchmarks/parity.py          # full run (up to ~1 h on 2 CPU cores)
+    nice -n 5 python benchmarks/parity.py --jobs 2 # the two protocols in parallel processes
 
 Writes ``benchmarks/out/parity.json``; last line ``headline: parity_extrapolation=<acc>``.
 """
