@@ -187,9 +187,9 @@ class MindloopPolicy(nn.Module):
             the core input at every step; its op log-probs join the policy's. The policy hands
             it the memory's own keys of the state (those of ``memory.initial_state``) and
             merges what ``apply`` returns.
-        token_dim: size of the frame tokens that the ``attend`` and ``scan`` think inputs read (passed as
-            ``obs_tokens`` (B, N, token_dim) to act/ponder/...); default ``obs_dim``. Other
-            think inputs read no tokens and ignore ``obs_tokens``.
+        token_dim: size of the frame tokens that the ``attend`` and ``scan`` think inputs
+            read (passed as ``obs_tokens`` (B, N, token_dim) to act/ponder/...); default
+            ``obs_dim``. Other think inputs read no tokens and ignore ``obs_tokens``.
     """
 
     def __init__(
@@ -299,22 +299,21 @@ class MindloopPolicy(nn.Module):
         choose: Chooser,
         recorded: Decisions | None = None,
         obs_tokens: torch.Tensor | None = None,
-        defer_heads: bool = False,
     ) -> tuple[torch.Tensor, State, StepInfo, tuple[torch.Tensor, torch.Tensor] | None]:
         """Observe step + think steps for one frame.
 
         -> (h_final (B, H), state, info, deferred) with the action fields of ``info`` left at
         zero (filled by the caller). With a halting mode that ``scores_after_loop`` the loop
         only takes the stops (sampled, by threshold, or recorded) and their log-probs and
-        entropies are computed once after it (:meth:`Halting.score_stops`). ``defer_heads``
-        (replay): the value and halting fields are left at zero too and ``deferred`` =
-        (h_0 (B, H), h_prev (B, K, H)) for the caller to score all frames in one call
-        (:meth:`_score_deferred`); else ``deferred`` is None.
+        entropies are computed once after it (:meth:`Halting.score_stops`). In a replay
+        (``recorded``) even that waits: the value and halting fields are left at zero too and
+        ``deferred`` = (h_0 (B, H), h_prev (B, K, H)) for the caller to score all frames in
+        one call (:meth:`_score_deferred`); else ``deferred`` is None.
         """
         B, K = x_obs.shape[0], self.k_max
         rec_steps = recorded.think_steps if recorded is not None else None
         after_loop = self.halting.scores_after_loop
-        defer = defer_heads and rec_steps is not None and after_loop
+        defer = rec_steps is not None and after_loop  # a replay with such a halting mode
         rec_ops = recorded.mem_ops if recorded is not None else None
         active = torch.ones(B, dtype=torch.bool, device=x_obs.device)
 
@@ -332,8 +331,7 @@ class MindloopPolicy(nn.Module):
                 h_prev.append(h)
             elif after_loop:  # p(stop) and the stop only; log-prob and entropy after the loop
                 p_stop = self.halting.stop_prob(h)  # (B,)
-                recorded_stop = None if rec_steps is None else rec_steps == k - 1
-                stop = choose.bernoulli(p_stop, recorded_stop)
+                stop = choose.bernoulli(p_stop, None)  # sampled or by threshold (act)
                 halt_probs.append(p_stop)
             else:
                 stop, p_stop, lp, ent = self.halting.decide(k, h, ctx, choose, rec_steps)
@@ -425,8 +423,8 @@ class MindloopPolicy(nn.Module):
                 before stepping (SB3/CleanRL convention).
             deterministic: halting by threshold (sampled) or argmax (budget), memory op by
                 argmax, action at the Beta mean / categorical argmax.
-            obs_tokens: (B, N, token_dim) the frame as tokens, for the ``attend`` and ``scan`` think inputs
-                (its think steps re-read them); ignored by the other think inputs.
+            obs_tokens: (B, N, token_dim) the frame as tokens, for the ``attend`` and ``scan``
+                think inputs (their think steps re-read them); ignored by the others.
 
         Returns: action dict of (B, ...) tensors, the new state, :class:`StepInfo`.
         Wrap in ``torch.no_grad()`` for rollouts.
@@ -462,7 +460,7 @@ class MindloopPolicy(nn.Module):
             episode_starts: (T, B) the ``episode_start`` flags passed to ``act``.
             actions: dict of (T, B, ...) actions ``act`` returned.
             decisions: (T, B, ...) :class:`Decisions` stacked from ``act``'s infos.
-            obs_tokens: (T, B, N, token_dim) frame tokens (``attend`` and ``scan`` think inputs only).
+            obs_tokens: (T, B, N, token_dim) frame tokens (``attend`` and ``scan`` only).
 
         Returns: :class:`StepInfo` with (T, B, ...) log-probs, entropies, values and think
         steps (equal to ``act``'s on the same inputs), and the final state.
@@ -479,9 +477,7 @@ class MindloopPolicy(nn.Module):
             state = self.reset_state(state, episode_starts[t])
             rec = Decisions(decisions.think_steps[t], decisions.mem_ops[t])
             tokens = None if obs_tokens is None else obs_tokens[t]
-            h, state, info, pending = self._frame(
-                obs_embedding[t], state, choose, rec, tokens, defer_heads=True
-            )
+            h, state, info, pending = self._frame(obs_embedding[t], state, choose, rec, tokens)
             hs.append(h)  # (B, H)
             infos.append(info)
             deferred.append(pending)
@@ -537,8 +533,9 @@ class MindloopPolicy(nn.Module):
         mem_ops: torch.Tensor | None = None,
     ) -> tuple[PonderOutput, State]:
         """:meth:`ponder` over (T, B, obs_dim) with BPTT (behaviour cloning over episodes);
-        ``obs_tokens`` (T, B, N, token_dim) for the ``attend`` and ``scan`` think inputs; ``mem_ops``
-        (T, B) memory calls to teacher-force (-1: not labelled), as for :meth:`ponder`."""
+        ``obs_tokens`` (T, B, N, token_dim) for the ``attend`` and ``scan`` think inputs;
+        ``mem_ops`` (T, B) memory calls to teacher-force (-1: not labelled), as for
+        :meth:`ponder`."""
         self._check_obs(obs_embedding, 3)
         state, outs = initial_state, []
         for t in range(obs_embedding.shape[0]):

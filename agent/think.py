@@ -421,9 +421,7 @@ class SampledHalting(Halting):
         p = self.stop_prob(h)
         recorded = None if recorded_steps is None else recorded_steps == k - 1
         stop = choose.bernoulli(p, recorded)
-        p_safe = p.clamp(1e-7, 1 - 1e-7)
-        log_prob = torch.where(stop, p_safe.log(), (1 - p_safe).log())
-        return stop, p, log_prob, bernoulli_entropy(p)
+        return stop, p, _stop_log_prob(p, stop), bernoulli_entropy(p)
 
     def distribution(self, h0, lambdas):
         return halting_distribution(lambdas)
@@ -433,15 +431,19 @@ class SampledHalting(Halting):
     def score_stops(self, p_stop, steps):
         idx = torch.arange(p_stop.shape[-1], device=p_stop.device)  # decision idx + 1, at h_idx
         decided = idx <= steps[..., None]  # the env had not stopped before decision idx + 1
-        stop = idx == steps[..., None]
-        p_safe = p_stop.clamp(1e-7, 1 - 1e-7)
-        log_prob = torch.where(stop, p_safe.log(), (1 - p_safe).log())
+        log_prob = _stop_log_prob(p_stop, idx == steps[..., None])
         zero = torch.zeros_like(p_stop)
         return (
             torch.where(decided, p_stop, zero),
             torch.where(decided, log_prob, zero).sum(-1),
             torch.where(decided, bernoulli_entropy(p_stop), zero).sum(-1),
         )
+
+
+def _stop_log_prob(p_stop: torch.Tensor, stop: torch.Tensor) -> torch.Tensor:
+    """log P(stop) where ``stop``, log P(go on) elsewhere (p clamped away from 0 and 1)."""
+    p_safe = p_stop.clamp(1e-7, 1 - 1e-7)
+    return torch.where(stop, p_safe.log(), (1 - p_safe).log())
 
 
 @HALTING.register("budget")
