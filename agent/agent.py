@@ -33,6 +33,7 @@ from agent.heads import Action
 from agent.memory import build_memory
 from agent.policy import Decisions, MindloopPolicy, PolicyConfig, PonderOutput, StepInfo
 from agent.state import State
+from agent.think import THINK_INPUTS
 from encoders.fusion import FusedEncoder, FusedEncoderConfig, build_fused_encoder
 from encoders.normalization import RunningNorm
 
@@ -63,11 +64,15 @@ class MindloopAgent(nn.Module):
             observation_space, encoders_for(config.encoders, observation_space)
         )
         memory = build_memory(config.memory, config.core.hidden_dim) if config.use_memory else None
+        # The attend/scan think inputs re-read one observation as tokens (image cells, words).
+        reads_tokens = THINK_INPUTS.get(config.think.think_input).needs_tokens
+        self.token_key = config.think_tokens_from if reads_tokens else None
         self.policy = MindloopPolicy(
             self.encoder.embed_dim,
             action_space,
             PolicyConfig(core=config.core, think=config.think),
             memory=memory,
+            token_dim=self.encoder.token_dim(self.token_key) if self.token_key else None,
         )
         self.value_norm = ValueNormalizer()
         self._action_dtypes = {
@@ -105,6 +110,14 @@ class MindloopAgent(nn.Module):
         """Observation dict with any lead shape (B,) or (T, B) -> (*lead, embed_dim)."""
         return self.encoder(obs)
 
+    def encode_frames(self, obs: ObsBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What the policy reads of a frame: the embedding ``(*lead, embed_dim)`` and, for the
+        ``attend``/``scan`` think inputs, the ``think_tokens_from`` observation as tokens
+        ``(*lead, n_tokens, token_dim)`` from the same encoder pass (else None)."""
+        if self.token_key is None or self.k_max == 0:
+            return self.encoder(obs), None
+        return self.encoder(obs, token_key=self.token_key)
+
     @torch.no_grad()
     def act(
         self,
@@ -138,9 +151,9 @@ class MindloopAgent(nn.Module):
         deterministic: bool = False,
     ) -> tuple[Action, State, StepInfo]:
         """:meth:`act` with the actions kept as tensors (what training stores)."""
-        x = self.encoder(obs)  # (B, embed_dim)
+        x, tokens = self.encode_frames(obs)  # (B, embed_dim), (B, N, token_dim) or None
         start = torch.as_tensor(np.asarray(episode_start), device=x.device).bool()
-        return self.policy.act(x, state, start, deterministic)
+        return self.policy.act(x, state, start, deterministic, obs_tokens=tokens)
 
     def actions_to_numpy(self, actions: Action) -> dict[str, np.ndarray]:
         return {
@@ -179,8 +192,10 @@ class MindloopAgent(nn.Module):
     ) -> tuple[StepInfo, State]:
         """Replay recorded frames (T, B, ...) with BPTT from ``initial_state`` (the state
         ``act`` got at t = 0): log-probs, entropies and values as ``act`` gave them."""
-        x = self.encoder(obs)  # (T, B, embed_dim)
-        return self.policy.evaluate_sequence(x, initial_state, episode_starts, actions, decisions)
+        x, tokens = self.encode_frames(obs)  # (T, B, embed_dim), (T, B, N, token_dim) or None
+        return self.policy.evaluate_sequence(
+            x, initial_state, episode_starts, actions, decisions, obs_tokens=tokens
+        )
 
     def ponder_sequence(
         self,
@@ -193,9 +208,9 @@ class MindloopAgent(nn.Module):
         """PonderNet view of (T, B, ...) frames: every think step run, the halting
         distribution returned (for supervised training, see ``agent/bc.py``); ``mem_ops``
         (T, B) teacher-forces labelled memory calls (-1: unlabelled)."""
-        x = self.encoder(obs)  # (T, B, embed_dim)
+        x, tokens = self.encode_frames(obs)  # (T, B, embed_dim), (T, B, N, token_dim) or None
         return self.policy.ponder_sequence(
-            x, initial_state, episode_starts, deterministic, mem_ops=mem_ops
+            x, initial_state, episode_starts, deterministic, obs_tokens=tokens, mem_ops=mem_ops
         )
 
 

@@ -290,10 +290,11 @@ class BCTrainer:
     def _sampled_loss(self, obs, state, starts, actions, op_labels=None, aux=None):
         # 1) sample the think steps the policy would take (no gradient) ...
         with torch.no_grad():
-            x = self.agent.encoder(obs)  # (T, B, D)
+            x, tokens = self.agent.encode_frames(obs)  # (T, B, D), (T, B, N, Dt) or None
             s, steps, ops = state, [], []
             for t in range(x.shape[0]):
-                _, s, info = self.agent.policy.act(x[t], s, starts[t])
+                frame_tokens = None if tokens is None else tokens[t]
+                _, s, info = self.agent.policy.act(x[t], s, starts[t], obs_tokens=frame_tokens)
                 steps.append(info.decisions.think_steps)
                 ops.append(info.decisions.mem_ops)
         decisions = Decisions(torch.stack(steps), torch.stack(ops))
@@ -395,7 +396,11 @@ def _traced(agent: MindloopAgent, enabled: bool) -> Iterator[tuple[list, list]]:
         yield [], []
         return
     captured: list[torch.Tensor] = []
-    handle = agent.encoder.register_forward_hook(lambda m, i, out: captured.append(out))
+
+    def keep_embedding(module, args, out) -> None:  # out: embedding, or (embedding, tokens)
+        captured.append(out[0] if isinstance(out, tuple) else out)
+
+    handle = agent.encoder.register_forward_hook(keep_embedding)
     try:
         with agent.policy.memory.tracing() as trace:
             yield trace, captured

@@ -98,6 +98,9 @@ class AgentConfig:
     core: CoreConfig = field(default_factory=CoreConfig)
     think: ThinkConfig = field(default_factory=lambda: ThinkConfig(k_max=2))
     """Think steps; up to 2 by default (on, but cheap: each costs a core step and think_cost)."""
+    think_tokens_from: str = "image"
+    """Observation key whose encoder hands the ``attend``/``scan`` think inputs its tokens
+    (``image``: the CNN's feature-map cells with their positions; ``text``: the words)."""
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     use_memory: bool = False
     """Give the policy the two-tier memory tool (get/set calls) configured by memory."""

@@ -52,6 +52,10 @@ class Encoder(nn.Module):
     config_class: ClassVar[type[EncoderConfig]] = EncoderConfig
     modality: ClassVar[str] = "other"
     embed_dim: int
+    gives_tokens: ClassVar[bool] = False
+    """Whether :meth:`forward_tokens` gives the input as tokens (then ``self.token_dim`` is
+    their size)."""
+    token_dim: int | None = None
 
     def __init__(self, space: gym.Space, config: EncoderConfig | None = None) -> None:
         super().__init__()
@@ -91,6 +95,16 @@ class Encoder(nn.Module):
         raise ValueError(
             f"encoder {cls.__name__} has no variants; use its plain registry name, not "
             f"'.../{variant}'"
+        )
+
+    def forward_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, *space)`` -> the embedding ``(B, embed_dim)`` and the input as tokens
+        ``(B, N, token_dim)``, from one pass: what the ``attend`` and ``scan`` think inputs
+        re-read (image cells, words). Encoders that set ``gives_tokens`` override this."""
+        with_tokens = [n for n in ENCODERS.names() if ENCODERS.get(n).gives_tokens]
+        raise ValueError(
+            f"encoder {self.registered_name()!r} gives no tokens for the think steps to read; "
+            f"encoders that do: {', '.join(with_tokens) or '(none)'}"
         )
 
     def extra_repr(self) -> str:

@@ -206,11 +206,13 @@ class FusedEncoder(nn.Module):
         return torch.device("cpu")
 
     def encode_keys(
-        self, obs: Mapping[str, Any]
-    ) -> tuple[dict[str, torch.Tensor], tuple[int, ...]]:
-        """Each key's embedding ``(N, d_key)`` (N = prod(lead)) and the shared ``lead`` shape."""
+        self, obs: Mapping[str, Any], token_key: str | None = None
+    ) -> tuple[dict[str, torch.Tensor], tuple[int, ...], torch.Tensor | None]:
+        """Each key's embedding ``(N, d_key)`` (N = prod(lead)), the shared ``lead`` shape, and
+        the tokens ``(N, n_tokens, token_dim)`` of ``token_key``'s encoder (None if not asked)."""
         device = self._device()
         out: dict[str, torch.Tensor] = {}
+        tokens: torch.Tensor | None = None
         lead: tuple[int, ...] | None = None
         for key, encoder in self.encoders.items():
             if key not in obs:
@@ -235,14 +237,38 @@ class FusedEncoder(nn.Module):
                 raise ValueError(
                     f"observation {key!r} has batch shape {tuple(x.shape[:n])}, others {lead}"
                 )
-            out[key] = encoder(x.reshape(-1, *shape))  # (N, d_key)
+            if key == token_key:
+                out[key], tokens = encoder.forward_tokens(x.reshape(-1, *shape))
+            else:
+                out[key] = encoder(x.reshape(-1, *shape))  # (N, d_key)
         assert lead is not None
-        return out, lead
+        return out, lead, tokens
 
-    def forward(self, obs: Mapping[str, Any]) -> torch.Tensor:
-        parts, lead = self.encode_keys(obs)
+    def forward(
+        self, obs: Mapping[str, Any], token_key: str | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``(*lead, embed_dim)``; with ``token_key``, also that observation as tokens from
+        the same pass, ``(*lead, n_tokens, token_dim)`` (what the ``attend`` and ``scan``
+        think inputs read), returned as a pair."""
+        if token_key is not None:
+            self.token_dim(token_key)
+        parts, lead, tokens = self.encode_keys(obs, token_key)
         fused = self.proj(torch.cat(list(parts.values()), dim=-1))  # (N, embed_dim)
-        return fused.reshape(*lead, self.embed_dim)
+        fused = fused.reshape(*lead, self.embed_dim)
+        if tokens is None:
+            return fused
+        return fused, tokens.reshape(*lead, *tokens.shape[1:])
+
+    def token_dim(self, key: str) -> int:
+        """Size of the tokens observation ``key``'s encoder gives (one-line error if none)."""
+        if key not in self.encoders:
+            raise ValueError(
+                f"no observation key {key!r} to take think tokens from; keys: {', '.join(self.keys)}"
+            )
+        encoder = self.encoders[key]
+        if not encoder.gives_tokens or encoder.token_dim is None:
+            encoder.forward_tokens(None)  # raises the one-line error naming encoders that do
+        return int(encoder.token_dim)
 
     def extra_repr(self) -> str:
         return f"embed_dim={self.embed_dim}"

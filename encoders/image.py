@@ -101,6 +101,7 @@ class CNNImageEncoder(Encoder):
 
     config_class = CNNImageConfig
     modality = "image"
+    gives_tokens = True
 
     def __init__(self, space: gym.Space, config: CNNImageConfig | None = None) -> None:
         super().__init__(space, config)
@@ -118,17 +119,33 @@ class CNNImageEncoder(Encoder):
         for c_out in cfg.channels:
             layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.ReLU()]
             c_in = c_out
-        layers.append(nn.Flatten())
         self.conv = nn.Sequential(*layers)
-        n_flat = output_numel(
-            self.conv, (self.layout.channels, self.layout.height, self.layout.width)
-        )
-        self.head = nn.Sequential(nn.Linear(n_flat, cfg.embed_dim), nn.ReLU())
+        with torch.no_grad():
+            fmap = self.conv(
+                torch.zeros(1, self.layout.channels, self.layout.height, self.layout.width)
+            )
+        _, c, h, w = fmap.shape
+        self.head = nn.Sequential(nn.Linear(c * h * w, cfg.embed_dim), nn.ReLU())
         self.embed_dim = cfg.embed_dim
+        # Tokens: one per cell of the last feature map, its channels plus the cell's centre
+        # (x, y) in [-1, 1], so a think step that attends to a cell also reads where it is.
+        self.token_dim = c + 2
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+        coords = torch.stack([xs, ys], dim=-1).reshape(1, h * w, 2)  # raster order
+        self.register_buffer("cell_xy", coords, persistent=False)
+
+    def _feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        x = to_unit_nchw(x, self.layout) * 2.0 - 1.0  # (B, C, H, W) in [-1, 1]
+        return self.conv(x)  # (B, c, h, w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = to_unit_nchw(x, self.layout) * 2.0 - 1.0  # (B, C, H, W) in [-1, 1]
-        return self.head(self.conv(x))  # (B, embed_dim)
+        return self.head(self._feature_map(x).flatten(1))  # (B, embed_dim)
+
+    def forward_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        fmap = self._feature_map(x)  # (B, c, h, w)
+        cells = fmap.flatten(2).transpose(1, 2)  # (B, h*w, c), raster order
+        xy = self.cell_xy.expand(cells.shape[0], -1, -1)  # (B, h*w, 2)
+        return self.head(fmap.flatten(1)), torch.cat([cells, xy], dim=-1)
 
     @classmethod
     def example_space(cls) -> gym.Space:

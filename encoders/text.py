@@ -54,6 +54,7 @@ class TextEncoder(Encoder):
 
     config_class = TextConfig
     modality = "text"
+    gives_tokens = True
 
     def __init__(self, space: gym.Space, config: TextConfig | None = None) -> None:
         super().__init__(space, config)
@@ -80,8 +81,14 @@ class TextEncoder(Encoder):
             reader_dim = cfg.token_dim
         self.head = nn.Sequential(nn.Linear(reader_dim, cfg.embed_dim), nn.ReLU())
         self.embed_dim = cfg.embed_dim
+        self.token_dim = cfg.token_dim
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.forward_tokens(ids)[0]
+
+    def forward_tokens(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Also the words themselves: the token embeddings ``(B, L, token_dim)``, in order,
+        zeros at padding (so a ``scan`` past the last word reads nothing)."""
         ids = ids.long()  # (B, L); SB3 hands floats
         mask = ids != PAD  # (B, L)
         has_text = mask.any(dim=1, keepdim=True)  # (B, 1)
@@ -94,7 +101,7 @@ class TextEncoder(Encoder):
             n = mask.sum(dim=1, keepdim=True).clamp(min=1)  # (B, 1)
             read = tokens.sum(dim=1) / n  # (B, E): padding embeds to zero, so sum is masked
         read = read * has_text  # no text -> zero reading -> one fixed output
-        return self.head(read)
+        return self.head(read), tokens
 
     @classmethod
     def example_space(cls) -> gym.Space:

@@ -100,6 +100,48 @@ def test_gradient_reaches_every_trainable_parameter(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ALL)
+def test_tokens_come_from_the_same_pass_or_a_one_line_error(name: str) -> None:
+    """Encoders that give tokens (for the attend/scan think inputs) give the embedding of
+    ``forward`` with them, tokens ``(B, N, token_dim)`` that carry a gradient; others say in
+    one line which encoders do."""
+    enc = build_example(name).eval()
+    x = sample_batch(enc.space, 3)
+    if not enc.gives_tokens:
+        with pytest.raises(ValueError) as err:
+            enc.forward_tokens(x)
+        assert "gives no tokens" in assert_one_line(err) and "cnn" in str(err.value)
+        return
+    emb, tokens = enc.forward_tokens(x)
+    torch.testing.assert_close(emb, enc(x))
+    assert tokens.dim() == 3 and tokens.shape[0] == 3 and tokens.shape[2] == enc.token_dim
+    assert torch.isfinite(tokens).all()
+    tokens.square().sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in enc.parameters())
+
+
+def test_cnn_tokens_are_feature_map_cells_with_their_positions() -> None:
+    """One token per cell of the last feature map, in raster order, ending in the cell's
+    (x, y) in [-1, 1]; a change in the top-left corner of the image leaves the bottom-right
+    cells' tokens alone (a token says what is *where*)."""
+    torch.manual_seed(0)
+    space = gym.spaces.Box(0, 255, (64, 64, 3), np.uint8)
+    enc = build_encoder("cnn", space, {"channels": (8, 16, 32)}).eval()
+    x = sample_batch(space, 1)
+    _, tokens = enc.forward_tokens(x)
+    assert tokens.shape == (1, 64, 32 + 2) and enc.token_dim == 34  # 8x8 cells
+    xy = tokens[0, :, -2:]
+    torch.testing.assert_close(xy[0], torch.tensor([-1.0, -1.0]))  # top-left cell first
+    torch.testing.assert_close(xy[1], torch.tensor([-1.0 + 2 / 7, -1.0]))  # then along x
+    torch.testing.assert_close(xy[-1], torch.tensor([1.0, 1.0]))
+    y = x.clone()
+    y[0, :4, :4] = 255 - y[0, :4, :4]
+    _, moved = enc.forward_tokens(y)
+    changed = (moved - tokens).abs().amax(-1)[0].reshape(8, 8)  # per cell
+    assert changed[0, 0] > 0
+    assert torch.all(changed[4:, 4:] == 0)
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_deterministic_under_seed(name: str) -> None:
     a, b = build_example(name, seed=3), build_example(name, seed=3)
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):

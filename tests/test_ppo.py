@@ -17,19 +17,29 @@ from encoders.fusion import FusedEncoderConfig
 from tests import tiny_envs  # noqa: F401  (registers mindloop_test/*)
 
 
-def tiny_agent_config(k_max: int = 1, hidden: int = 32) -> AgentConfig:
+def tiny_agent_config(
+    k_max: int = 1, hidden: int = 32, think_input: str = "token", tokens_from: str = "text"
+) -> AgentConfig:
     return AgentConfig(
         encoders=FusedEncoderConfig(embed_dim=32),
         core=CoreConfig(hidden_dim=hidden),
-        think=ThinkConfig(k_max=k_max),
+        think=ThinkConfig(k_max=k_max, think_input=think_input),
+        think_tokens_from=tokens_from,
     )
 
 
-def make_trainer(env_id: str, ppo: PPOConfig, seed: int = 0, k_max: int = 1, num_envs: int = 8):
+def make_trainer(
+    env_id: str,
+    ppo: PPOConfig,
+    seed: int = 0,
+    k_max: int = 1,
+    num_envs: int = 8,
+    think_input: str = "token",
+):
     torch.manual_seed(seed)
     envs = make_vector_env(EnvConfig(id=env_id, num_envs=num_envs, vectorization="sync"))
     agent = MindloopAgent(envs.single_observation_space, envs.single_action_space,
-                          tiny_agent_config(k_max))  # fmt: skip
+                          tiny_agent_config(k_max, think_input=think_input))  # fmt: skip
     runner = EnvRunner(envs, agent, env_seeds(seed, num_envs))
     updates = ppo.total_steps // (ppo.rollout_steps * num_envs)
     return PPOTrainer(agent, runner, ppo, updates, seed=seed), envs
@@ -50,11 +60,15 @@ def test_gae_matches_hand_computation():
     torch.testing.assert_close(ret, expected + values)
 
 
-def test_rollout_replay_gives_the_rollout_log_probs():
+@pytest.mark.parametrize("think_input", ["token", "attend", "scan"])
+def test_rollout_replay_gives_the_rollout_log_probs(think_input):
     """The update's replay (evaluate_sequence from stored chunk states) reproduces the
-    rollout's log-probs and values: the PPO ratio starts at exactly 1."""
+    rollout's log-probs and values: the PPO ratio starts at exactly 1 (also when the think
+    steps re-read the frame's words: attend and scan over the text encoder's tokens)."""
     ppo = PPOConfig(total_steps=256, rollout_steps=16, bptt_steps=4)
-    trainer, envs = make_trainer("mindloop_test/TinyAnswer-v0", ppo, k_max=2)
+    trainer, envs = make_trainer(
+        "mindloop_test/TinyAnswer-v0", ppo, k_max=2, think_input=think_input
+    )
     try:
         trainer.collect()  # episodes in flight across the rollout boundary
         rollout = trainer.collect()
