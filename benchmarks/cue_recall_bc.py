@@ -36,7 +36,9 @@ OUT = Path(__file__).resolve().parent / "out" / "cue_recall_bc.json"
 TASK = "mindloop/CueRecall-v0"
 
 
-def build_agent(kwargs: dict[str, Any], memory: bool, k_max: int, think: str):
+def build_agent(
+    kwargs: dict[str, Any], memory: bool, k_max: int, think: str, think_input: str = "token"
+):
     """mindloop's default agent for CueRecall (memory with the standardized read, as
     benchmarks/learning.py configures it) and its train config."""
     from agent.agent import MindloopAgent
@@ -48,6 +50,7 @@ def build_agent(kwargs: dict[str, Any], memory: bool, k_max: int, think: str):
     cfg.agent.memory.standardized_read = True
     cfg.agent.memory.codec_momentum = 0.1
     cfg.agent.think.k_max = k_max
+    cfg.agent.think.think_input = think_input
     cfg.bc.think = think
     cfg = resolve_for_env(cfg)
     return MindloopAgent(*_env_spaces(cfg), cfg.agent), cfg
@@ -117,6 +120,11 @@ def main() -> None:
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--think", default="ponder", choices=("ponder", "sampled"))
     ap.add_argument("--k-max", type=int, default=2)
+    ap.add_argument(
+        "--think-input",
+        default="token",
+        help="token (default), adapter, attend, scan (image cells)",
+    )
     ap.add_argument("--dagger", type=int, default=0, help="DAgger rounds (steps counted)")
     ap.add_argument("--dagger-episodes", type=int, default=200)
     ap.add_argument("--dagger-updates", type=int, default=500)
@@ -157,7 +165,7 @@ def main() -> None:
     episodes = load_episodes(demos)
     env_steps = sum(len(e) for e in episodes)
     seed_everything(a.seed)
-    agent, cfg = build_agent(kwargs, not a.no_memory, a.k_max, a.think)
+    agent, cfg = build_agent(kwargs, not a.no_memory, a.k_max, a.think, a.think_input)
     train_eps, held_out = split_episodes(episodes, 0.1, seed=a.seed)
     fit_normalization(agent, train_eps)
     trainer = BCTrainer(agent, cfg.bc, gamma=cfg.ppo.gamma, seed=a.seed)
