@@ -707,7 +707,7 @@ class MindloopCallback(BaseCallback):
             from tqdm import tqdm
 
             self._bar = tqdm(
-                total=self.config.ppo.total_steps,
+                total=baseline_steps(self.config),
                 initial=self.model.num_timesteps,
                 unit="step",
                 desc=self.config.algo,
@@ -828,6 +828,13 @@ def default_run_dir(config: TrainConfig) -> Path:
     return Path("runs") / f"{task}__{config.algo}__{config.run.seed}__{stamp}"
 
 
+def baseline_steps(config: TrainConfig) -> int:
+    """Env steps an SB3 baseline trains for: ``ppo.total_steps``, capped by the run's
+    ``run.max_env_steps`` budget (the whole run is RL here)."""
+    budget = config.run.max_env_steps
+    return config.ppo.total_steps if budget is None else min(config.ppo.total_steps, budget)
+
+
 def train_sb3(
     config: TrainConfig,
     *,
@@ -870,10 +877,10 @@ def train_sb3(
         _log_config(model.logger, config)
         log(
             f"{config.algo}: {baseline.description}; {config.env.num_envs} envs of "
-            f"{config.env.id}, {config.ppo.total_steps} steps -> {run_dir}"
+            f"{config.env.id}, {baseline_steps(config)} steps -> {run_dir}"
         )
         t0 = time.perf_counter()
-        remaining = max(0, config.ppo.total_steps - start_step)
+        remaining = max(0, baseline_steps(config) - start_step)
         if remaining:
             model.learn(
                 total_timesteps=remaining,

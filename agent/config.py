@@ -265,11 +265,19 @@ class RunConfig:
     """Show a progress bar (fps, success, think steps)."""
     tensorboard: bool = True
     """Write TensorBoard logs under <dir>/tb."""
+    max_env_steps: int | None = None
+    """Env-step budget of the whole run (expert demonstrations, DAgger rollouts and PPO
+    together, all ranks): PPO runs ``ppo.total_steps`` or what the earlier phases left, if
+    less (whole updates). For budget-matched comparisons (``benchmarks/learning.py``)."""
 
     def __post_init__(self) -> None:
         _check_choice("run.device", self.device, DEVICES)
         _check_min("run", self, ("threads", "eval_episodes", "eval_every"), 0)
         _check_min("run", self, ("checkpoint_every", "keep_checkpoints"), 1)
+        if self.max_env_steps is not None and self.max_env_steps < 1:
+            raise ValueError(
+                f"run.max_env_steps must be >= 1 (or None: no budget), got {self.max_env_steps}"
+            )
 
 
 @dataclass

@@ -283,13 +283,26 @@ def _demonstrations(run: Run) -> list[Episode]:
     return episodes
 
 
+def ppo_updates(config: TrainConfig, phase_start_step: int, steps_per_update: int) -> int:
+    """PPO updates of a phase that starts at env step ``phase_start_step``: ``ppo.total_steps``
+    worth (at least one), or the whole updates left of ``run.max_env_steps`` if fewer."""
+    updates = max(1, config.ppo.total_steps // steps_per_update)
+    budget = config.run.max_env_steps
+    if budget is not None:
+        updates = min(updates, max(0, budget - phase_start_step) // steps_per_update)
+    return updates
+
+
 @PHASES.register("ppo")
 def ppo_phase(run: Run, reward_fn=None, needs_expert: bool = False, name: str = "ppo") -> None:
     """Recurrent PPO for ``ppo.total_steps`` env steps (all ranks together)."""
     cfg, agent = run.config, run.agent
     p = cfg.ppo
     steps_per_update = p.rollout_steps * cfg.env.num_envs * run.dist.world_size
-    total_updates = max(1, p.total_steps // steps_per_update)
+    total_updates = ppo_updates(cfg, run.env_step, steps_per_update)  # from the phase start
+    if total_updates == 0 and run.resume is None:
+        run.log(f"{name}: no env steps left of run.max_env_steps={cfg.run.max_env_steps}")
+        return
     envs = make_vector_env(cfg.env)
     try:
         runner = EnvRunner(envs, agent, env_seeds(cfg.run.seed, cfg.env.num_envs, run.dist.rank))
@@ -308,6 +321,10 @@ def ppo_phase(run: Run, reward_fn=None, needs_expert: bool = False, name: str = 
         saved = run.take_resume(trainer.optimizer)
         if saved is not None:
             trainer.load_state_dict(saved["trainer"])
+            # the budget is counted from where the phase started, not from the resume point
+            start = run.env_step - trainer.updates_done * steps_per_update
+            total_updates = ppo_updates(cfg, start, steps_per_update)
+            trainer.total_updates = max(total_updates, 1)
             run.log(f"{name}: resumed at update {trainer.updates_done}/{total_updates}")
         recent_success: list[float] = []
         while trainer.updates_done < total_updates:
@@ -417,6 +434,8 @@ class TrainResult:
     success_rate: float | None
     results: dict[str, Any]
     wall_seconds: float
+    env_steps: int | None = None
+    """Env steps the run trained on (demonstrations, DAgger and RL rollouts, all ranks)."""
 
 
 def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> TrainResult:
@@ -431,8 +450,9 @@ def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> Trai
         out = algorithm.external(config)
         success = getattr(getattr(out, "final_eval", None), "success_rate", None)
         return TrainResult(
-            Path(out.run_dir), None, out.checkpoint, success, {}, time.perf_counter() - t0
-        )
+            Path(out.run_dir), None, out.checkpoint, success, {}, time.perf_counter() - t0,
+            env_steps=out.steps,
+        )  # fmt: skip
     return _train_mindloop(config, algorithm)
 
 
@@ -487,8 +507,9 @@ def _train_mindloop(config: TrainConfig, algorithm: Algorithm) -> TrainResult:
                 checkpoint = run.save(None, None)  # the evaluation goes into the checkpoint
             run.logger.close()
         return TrainResult(
-            run_dir, agent, checkpoint, success, run.results, time.perf_counter() - t0
-        )
+            run_dir, agent, checkpoint, success, run.results, time.perf_counter() - t0,
+            env_steps=run.env_step,
+        )  # fmt: skip
     finally:
         shutdown(info)
 

@@ -70,6 +70,23 @@ def test_every_algo_runs_end_to_end(algo, tmp_path):
     assert (result.run_dir / "eval.json").exists()
 
 
+def test_max_env_steps_budgets_the_whole_run(tmp_path):
+    """``run.max_env_steps`` counts demonstrations, DAgger rollouts and PPO together: PPO
+    gets the whole updates the BC phase left, and none when nothing is left."""
+    per_update = 4 * 16
+    first = train(tiny_config(tmp_path / "free"))
+    bc_steps = first.env_steps - 6 * per_update  # demos + DAgger (no budget: 6 PPO updates)
+    assert bc_steps > 0
+    cfg = tiny_config(tmp_path / "budget")
+    cfg.run.max_env_steps = bc_steps + 2 * per_update + per_update // 2
+    budgeted = train(cfg)
+    assert budgeted.env_steps == bc_steps + 2 * per_update  # whole updates within the budget
+    cfg = tiny_config(tmp_path / "spent")
+    cfg.run.max_env_steps = bc_steps
+    spent = train(cfg)
+    assert spent.env_steps == bc_steps and spent.success_rate is not None
+
+
 @pytest.mark.parametrize("algo", BASELINE_ALGOS)
 def test_baseline_algos_run_end_to_end(algo, tmp_path):
     cfg = tiny_config(tmp_path / "run", algo)
