@@ -4,9 +4,11 @@ SB3 baselines, several seeds.
 Contenders (each trains from scratch per task and seed, then is evaluated on the same
 seeded episodes, deterministic policy, through :func:`agent.evaluation.evaluate`):
 
-* **mindloop**: mindloop's own pipeline (``train.py``'s default ``--algo``: behaviour cloning
-  from the task's scripted expert, then recurrent PPO) with think steps and the memory tool.
-  The expert demonstration steps are **counted in the budget**: PPO gets what is left. Where
+* **mindloop**: mindloop's own pipeline, ``train.py``'s default recipe (``--algo bc+ppo``:
+  behaviour cloning from the task's scripted expert with 1,000 updates, 2 DAgger rounds,
+  then recurrent PPO) with think steps and the memory tool, sized to the budget: 35% of it
+  for expert demonstrations, 15% for the DAgger rollouts, and PPO gets what is left
+  (``run.max_env_steps``: **every env step counted**, demonstrations and DAgger included). Where
   the expert labels its memory calls (CueRecall: set on the cue, get when the balls show),
   BC clones them (``agent/bc.py``); the memory reads fetched items in the codec's
   standardized units (``memory.standardized_read``). On text tasks BC weighs the expert's
@@ -24,15 +26,13 @@ scratch at SB3's default learning rate 3e-4), envs stepped in-process (``SyncVec
 thread per run; ``--jobs`` runs that many runs at once, each in its own process. CueRecall
 runs with ``delay_steps=200`` (the issue's target setting).
 
-mindloop's BC runs without DAgger rounds here (their learner rollouts are env steps that
-the budget would have to count; earlier runs of this script left them on and uncounted).
-
-The budget is planned for ~2 hours on the 2 shared cores of the development machine with
-``--jobs 2``: 12k env steps per run (4k on MyoElbowReach, whose bone meshes render at ~40
-steps/s), 300 behaviour-cloning updates for mindloop (~0.8 s each here: BC costs wall time,
-not env steps; train.py's default is 1000), 20 evaluation episodes, seeds 1 and 2: 6 tasks x 4 contenders x 2 seeds = 48
-runs. Results are written to JSON after every run, and a rerun with the same ``--out`` skips
-the runs already there (so a long run can be continued).
+The budget is that of ``python train.py``'s default run (MuscleReach: 500 demonstrations, 2
+DAgger rounds and 8k PPO steps, 18.2k env steps in all, 100% success): 20k env steps per run
+(6k on MyoElbowReach, whose bone meshes render at ~40 steps/s), 20 evaluation episodes, seeds
+1 and 2: 6 tasks x 4 trained contenders x 2 seeds = 48 runs, ~1.5 hours on the 2 shared
+cores of the development machine with ``--jobs 2`` (behaviour cloning costs wall time, not
+env steps). Results are written to JSON after every run, and a rerun with the same ``--out``
+skips the runs already there (so a long run can be continued).
 
     python benchmarks/learning.py --quick                   # minutes: 1 seed, tiny budgets
     nice -n 5 python benchmarks/learning.py --jobs 2        # the full run in RESULTS.md
@@ -68,13 +68,13 @@ CONTENDERS = ("mindloop", "mindloop-nothink", "sb3-recurrentppo", "sb3-ppo", "ra
 TASK_KWARGS: dict[str, dict[str, Any]] = {"mindloop/CueRecall-v0": {"delay_steps": 200}}
 """Task arguments of this benchmark (others use the registered defaults)."""
 
-FULL_BUDGET = 12_000
+FULL_BUDGET = 20_000
 """Env steps per run in the full benchmark (see ``budgets``)."""
-SLOW_TASK_BUDGET = 4_000
+SLOW_TASK_BUDGET = 6_000
 """MyoElbowReach renders MyoSuite's bone meshes (~40 steps/s here): a smaller budget."""
 QUICK_BUDGET = 1_024
-BC_UPDATES = 300
-"""Behaviour-cloning steps of the mindloop contenders (train.py's default is 1000)."""
+BC_UPDATES = 1000
+"""Behaviour-cloning steps of the mindloop contenders (train.py's default)."""
 SB3_LR = 3e-4
 """The SB3 contenders' learning rate: SB3's default for PPO/RecurrentPPO."""
 
@@ -93,10 +93,15 @@ class RunSpec:
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     bc_updates: int = 0
     """Behaviour-cloning gradient steps (mindloop contenders only)."""
+    recipe: str = ""
+    """How the mindloop contenders split the budget (:data:`MINDLOOP_RECIPE`); part of the key,
+    so results of an earlier recipe are not reused."""
 
     @property
     def key(self) -> str:
-        return f"{self.task}|{self.contender}|{self.seed}|{self.budget}|{self.bc_updates}"
+        return f"{self.task}|{self.contender}|{self.seed}|{self.budget}|{self.bc_updates}" + (
+            f"|{self.recipe}" if self.recipe else ""
+        )
 
 
 @dataclass
@@ -166,14 +171,22 @@ deterministic evaluation (measured on CountAnswer), i.e. the same computation as
 no-think contender; 0.2 leans the prior toward using the k_max steps, and the halting head
 still learns where thinking does not lower the loss."""
 
-DEMO_SHARE = 0.25
-"""Share of a mindloop run's budget spent on expert demonstrations (behaviour cloning)."""
+DEMO_SHARE = 0.35
+"""Share of a mindloop run's budget spent on expert demonstrations (train.py's default run
+on MuscleReach: 6.4k of 18.2k env steps)."""
+DAGGER_SHARE = 0.15
+"""Share planned for the DAgger rollouts (2 rounds; the learner's episodes can run longer
+than the expert's, and what they take is counted: PPO gets the rest)."""
+
+
+MINDLOOP_RECIPE = f"demos{DEMO_SHARE}+dagger{DAGGER_SHARE}+ppo-rest"
+"""The mindloop contenders' recipe, as it appears in the result keys."""
 
 
 def run_mindloop(spec: RunSpec, run_dir: Path) -> RunResult:
-    """mindloop's pipeline (``--algo bc+ppo``, memory on): expert demonstrations recorded
-    first (a Minari dataset, the trainer's own ``bc.dataset`` option) so their exact step
-    count comes off the budget; PPO gets the rest."""
+    """mindloop's pipeline (``--algo bc+ppo``, memory on, train.py's recipe): expert
+    demonstrations recorded first (a Minari dataset, the trainer's own ``bc.dataset``
+    option), DAgger rounds, then PPO on what ``run.max_env_steps`` leaves."""
     from agent.datasets import collect_expert_dataset
     from agent.demonstrations import load_episodes
     from agent.training import train
@@ -205,17 +218,14 @@ def run_mindloop(spec: RunSpec, run_dir: Path) -> RunResult:
     demo_steps = sum(len(e) for e in load_episodes(demos))
     config.bc.dataset = str(demos)
     config.bc.episodes = episodes
-    per_update = config.ppo.rollout_steps * config.env.num_envs
-    ppo_updates = max(0, spec.budget - demo_steps) // per_update
-    if ppo_updates == 0:  # the budget went on demonstrations: behaviour cloning only
-        config.algo = "bc"
-    config.ppo.total_steps = max(ppo_updates * per_update, 1)
     config.bc.updates = spec.bc_updates
-    # DAgger rollouts are env steps too; train.py's default 2 rounds x 100 episodes would take
-    # more than the whole budget on CueRecall (222-step episodes), uncounted: off here.
-    config.bc.dagger_rounds = 0
-    train(config)
-    steps = demo_steps + ppo_updates * per_update
+    config.bc.dagger_updates = min(config.bc.dagger_updates, max(1, spec.bc_updates // 5))
+    config.bc.dagger_episodes = max(
+        1, round(DAGGER_SHARE * spec.budget / config.bc.dagger_rounds / expert_episode_length(spec))
+    )
+    config.ppo.total_steps = spec.budget
+    config.run.max_env_steps = spec.budget  # demos + DAgger + PPO
+    steps = train(config).env_steps
     eval_path = run_dir / "eval.json"
     summary = json.loads(eval_path.read_text())["summary"]
     return RunResult(
@@ -318,6 +328,7 @@ def plan(args: argparse.Namespace) -> list[RunSpec]:
                         num_envs=args.num_envs,
                         env_kwargs=dict(TASK_KWARGS.get(task, {})),
                         bc_updates=args.bc_updates if contender.startswith("mindloop") else 0,
+                        recipe=MINDLOOP_RECIPE if contender.startswith("mindloop") else "",
                     )
                 )
     return specs
