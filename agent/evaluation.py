@@ -92,6 +92,11 @@ POLICIES: Registry[Callable[..., EvalPolicy]] = Registry(
 
 def make_policy(name: str, **kwargs: Any) -> EvalPolicy:
     """The policy registered as ``name`` (one-line error listing the names otherwise)."""
+    if name not in POLICIES and ("/" in name or Path(name).exists()):
+        raise ValueError(
+            f"unknown policy {name!r}; available: {', '.join(POLICIES.names())} "
+            f"(a trained agent's run or checkpoint directory goes to --checkpoint)"
+        )
     return POLICIES.get(name)(**kwargs)
 
 

@@ -226,6 +226,10 @@ def test_cli_checkpoint(tmp_path, capsys):
     ("argv", "message"),
     [
         (["--policy", "nope"], "unknown policy 'nope'; available: expert, random"),
+        (
+            ["--policy", "runs/x"],
+            "a trained agent's run or checkpoint directory goes to --checkpoint",
+        ),
         (["--policy", "expert", "--env", "mindloop/Nope-v0"], "unknown env 'mindloop/Nope-v0'"),
         (["--checkpoint", "/no/such/run"], "no checkpoint at '/no/such/run'"),
         (["--policy", "expert", "--video", "out.avi"], "video path must end in .mp4"),
