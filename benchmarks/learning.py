@@ -463,7 +463,18 @@ def targets(results: list[dict[str, Any]]) -> list[str]:
     )
     if think is not None and flat is not None:
         verdict = "met" if think > flat else "NOT met"
-        lines.append(f"CountAnswer, think > no think: {pct(think)} vs {pct(flat)} ({verdict})")
+        steps = [
+            r["think_steps"]
+            for r in results
+            if r["spec"]["task"] == count
+            and r["spec"]["contender"] == "mindloop"
+            and r["think_steps"] is not None
+        ]
+        used = f"{np.mean(steps):.2f}" if steps else "-"
+        lines.append(
+            f"CountAnswer, think > no think: {pct(think)} vs {pct(flat)} ({verdict}; the "
+            f"thinking contender took {used} think steps per frame in the evaluation)"
+        )
     return lines
 
 
