@@ -101,8 +101,12 @@ class Encoder(nn.Module):
         """``(B, *space)`` -> the embedding ``(B, embed_dim)`` and the input as tokens
         ``(B, N, token_dim)``, from one pass: what the ``attend`` and ``scan`` think inputs
         re-read (image cells, words). Encoders that set ``gives_tokens`` override this."""
+        raise self.no_tokens_error()
+
+    def no_tokens_error(self) -> ValueError:
+        """The one-line error for asking this encoder for tokens it does not give."""
         with_tokens = [n for n in ENCODERS.names() if ENCODERS.get(n).gives_tokens]
-        raise ValueError(
+        return ValueError(
             f"encoder {self.registered_name()!r} gives no tokens for the think steps to read; "
             f"encoders that do: {', '.join(with_tokens) or '(none)'}"
         )

@@ -267,7 +267,7 @@ class FusedEncoder(nn.Module):
             )
         encoder = self.encoders[key]
         if not encoder.gives_tokens or encoder.token_dim is None:
-            encoder.forward_tokens(None)  # raises the one-line error naming encoders that do
+            raise encoder.no_tokens_error()
         return int(encoder.token_dim)
 
     def extra_repr(self) -> str:
