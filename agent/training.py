@@ -295,7 +295,8 @@ def ppo_updates(config: TrainConfig, phase_start_step: int, steps_per_update: in
 
 @PHASES.register("ppo")
 def ppo_phase(run: Run, reward_fn=None, needs_expert: bool = False, name: str = "ppo") -> None:
-    """Recurrent PPO for ``ppo.total_steps`` env steps (all ranks together)."""
+    """Recurrent PPO for ``ppo.total_steps`` env steps (all ranks together), or what
+    ``run.max_env_steps`` leaves after the earlier phases if less."""
     cfg, agent = run.config, run.agent
     p = cfg.ppo
     steps_per_update = p.rollout_steps * cfg.env.num_envs * run.dist.world_size
