@@ -462,7 +462,6 @@ def targets(results: list[dict[str, Any]]) -> list[str]:
         success_of(results, count, "mindloop-nothink"),
     )
     if think is not None and flat is not None:
-        verdict = "met" if think > flat else "NOT met"
         steps = [
             r["think_steps"]
             for r in results
@@ -470,10 +469,12 @@ def targets(results: list[dict[str, Any]]) -> list[str]:
             and r["spec"]["contender"] == "mindloop"
             and r["think_steps"] is not None
         ]
-        used = f"{np.mean(steps):.2f}" if steps else "-"
+        used = float(np.mean(steps)) if steps else 0.0
+        # "with think steps" means the thinking clone actually thinks in the evaluation
+        verdict = "met" if think > flat and used > 0 else "NOT met"
         lines.append(
             f"CountAnswer, think > no think: {pct(think)} vs {pct(flat)} ({verdict}; the "
-            f"thinking contender took {used} think steps per frame in the evaluation)"
+            f"thinking contender took {used:.2f} think steps per frame in the evaluation)"
         )
     return lines
 
