@@ -47,7 +47,7 @@ import torch
 from stable_baselines3.common.callbacks import BaseCallback
 
 from agent.agent import MindloopAgent
-from agent.baselines import build_sb3_model, make_sb3_vec_env
+from agent.baselines import build_sb3_model, make_logger, make_sb3_vec_env
 from agent.config import AgentConfig, EnvConfig, PPOConfig, RunConfig, TrainConfig
 from agent.ppo import PPOTrainer
 from agent.rollout import EnvRunner
@@ -139,6 +139,7 @@ class _SplitTimer(BaseCallback):
 def sb3_contender(name: str, config: TrainConfig, backend: str) -> Contender:
     venv = make_sb3_vec_env(config.env, seed=config.run.seed, backend=backend)
     model = build_sb3_model(config, venv)
+    model.set_logger(make_logger(Path("."), tensorboard=False))  # no /tmp/SB3-* folder
     per_update = config.ppo.rollout_steps * config.env.num_envs
     first = [True]
 

@@ -15,3 +15,10 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def sb3_logs_in_tmp_path(tmp_path, monkeypatch):
+    """SB3's ``learn()`` without a custom logger makes a log folder even when it writes
+    nothing (``$SB3_LOGDIR``, else ``/tmp/SB3-<timestamp>``): keep it in the test's tmp dir."""
+    monkeypatch.setenv("SB3_LOGDIR", str(tmp_path / "sb3"))
