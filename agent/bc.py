@@ -142,6 +142,8 @@ class BCMetrics:
     """Cross-entropy of the cloned memory calls (0 without labels)."""
     observation_recon: float = 0.0
     """Auxiliary reconstruction loss of the observation from the workable vector."""
+    expert_latent: float = 0.0
+    """Auxiliary regression loss of the expert's latent (0 without latents)."""
 
 
 class BCTrainer:
@@ -181,6 +183,9 @@ class BCTrainer:
             ).to(agent.device)
             params += list(self.observation_decoder.parameters())
         self.optimizer = torch.optim.Adam(params, lr=config.lr, eps=1e-5, foreach=True)
+        # Training-only readout of the expert's latent from the core's state (made on the
+        # first batch that has latents: their size is the task's); never saved either.
+        self.latent_decoder: nn.Module | None = None
         self.generator = torch.Generator().manual_seed(seed)
         self.updates_done = 0
         self._fitted_frames = -1
@@ -233,14 +238,18 @@ class BCTrainer:
         op_labels = None
         if batch.memory_ops is not None and self.observation_decoder is not None:
             op_labels = batch.memory_ops.to(device)
-        aux = {"memory_ops": 0.0, "observation_recon": 0.0}
+        aux = {"memory_ops": 0.0, "observation_recon": 0.0, "expert_latent": 0.0}
+        latents = None
+        if batch.expert_latents is not None and self.cfg.expert_latent_coef > 0:
+            latents = batch.expert_latents.to(device)
+            self._ensure_latent_decoder(latents.shape[-1])
         if self.cfg.think == "ponder":
             loss, imitation, kl, steps, value, state = self._ponder_loss(
-                batch.obs, self._lane_state, starts, actions, op_labels, aux
+                batch.obs, self._lane_state, starts, actions, op_labels, aux, latents
             )
         else:
             loss, imitation, kl, steps, value, state = self._sampled_loss(
-                batch.obs, self._lane_state, starts, actions, op_labels, aux
+                batch.obs, self._lane_state, starts, actions, op_labels, aux, latents
             )
         target = self.agent.value_norm.normalize(batch.returns.to(device))
         value_loss = 0.5 * (value - target).pow(2).mean()
@@ -259,7 +268,23 @@ class BCTrainer:
             **{k: float(v) for k, v in aux.items()},
         )
 
-    def _ponder_loss(self, obs, state, starts, actions, op_labels=None, aux=None):
+    def _ensure_latent_decoder(self, latent_dim: int) -> None:
+        if self.latent_decoder is not None:
+            return
+        hidden = self.agent.policy.core.hidden_dim
+        self.latent_decoder = nn.Linear(hidden, latent_dim).to(self.agent.device)
+        self.optimizer.add_param_group({"params": list(self.latent_decoder.parameters())})
+
+    def _latent_loss(self, hidden: torch.Tensor, latents: torch.Tensor, aux: dict) -> torch.Tensor:
+        """Squared error of the expert's latent read out of ``hidden`` ((T, B, H), or
+        (T, B, K+1, H): every think step) against ``latents`` (T, B, d), per frame (and step),
+        relative to the targets' spread so the weight means the same for every task."""
+        pred = self.latent_decoder(hidden)  # (T, B, [K+1,] d)
+        target = latents if pred.dim() == latents.dim() else latents.unsqueeze(2)
+        err = (pred - target).pow(2).mean(-1)
+        return err / latents.var(dim=(0, 1)).mean().clamp_min(1e-6)
+
+    def _ponder_loss(self, obs, state, starts, actions, op_labels=None, aux=None, latents=None):
         with _traced(self.agent, op_labels is not None) as (trace, embedding):
             out, new_state = self.model(obs, state, starts, ponder=True, mem_ops=op_labels)
         T, B, K1, H = out.hidden.shape
@@ -274,6 +299,10 @@ class BCTrainer:
         imitation = (out.expected(per_step) * frame_weights(actions, self.cfg)).mean()
         kl = out.kl_to_geometric(self.cfg.lambda_p).mean() if K1 > 1 else per_step.new_zeros(())
         loss = imitation + self.cfg.kl_coef * kl
+        if latents is not None:  # every think step's state, weighted like the imitation
+            latent = out.expected(self._latent_loss(out.hidden, latents, aux)).mean()
+            aux["expert_latent"] = float(latent.detach())
+            loss = loss + self.cfg.expert_latent_coef * latent
         if op_labels is not None:
             # -log p(label) of the observe step's call + -log p(none) of every think step
             # (all K ran), on labelled frames
@@ -287,7 +316,7 @@ class BCTrainer:
             )
         return loss, imitation, kl, out.expected_steps().mean(), out.value, new_state
 
-    def _sampled_loss(self, obs, state, starts, actions, op_labels=None, aux=None):
+    def _sampled_loss(self, obs, state, starts, actions, op_labels=None, aux=None, latents=None):
         # 1) sample the think steps the policy would take (no gradient) ...
         with torch.no_grad():
             x, tokens = self.agent.encode_frames(obs)  # (T, B, D), (T, B, N, Dt) or None
@@ -303,7 +332,10 @@ class BCTrainer:
         # 2) ... then replay them with gradients: imitation through the sampled path, and
         # REINFORCE on the halting (and unlabelled memory) decisions with reward -imitation.
         targets = sample_soft_targets(self.agent, actions, self.cfg, self.generator)
-        with _traced(self.agent, op_labels is not None) as (trace, embedding):
+        with (
+            _traced(self.agent, op_labels is not None) as (trace, embedding),
+            _heads_input(self.agent, latents is not None) as final_hidden,
+        ):
             info, new_state = self.model(obs, state, starts, actions=targets, decisions=decisions)
         # log-likelihood of a target sampled from the soft target distribution: a one-sample
         # estimate of the same cross-entropy the ponder path computes in closed form
@@ -326,6 +358,11 @@ class BCTrainer:
             extra = self._memory_losses(
                 -info.log_prob_memory, op_labels, observe_calls, trace, embedding[0], aux
             )
+        if latents is not None:  # the state each frame acted from
+            h = final_hidden[0].reshape(*latents.shape[:2], -1)  # (T, B, H)
+            latent = self._latent_loss(h, latents, aux).mean()
+            aux["expert_latent"] = float(latent.detach())
+            extra = extra + self.cfg.expert_latent_coef * latent
         reinforce = -(advantage * (info.log_prob_halt + memory_lp)).mean()
         imitation = (imitation_per * frame_weights(actions, self.cfg)).mean()
         loss = imitation + reinforce + extra
@@ -386,6 +423,21 @@ def forced_ops(sampled: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp_min(1)
+
+
+@contextmanager
+def _heads_input(agent: MindloopAgent, enabled: bool) -> Iterator[list[torch.Tensor]]:
+    """Within the block, collect what the action heads are called on (the replay's final
+    hidden states, (T * B, H), with their graph)."""
+    captured: list[torch.Tensor] = []
+    if not enabled:
+        yield captured
+        return
+    handle = agent.policy.heads.register_forward_hook(lambda m, args, out: captured.append(args[0]))
+    try:
+        yield captured
+    finally:
+        handle.remove()
 
 
 @contextmanager

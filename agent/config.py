@@ -222,9 +222,17 @@ class BCConfig:
     workable vector (what a set stores), when memory ops are cloned: no task gradient crosses
     the store, so this keeps what a set writes about the present frame."""
 
+    expert_latent_coef: float = 1.0
+    """Weight of the auxiliary regression of the expert's latent (``expert_latent()``: the
+    posture a reach heads for, CountAnswer's running count) from the core's state, on tasks
+    that expose it; relative to the latent's spread. It teaches the state to hold *what* the
+    expert acts on (which ball, how many), which the action loss alone teaches slowly. 0: off."""
+
     def __post_init__(self) -> None:
         _check_min("bc", self, ("episodes", "updates", "batch_envs", "seq_len"), 1)
-        _check_min("bc", self, ("memory_op_coef", "observation_recon_coef"), 0)
+        _check_min(
+            "bc", self, ("memory_op_coef", "observation_recon_coef", "expert_latent_coef"), 0
+        )
         _check_min("bc", self, ("dagger_rounds", "dagger_episodes", "dagger_updates", "warmup"), 0)
         _check_min("bc", self, ("target_concentration", "kl_coef"), 0)
         _check_choice("bc.think", self.think, BC_THINK_MODES)

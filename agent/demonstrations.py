@@ -50,6 +50,9 @@ class Episode:
     memory_ops: np.ndarray | None = None
     """(L,) int64: the expert's memory call at t (``agent.memory`` OP_NONE/OP_SET/OP_GET), or
     None when the task labels none."""
+    expert_latents: np.ndarray | None = None
+    """(L, d) float32: the expert's latent at t (``env.unwrapped.expert_latent()``: e.g. the
+    posture it heads for), BC's auxiliary target; None when the task has none."""
 
     def __len__(self) -> int:
         return len(self.rewards)
@@ -77,6 +80,7 @@ def load_episodes(path: str | os.PathLike) -> list[Episode]:
                 rewards=np.asarray(r.rewards, dtype=np.float32),
                 success=bool(r.success),
                 memory_ops=_ops_from_counts(r.memory, r.length),
+                expert_latents=r.expert_latent,
             )
         )
     if not out:
@@ -108,6 +112,13 @@ def expert_memory_ops(envs: VectorEnv) -> np.ndarray | None:
     return np.array([OP_NAMES.index(n) for n in names], dtype=np.int64)
 
 
+def expert_latents(envs: VectorEnv) -> np.ndarray | None:
+    """(N, d) float32 latents of the sub-envs' experts for their current state
+    (``expert_latent()``), or None when the task has none."""
+    latents = call_if_every_env_has(envs, "expert_latent")
+    return None if latents is None else np.stack([np.asarray(x, np.float32) for x in latents])
+
+
 def collect_episodes(
     envs: VectorEnv,
     episodes: int,
@@ -133,7 +144,7 @@ def collect_episodes(
     """
     n = envs.num_envs
     obs, _ = envs.reset(seed=seeds)
-    buffers: list[list[tuple[dict, dict, float, int]]] = [[] for _ in range(n)]
+    buffers: list[list[tuple[dict, dict, float, int, np.ndarray | None]]] = [[] for _ in range(n)]
     out: list[Episode] = []
     state = agent.initial_state(n) if agent is not None else None
     start = torch.ones(n, dtype=torch.bool)
@@ -141,6 +152,7 @@ def collect_episodes(
     while len(out) < episodes:
         labels = expert_actions(envs)  # (N, ...) per key
         op_labels = expert_memory_ops(envs)  # (N,) or None
+        latents = expert_latents(envs)  # (N, d) or None
         if agent is None:
             actions = labels
         else:
@@ -156,7 +168,8 @@ def collect_episodes(
             frame_obs = {k: np.array(v[i], copy=True) for k, v in obs.items()}
             frame_act = {k: np.array(v[i], copy=True) for k, v in labels.items()}
             op = -1 if op_labels is None else int(op_labels[i])
-            buffers[i].append((frame_obs, frame_act, float(step.reward[i]), op))
+            latent = None if latents is None else latents[i]
+            buffers[i].append((frame_obs, frame_act, float(step.reward[i]), op, latent))
         for i in np.flatnonzero(step.done):
             frames, buffers[i] = buffers[i], []
             out.append(
@@ -168,6 +181,9 @@ def collect_episodes(
                     memory_ops=None
                     if op_labels is None
                     else np.array([f[3] for f in frames], dtype=np.int64),
+                    expert_latents=None
+                    if latents is None
+                    else np.stack([f[4] for f in frames]).astype(np.float32),
                 )
             )
         obs = step.obs
@@ -188,6 +204,9 @@ class SequenceBatch:
     memory_ops: torch.Tensor | None = None
     """(T, B) long expert memory-op labels, -1 on frames of unlabelled episodes; None when no
     episode of the sampler has labels."""
+    expert_latents: torch.Tensor | None = None
+    """(T, B, d) the expert's latents (auxiliary targets); None unless every episode of the
+    sampler has them."""
 
 
 class SequenceSampler:
@@ -235,6 +254,11 @@ class SequenceSampler:
         returns = np.zeros((T, B), dtype=np.float32)
         labelled = any(e.memory_ops is not None for e in self.episodes)
         ops = np.full((T, B), -1, dtype=np.int64)
+        # latents only when every episode has them (one source of data, one target size)
+        with_latents = all(e.expert_latents is not None for e in self.episodes)
+        latents = (
+            np.zeros((T, B, first.expert_latents.shape[1]), np.float32) if with_latents else None
+        )
         for b in range(B):
             t = 0
             while t < T:
@@ -248,6 +272,8 @@ class SequenceSampler:
                 returns[t : t + n, b] = self._returns[ep_i][pos : pos + n]
                 if ep.memory_ops is not None:
                     ops[t : t + n, b] = ep.memory_ops[pos : pos + n]
+                if latents is not None:
+                    latents[t : t + n, b] = ep.expert_latents[pos : pos + n]
                 starts[t, b] = pos == 0
                 t += n
                 if pos + n >= len(ep):  # the lane moves on to a random episode
@@ -261,6 +287,7 @@ class SequenceSampler:
             episode_starts=torch.as_tensor(starts),
             returns=torch.as_tensor(returns),
             memory_ops=torch.as_tensor(ops) if labelled else None,
+            expert_latents=None if latents is None else torch.as_tensor(latents),
         )
 
 
@@ -278,6 +305,7 @@ __all__ = [
     "SequenceBatch",
     "SequenceSampler",
     "collect_episodes",
+    "expert_latents",
     "expert_memory_ops",
     "load_episodes",
     "split_episodes",

@@ -64,6 +64,9 @@ class PolicyStep:
     """``(B,)`` per stat of :data:`MEMORY_COUNTS` + :data:`MEMORY_LEVELS` (empty: no memory)."""
     state_bytes: int | None = None
     """Bytes of recurrent state per env (core + memory), if the policy has one."""
+    expert_latent: np.ndarray | None = None
+    """``(B, d)`` the scripted expert's latent (``expert_latent()``), recorded with
+    demonstrations as behaviour cloning's auxiliary target; None for other policies."""
 
 
 @runtime_checkable
@@ -118,6 +121,9 @@ class ExpertPolicy:
     ) -> PolicyStep:
         per_env = env.call("expert_action")  # tuple of B action dicts
         step = PolicyStep(actions=_stack_actions(per_env))
+        latents = call_if_every_env_has(env, "expert_latent")
+        if latents is not None:
+            step.expert_latent = np.stack([np.asarray(x, np.float32) for x in latents])
         ops = _expert_memory_ops(env)  # the expert's memory calls, where the task labels them
         if ops is not None:
             get = (ops == "get").astype(np.float64)
@@ -839,6 +845,7 @@ def _account(
             think_steps=think,
             text_emitted=word,
             memory=mem or None,
+            expert_latent=None if step.expert_latent is None else step.expert_latent[i],
         )
 
 

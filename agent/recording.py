@@ -22,7 +22,9 @@ Layout of one Minari episode (T steps; Minari's own fields first):
   - ``text_shown``: the instruction/question on screen; ``is_success``; ``phase`` (the
     task's ``info["phase"]``, when it has one);
   - ``agent/think_steps``, ``agent/text_emitted`` and ``agent/memory/<stat>``: the decision
-    made *at* frame ``t`` (the last frame has none: -1, "" and 0).
+    made *at* frame ``t`` (the last frame has none: -1, "" and 0);
+  - ``expert/latent`` ``(T+1, d)``: the scripted expert's latent at frame ``t``
+    (demonstrations of tasks with ``expert_latent()``; zeros on the last frame).
 
 * per-episode attributes: ``seed``, ``success``, ``return``, ``length``.
 * dataset metadata (``metadata.json``): Minari's fields plus ``mindloop`` =
@@ -89,6 +91,9 @@ class EpisodeRecord:
     memory: dict[str, np.ndarray] = field(default_factory=dict)
     """Per memory stat ``(T,)``: calls this frame (``set``, ``get``, ``hit``, ``evicted``) and
     the store after it (``occupancy`` items, ``store_bytes``)."""
+    expert_latent: np.ndarray | None = None
+    """``(T, d)`` float32: the scripted expert's latent at each frame (demonstrations of tasks
+    with ``expert_latent()``; behaviour cloning's auxiliary target), else ``None``."""
     audio_sample_rate: int | None = None
     dt: float | None = None
     """Seconds per control step (frame)."""
@@ -141,6 +146,7 @@ class EpisodeRecorder:
         self._think: list[int] = []
         self._said: list[str] = []
         self._memory: list[dict[str, float]] = []
+        self._latent: list[np.ndarray] = []
 
     def frame(
         self,
@@ -172,6 +178,7 @@ class EpisodeRecorder:
         think_steps: int | None = None,
         text_emitted: str | None = None,
         memory: dict[str, float] | None = None,
+        expert_latent: np.ndarray | None = None,
     ) -> None:
         """The decision taken on the last frame and the step's outcome (then call ``frame``)."""
         self._actions.append({k: np.array(v, copy=True) for k, v in action.items()})
@@ -184,6 +191,8 @@ class EpisodeRecorder:
             self._said.append(text_emitted)
         if memory:
             self._memory.append(dict(memory))
+        if expert_latent is not None:
+            self._latent.append(np.array(expert_latent, dtype=np.float32, copy=True))
 
     def finish(self) -> EpisodeRecord:
         """The finished record (frames must be one more than steps)."""
@@ -213,6 +222,7 @@ class EpisodeRecorder:
                 if len(self._memory) == t and t > 0
                 else {}
             ),
+            expert_latent=np.stack(self._latent) if len(self._latent) == t and t > 0 else None,
             audio_sample_rate=self.audio_sample_rate,
             dt=self.dt,
         )
@@ -377,6 +387,9 @@ def _to_buffer(index: int, r: EpisodeRecord) -> Any:
         agent["memory"] = {k: np.append(v, 0.0).astype(np.float64) for k, v in r.memory.items()}
     if agent:
         infos["agent"] = agent
+    if r.expert_latent is not None:
+        last = np.zeros((1, *r.expert_latent.shape[1:]), np.float32)
+        infos["expert"] = {"latent": np.concatenate([r.expert_latent, last]).astype(np.float32)}
     for key, value in _flatten(infos).items():
         if len(value) != n:
             raise RuntimeError(f"info {key!r} has {len(value)} entries, expected {n}")
@@ -552,6 +565,11 @@ def _from_episode(ep: Any, meta: dict[str, Any], seed: Any) -> EpisodeRecord:
         think_steps=None if think is None else np.asarray(think, dtype=np.int64)[:-1],
         text_emitted=[] if said is None else _strings(said, n)[:-1],
         memory=memory,
+        expert_latent=(
+            np.asarray(infos["expert/latent"], dtype=np.float32)[:-1]
+            if "expert/latent" in infos
+            else None
+        ),
         audio_sample_rate=meta.get("audio_sample_rate"),
         dt=meta.get("dt"),
     )

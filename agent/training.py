@@ -219,7 +219,7 @@ def bc_phase(run: Run) -> None:
             run.logger.scalars(
                 "losses",
                 {"bc_loss": m.loss, "bc_imitation": m.imitation, "bc_value": m.value,
-                 "bc_halting_kl": m.kl},
+                 "bc_halting_kl": m.kl, "bc_expert_latent": m.expert_latent},
                 u * frames_per_update,
             )  # fmt: skip
             run.logger.scalars("charts", {"bc_think_steps": m.think_steps}, u * frames_per_update)

@@ -179,7 +179,8 @@ DAGGER_SHARE = 0.15
 than the expert's, and what they take is counted: PPO gets the rest)."""
 
 
-MINDLOOP_RECIPE = f"demos{DEMO_SHARE}+dagger{DAGGER_SHARE}+ppo-rest"
+# "+latent": BC also regresses the expert's latent (bc.expert_latent_coef, train.py's default)
+MINDLOOP_RECIPE = f"demos{DEMO_SHARE}+dagger{DAGGER_SHARE}+ppo-rest+latent"
 """The mindloop contenders' recipe, as it appears in the result keys."""
 
 

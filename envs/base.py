@@ -177,6 +177,12 @@ class MindloopEnv(gym.Env[Obs, Action]):
         """The scripted expert's action for the current state."""
         raise NotImplementedError
 
+    # Optional: ``expert_latent() -> np.ndarray`` (float32, fixed size per task), the
+    # expert's internal variables that decide its action and that the agent cannot read off
+    # one frame (the posture it heads for, the count so far). Behaviour cloning regresses
+    # them from the core's state as an auxiliary target (agent/bc.py), a privileged signal
+    # that training alone sees, like a teacher's latent in teacher-student distillation.
+
     # ----------------------------------------------------------------- spaces
     def _make_observation_space(self) -> spaces.Dict:
         out: dict[str, spaces.Space] = {}

@@ -224,6 +224,15 @@ class CountAnswerEnv(MindloopEnv):
             return {"text": vocab.number_token(self._count)}
         return {"text": vocab.EOS}
 
+    def expert_latent(self) -> np.ndarray:
+        """(max_events + 1,) float32 one-hot of the balls landed so far (each clicks as it
+        lands): the running count the expert's answer reads out."""
+        release = self._release_steps[: self._count]
+        landed = int(np.sum((release >= 0) & (release + _FALL_STEPS <= self._step_count)))
+        out = np.zeros(self.max_events + 1, dtype=np.float32)
+        out[min(landed, self.max_events)] = 1.0
+        return out
+
     def _proprio(self) -> np.ndarray:  # CountAnswer has no body to sense
         raise NotImplementedError
 

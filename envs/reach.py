@@ -332,6 +332,11 @@ class ReachEnv(MindloopEnv):
         """Posture the expert heads for: the goal's, or stay put while there is none."""
         return self._obj_q[self._goal] if self._obj_active[self._goal] else self._hold_q
 
+    def expert_latent(self) -> np.ndarray:
+        """(n_joints,) float32: the posture the expert heads for (the goal's joint angles, or
+        the held posture before a goal shows): which ball, resolved into where to go."""
+        return np.asarray(self._expert_target_q(), dtype=np.float32)
+
     def expert_action(self) -> Action:
         """Computed-torque PD toward the goal posture, mapped to muscles by bounded least
         squares (:class:`envs.experts.MuscleReacher`)."""

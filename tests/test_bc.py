@@ -114,6 +114,32 @@ def test_bc_reaches_high_agreement_with_the_expert(think):
     assert agreement["text/accuracy"] > 0.95, agreement
 
 
+@pytest.mark.parametrize("think", ["ponder", "sampled"])
+def test_bc_learns_to_read_the_expert_latent_from_the_state(think):
+    """The auxiliary target (TinyAnswer's latent: the token to answer) reaches the batches and
+    the trainer's readout learns it from the core's state: its loss falls well below the
+    start, and with the weight at 0 there is no readout and no loss."""
+    envs, agent = make("mindloop_test/TinyAnswer-v0", k_max=1)
+    try:
+        episodes = collect_episodes(envs, 60, seeds=env_seeds(0, 8))
+    finally:
+        envs.close()
+    assert all(e.expert_latents.shape == (len(e), 3) for e in episodes)
+    sampler = SequenceSampler(episodes, 16, 8, 0.99, seed=0)
+    assert sampler.next_batch().expert_latents.shape == (8, 16, 3)
+    cfg = BCConfig(updates=120, batch_envs=16, seq_len=8, lr=3e-3, warmup=0, think=think)
+    fit_normalization(agent, episodes)
+    trainer = BCTrainer(agent, cfg, gamma=0.99, seed=0)
+    losses = []
+    trainer.train(sampler, cfg.updates, on_update=lambda u, m: losses.append(m.expert_latent))
+    assert trainer.latent_decoder is not None
+    assert np.mean(losses[-10:]) < 0.3 * np.mean(losses[:3]), (losses[:3], losses[-10:])
+
+    off = BCTrainer(agent, BCConfig(expert_latent_coef=0.0, think=think), gamma=0.99)
+    metrics = off.train(sampler, 2)
+    assert off.latent_decoder is None and metrics.expert_latent == 0.0
+
+
 def test_bc_continuous_agreement():
     """Muscle-style Beta heads: deterministic actions match the expert's closely."""
     envs, agent = make("mindloop_test/TinyReach-v0", k_max=0)

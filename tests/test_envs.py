@@ -221,6 +221,25 @@ def test_expert_succeeds_and_random_policy_does_not(env_id: str) -> None:
     assert random <= 0.2, f"random success {random:.2f} should be far below the expert"
 
 
+@pytest.mark.parametrize("env_id", IDS)
+def test_expert_latent_is_a_fixed_size_vector(env_id: str) -> None:
+    """BC's auxiliary target: one float32 vector per frame, the same size all episode long,
+    and not a constant (it says something the frame alone does not)."""
+    with make(env_id, obs_keys=fast_keys(env_id)) as env:
+        latents = []
+        for seed in (0, 1):
+            env.reset(seed=seed)
+            while True:
+                latents.append(env.unwrapped.expert_latent())
+                _, _, terminated, truncated, _ = env.step(env.unwrapped.expert_action())
+                if terminated or truncated:
+                    break
+    assert {x.dtype for x in latents} == {np.dtype(np.float32)}
+    assert len({x.shape for x in latents}) == 1 and latents[0].ndim == 1
+    stacked = np.stack(latents)
+    assert np.isfinite(stacked).all() and stacked.std(axis=0).max() > 0
+
+
 def test_flattened_expert_action_matches_the_dict_one() -> None:
     with FlattenActionWrapper(
         make(envs.DEFAULT_TASK_ID, obs_keys=("proprio",)), rescale=True

@@ -12,6 +12,7 @@ import pytest
 
 import envs  # noqa: F401  (registers the mindloop/ ids)
 from agent.datasets import collect_expert_dataset, load_demonstrations
+from agent.demonstrations import load_episodes
 from agent.evaluation import AgentPolicy, evaluate, make_policy
 from agent.recording import (
     RECORD_FORMAT,
@@ -57,6 +58,9 @@ def assert_records_equal(a: EpisodeRecord, b: EpisodeRecord) -> None:
     assert (a.audio is None) == (b.audio is None)
     if a.audio is not None:
         assert np.array_equal(a.audio, b.audio)
+    assert (a.expert_latent is None) == (b.expert_latent is None)
+    if a.expert_latent is not None:
+        assert np.array_equal(a.expert_latent, b.expert_latent)
     assert len(a.states) == len(b.states)
     for sa, sb in zip(a.states, b.states, strict=True):
         assert sa.keys() == sb.keys()
@@ -236,5 +240,10 @@ def test_expert_dataset_for_behaviour_cloning(tmp_path):
     assert mask.sum(axis=0).tolist() == lengths
     assert demos.env_id == "mindloop/InstructedReach-v0"
     assert isinstance(demos.observation_space, gym.spaces.Dict)
+    # BC's auxiliary target, frame by frame: the posture the expert heads for
+    episodes = load_episodes(path)
+    for ep, rec in zip(episodes, result.records, strict=True):
+        assert ep.expert_latents.shape == (len(ep), 2)
+        assert np.array_equal(ep.expert_latents, rec.expert_latent)
     with pytest.raises(ValueError, match="already exists"):
         collect_expert_dataset("mindloop/InstructedReach-v0", 1, seed=0, path=path)

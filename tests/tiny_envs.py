@@ -10,7 +10,8 @@ step, so PPO/BC/resume/DDP tests finish in seconds:
 - ``mindloop_test/TinyAnswer-v0``: ``text`` shows a token for a few steps, then a question
   mark; the agent must answer the shown token (``text`` action) when asked. Reward +1 for
   the right answer, 0 otherwise; the expert says silence, then the token. Needs memory of
-  the first steps (the recurrent core).
+  the first steps (the recurrent core). Its ``expert_latent()`` is the token to answer, one-hot
+  (what the core must carry).
 """
 
 from __future__ import annotations
@@ -111,6 +112,9 @@ class TinyAnswerEnv(gym.Env):
 
     def expert_action(self) -> dict[str, int]:
         return {"text": self._token if self._asking else 0}
+
+    def expert_latent(self) -> np.ndarray:
+        return np.eye(3, dtype=np.float32)[self._token - 1]
 
     def get_state(self) -> dict[str, np.ndarray]:
         return {"token": np.array(self._token), "t": np.array(self._t)}
