@@ -10,7 +10,14 @@ then evaluates the deterministic clone at one or more delays and reports, beside
   (chance 1/3 with three balls), with the memory read intact and with it **ablated** (the
   fetched item and hit flag zeroed every frame): if ablation changes nothing, the action
   does not use what the memory fetched;
-* memory calls per episode (set / get) of the deterministic policy.
+* memory calls per episode (set / get) of the deterministic policy;
+* with the expert-latent target (``--latent-coef``, train.py's default 1): how well the
+  core's state knows the posture the expert heads for once the balls show, **teacher-forced**
+  on held-out expert episodes and **closed-loop** in the clone's own evaluation episodes
+  (R², and the share of reach frames where the posture read out is nearest the cued ball).
+  A large gap between the two is the copycat shortcut of behaviour cloning (de Haan et al.
+  2019; Wen et al. 2020): on expert frames the target is readable from the arm's own motion
+  toward it, which the clone's arm does not have.
 
 Every env step spent on training (demonstrations + DAgger rollouts) is counted. One torch
 thread. Demonstrations are cached under ``benchmarks/out/cue_recall_bc/`` per (kwargs, n).
@@ -56,9 +63,13 @@ def build_agent(
     return MindloopAgent(*_env_spaces(cfg), cfg.agent), cfg
 
 
-def evaluate_clone(agent, kwargs: dict[str, Any], episodes: int, ablate: bool = False):
+def evaluate_clone(
+    agent, kwargs: dict[str, Any], episodes: int, ablate: bool = False, latent_decoder=None
+):
     """Deterministic episodes (seeds 1,000,001+) -> success, wrong, near-any-ball, goal
-    selection rates and memory calls per episode."""
+    selection rates and memory calls per episode; with ``latent_decoder`` (BC's readout of
+    the expert's latent) also the closed-loop latent R² and the share of reach frames whose
+    read-out posture is nearest the cued ball's."""
     import gymnasium as gym
     import torch
 
@@ -67,6 +78,7 @@ def evaluate_clone(agent, kwargs: dict[str, Any], episodes: int, ablate: bool = 
     env = gym.make(TASK, **kwargs)
     u = env.unwrapped
     rows = []
+    read, true, nearest = [], [], []  # reach frames: read-out latent, the expert's, pick ok
     for k in range(episodes):
         obs, _ = env.reset(seed=1_000_001 + k)
         state, start = agent.initial_state(1), True
@@ -74,6 +86,14 @@ def evaluate_clone(agent, kwargs: dict[str, Any], episodes: int, ablate: bool = 
         while True:
             o = {key: np.asarray(v)[None] for key, v in obs.items()}
             with torch.no_grad():
+                if latent_decoder is not None and u._obj_active.any():
+                    # the observe step's state for this frame (what BC's readout is trained on)
+                    out, _ = agent({k: v[None] for k, v in o.items()}, state,
+                                   torch.tensor([[start]]), ponder=True)  # fmt: skip
+                    pred = latent_decoder(out.hidden[0, 0, 0]).numpy()  # (n_joints,)
+                    read.append(pred)
+                    true.append(u.expert_latent())
+                    nearest.append(int(np.linalg.norm(u._obj_q - pred, axis=1).argmin()) == u._goal)
                 act, state, info = agent.act(o, state, torch.tensor([start]), deterministic=True)
             start = False
             if agent.policy.memory is not None:
@@ -107,7 +127,38 @@ def evaluate_clone(agent, kwargs: dict[str, Any], episodes: int, ablate: bool = 
         "set_per_episode",
         "get_per_episode",
     )
-    return dict(zip(keys, (float(x) for x in r.mean(0)), strict=True))
+    out = dict(zip(keys, (float(x) for x in r.mean(0)), strict=True))
+    if read:
+        out["latent_r2_closed_loop"] = r2_score(np.array(read), np.array(true))
+        out["latent_nearest_cued"] = float(np.mean(nearest))
+    return out
+
+
+def r2_score(pred: np.ndarray, target: np.ndarray) -> float:
+    """1 - SSE / SST over all entries of (N, d) arrays (per-dimension means)."""
+    sst = float(((target - target.mean(0)) ** 2).sum())
+    return 1.0 - float(((pred - target) ** 2).sum()) / max(sst, 1e-12)
+
+
+def teacher_forced_latent_r2(agent, decoder, episodes) -> tuple[float, float]:
+    """R² of BC's latent readout on expert episodes replayed through the agent, on the frames
+    after the balls show (where the expert's latent differs from its first frame's), and on
+    the first of them only (the balls just appeared: the arm has not moved toward one yet)."""
+    import torch
+
+    read, true = [], []
+    with torch.no_grad():
+        for ep in episodes:
+            obs = {k: v[:, None] for k, v in ep.obs.items()}  # (L, 1, ...)
+            starts = torch.zeros(len(ep), 1, dtype=torch.bool)
+            starts[0] = True
+            out, _ = agent(obs, agent.initial_state(1), starts, ponder=True)
+            pred = decoder(out.hidden[:, 0, 0]).numpy()  # (L, d): observe-step states
+            moved = np.abs(ep.expert_latents - ep.expert_latents[0]).sum(-1) > 1e-6
+            read.append(pred[moved])
+            true.append(ep.expert_latents[moved])
+    first = r2_score(np.stack([r[0] for r in read]), np.stack([t[0] for t in true]))
+    return r2_score(np.concatenate(read), np.concatenate(true)), first
 
 
 def main() -> None:
@@ -124,6 +175,9 @@ def main() -> None:
         "--think-input",
         default="token",
         help="token (default), adapter, attend, scan (image cells)",
+    )
+    ap.add_argument(
+        "--latent-coef", type=float, default=1.0, help="bc.expert_latent_coef (0: no latent)"
     )
     ap.add_argument("--dagger", type=int, default=0, help="DAgger rounds (steps counted)")
     ap.add_argument("--dagger-episodes", type=int, default=200)
@@ -163,9 +217,16 @@ def main() -> None:
             overwrite=True,
         )  # fmt: skip
     episodes = load_episodes(demos)
+    if episodes[0].expert_latents is None:  # a cache from before latents were recorded
+        collect_expert_dataset(
+            TASK, a.episodes, seed=a.seed + 100_000, path=demos, env_kwargs=kwargs, num_envs=8,
+            overwrite=True,
+        )  # fmt: skip
+        episodes = load_episodes(demos)
     env_steps = sum(len(e) for e in episodes)
     seed_everything(a.seed)
     agent, cfg = build_agent(kwargs, not a.no_memory, a.k_max, a.think, a.think_input)
+    cfg.bc.expert_latent_coef = a.latent_coef
     train_eps, held_out = split_episodes(episodes, 0.1, seed=a.seed)
     fit_normalization(agent, train_eps)
     trainer = BCTrainer(agent, cfg.bc, gamma=cfg.ppo.gamma, seed=a.seed)
@@ -184,6 +245,12 @@ def main() -> None:
         sampler.add(new)
         trainer.train(sampler, a.dagger_updates, total_updates=total)
     agreement = action_agreement(agent, held_out[:20])
+    decoder = trainer.latent_decoder
+    if decoder is not None:
+        (
+            agreement["latent_r2_teacher_forced"],
+            agreement["latent_r2_teacher_forced_first_frame"],
+        ) = teacher_forced_latent_r2(agent, decoder, held_out[:30])
     print(f"trained on {env_steps} env steps in {time.perf_counter() - t0:.0f}s; held-out "
           + ", ".join(f"{k} {v:.3f}" for k, v in agreement.items()))  # fmt: skip
     results = []
@@ -193,11 +260,22 @@ def main() -> None:
     print("|---:|---|---:|---:|---:|---:|---:|---:|")
     for delay in a.eval_delays:
         for ablate in (False, True) if agent.policy.memory is not None else (False,):
-            m = evaluate_clone(agent, {**kwargs, "delay_steps": delay}, a.eval_episodes, ablate)
+            m = evaluate_clone(
+                agent, {**kwargs, "delay_steps": delay}, a.eval_episodes, ablate,
+                None if ablate else decoder,
+            )  # fmt: skip
             results.append({"eval_delay": delay, "ablated_read": ablate, **m})
             print(f"| {delay} | {'ablated' if ablate else 'intact'} | {m['success']:.2f} | "
                   f"{m['wrong']:.2f} | {m['near_any_ball']:.2f} | {m['goal_selected']:.2f} | "
                   f"{m['set_per_episode']:.1f} | {m['get_per_episode']:.1f} |")  # fmt: skip
+    for m in results:
+        if "latent_r2_closed_loop" in m:
+            print(f"delay {m['eval_delay']}: expert latent R² closed-loop "
+                  f"{m['latent_r2_closed_loop']:.3f} (teacher-forced held-out "
+                  f"{agreement['latent_r2_teacher_forced']:.3f}, on the balls' first frame "
+                  f"{agreement['latent_r2_teacher_forced_first_frame']:.3f}); read-out "
+                  f"posture nearest the cued ball on {m['latent_nearest_cued']:.2f} of reach "
+                  "frames")  # fmt: skip
     a.out.parent.mkdir(parents=True, exist_ok=True)
     record = {"args": {k: str(v) for k, v in vars(a).items()}, "env_steps": env_steps,
               "agreement": agreement, "results": results}  # fmt: skip
