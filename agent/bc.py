@@ -275,7 +275,7 @@ class BCTrainer:
         self.latent_decoder = nn.Linear(hidden, latent_dim).to(self.agent.device)
         self.optimizer.add_param_group({"params": list(self.latent_decoder.parameters())})
 
-    def _latent_loss(self, hidden: torch.Tensor, latents: torch.Tensor, aux: dict) -> torch.Tensor:
+    def _latent_loss(self, hidden: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         """Squared error of the expert's latent read out of ``hidden`` ((T, B, H), or
         (T, B, K+1, H): every think step) against ``latents`` (T, B, d), per frame (and step),
         relative to the targets' spread so the weight means the same for every task."""
@@ -300,7 +300,7 @@ class BCTrainer:
         kl = out.kl_to_geometric(self.cfg.lambda_p).mean() if K1 > 1 else per_step.new_zeros(())
         loss = imitation + self.cfg.kl_coef * kl
         if latents is not None:  # every think step's state, weighted like the imitation
-            latent = out.expected(self._latent_loss(out.hidden, latents, aux)).mean()
+            latent = out.expected(self._latent_loss(out.hidden, latents)).mean()
             aux["expert_latent"] = float(latent.detach())
             loss = loss + self.cfg.expert_latent_coef * latent
         if op_labels is not None:
@@ -360,7 +360,7 @@ class BCTrainer:
             )
         if latents is not None:  # the state each frame acted from
             h = final_hidden[0].reshape(*latents.shape[:2], -1)  # (T, B, H)
-            latent = self._latent_loss(h, latents, aux).mean()
+            latent = self._latent_loss(h, latents).mean()
             aux["expert_latent"] = float(latent.detach())
             extra = extra + self.cfg.expert_latent_coef * latent
         reinforce = -(advantage * (info.log_prob_halt + memory_lp)).mean()

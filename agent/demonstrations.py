@@ -33,7 +33,7 @@ from gymnasium.vector import VectorEnv
 
 from agent.agent import MindloopAgent
 from agent.memory import OP_GET, OP_NAMES, OP_NONE, OP_SET
-from agent.vector import call_if_every_env_has, expert_actions, step_vector_env
+from agent.vector import call_if_every_env_has, expert_actions, expert_latents, step_vector_env
 
 
 @dataclass
@@ -110,13 +110,6 @@ def expert_memory_ops(envs: VectorEnv) -> np.ndarray | None:
             f"expert_memory_op() returned {', '.join(unknown)}; allowed: {', '.join(OP_NAMES)}"
         )
     return np.array([OP_NAMES.index(n) for n in names], dtype=np.int64)
-
-
-def expert_latents(envs: VectorEnv) -> np.ndarray | None:
-    """(N, d) float32 latents of the sub-envs' experts for their current state
-    (``expert_latent()``), or None when the task has none."""
-    latents = call_if_every_env_has(envs, "expert_latent")
-    return None if latents is None else np.stack([np.asarray(x, np.float32) for x in latents])
 
 
 def collect_episodes(
@@ -305,7 +298,6 @@ __all__ = [
     "SequenceBatch",
     "SequenceSampler",
     "collect_episodes",
-    "expert_latents",
     "expert_memory_ops",
     "load_episodes",
     "split_episodes",

@@ -35,7 +35,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 
 import envs  # registers the mindloop/ ids (and picks the GL backend first)
 from agent.recording import EpisodeRecord, EpisodeRecorder
-from agent.vector import call_if_every_env_has, every_env_has
+from agent.vector import call_if_every_env_has, every_env_has, expert_latents
 from encoders.registry import Registry
 from envs import vocab
 
@@ -121,9 +121,7 @@ class ExpertPolicy:
     ) -> PolicyStep:
         per_env = env.call("expert_action")  # tuple of B action dicts
         step = PolicyStep(actions=_stack_actions(per_env))
-        latents = call_if_every_env_has(env, "expert_latent")
-        if latents is not None:
-            step.expert_latent = np.stack([np.asarray(x, np.float32) for x in latents])
+        step.expert_latent = expert_latents(env)  # BC's auxiliary target, where the task has one
         ops = _expert_memory_ops(env)  # the expert's memory calls, where the task labels them
         if ops is not None:
             get = (ops == "get").astype(np.float64)

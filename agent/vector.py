@@ -169,6 +169,14 @@ def expert_actions(envs: VectorEnv) -> dict[str, np.ndarray]:
     return {k: np.stack([np.asarray(a[k]) for a in per_env]) for k in per_env[0]}
 
 
+def expert_latents(envs: VectorEnv) -> np.ndarray | None:
+    """(N, d) float32 latents of the sub-envs' experts for their current state
+    (``expert_latent()``, behaviour cloning's auxiliary target), or None when the task has
+    none."""
+    latents = call_if_every_env_has(envs, "expert_latent")
+    return None if latents is None else np.stack([np.asarray(x, np.float32) for x in latents])
+
+
 def every_env_has(envs: VectorEnv, *names: str) -> bool:
     """Whether every sub-env (through its wrappers) has all of ``names``.
 
@@ -326,6 +334,7 @@ __all__ = [
     "check_env_id",
     "env_seeds",
     "expert_actions",
+    "expert_latents",
     "make_env",
     "make_vector_env",
     "stack_obs",
