@@ -239,18 +239,16 @@ class BCTrainer:
         if batch.memory_ops is not None and self.observation_decoder is not None:
             op_labels = batch.memory_ops.to(device)
         aux = {"memory_ops": 0.0, "observation_recon": 0.0, "expert_latent": 0.0}
-        latents = None
+        latents = latent_frames = None
         if batch.expert_latents is not None and self.cfg.expert_latent_coef > 0:
             latents = batch.expert_latents.to(device)
+            if self.cfg.expert_latent_frames == "onset" and batch.latent_onsets is not None:
+                latent_frames = batch.latent_onsets.to(device)
             self._ensure_latent_decoder(latents.shape[-1])
-        if self.cfg.think == "ponder":
-            loss, imitation, kl, steps, value, state = self._ponder_loss(
-                batch.obs, self._lane_state, starts, actions, op_labels, aux, latents
-            )
-        else:
-            loss, imitation, kl, steps, value, state = self._sampled_loss(
-                batch.obs, self._lane_state, starts, actions, op_labels, aux, latents
-            )
+        loss_fn = self._ponder_loss if self.cfg.think == "ponder" else self._sampled_loss
+        loss, imitation, kl, steps, value, state = loss_fn(
+            batch.obs, self._lane_state, starts, actions, op_labels, aux, latents, latent_frames
+        )
         target = self.agent.value_norm.normalize(batch.returns.to(device))
         value_loss = 0.5 * (value - target).pow(2).mean()
         total = loss + value_loss
@@ -284,7 +282,16 @@ class BCTrainer:
         err = (pred - target).pow(2).mean(-1)
         return err / latents.var(dim=(0, 1)).mean().clamp_min(1e-6)
 
-    def _ponder_loss(self, obs, state, starts, actions, op_labels=None, aux=None, latents=None):
+    def _latent_mean(self, per_frame: torch.Tensor, frames: torch.Tensor | None) -> torch.Tensor:
+        """Mean of a (T, B) loss over every frame, or over the ``frames`` mask ((T, B) bool;
+        0 when the batch has none of them)."""
+        if frames is None:
+            return per_frame.mean()
+        return (per_frame * frames).sum() / frames.sum().clamp_min(1)
+
+    def _ponder_loss(
+        self, obs, state, starts, actions, op_labels=None, aux=None, latents=None, frames=None
+    ):
         with _traced(self.agent, op_labels is not None) as (trace, embedding):
             out, new_state = self.model(obs, state, starts, ponder=True, mem_ops=op_labels)
         T, B, K1, H = out.hidden.shape
@@ -300,7 +307,7 @@ class BCTrainer:
         kl = out.kl_to_geometric(self.cfg.lambda_p).mean() if K1 > 1 else per_step.new_zeros(())
         loss = imitation + self.cfg.kl_coef * kl
         if latents is not None:  # every think step's state, weighted like the imitation
-            latent = out.expected(self._latent_loss(out.hidden, latents)).mean()
+            latent = self._latent_mean(out.expected(self._latent_loss(out.hidden, latents)), frames)
             aux["expert_latent"] = float(latent.detach())
             loss = loss + self.cfg.expert_latent_coef * latent
         if op_labels is not None:
@@ -316,7 +323,9 @@ class BCTrainer:
             )
         return loss, imitation, kl, out.expected_steps().mean(), out.value, new_state
 
-    def _sampled_loss(self, obs, state, starts, actions, op_labels=None, aux=None, latents=None):
+    def _sampled_loss(
+        self, obs, state, starts, actions, op_labels=None, aux=None, latents=None, frames=None
+    ):
         # 1) sample the think steps the policy would take (no gradient) ...
         with torch.no_grad():
             x, tokens = self.agent.encode_frames(obs)  # (T, B, D), (T, B, N, Dt) or None
@@ -360,7 +369,7 @@ class BCTrainer:
             )
         if latents is not None:  # the state each frame acted from
             h = final_hidden[0].reshape(*latents.shape[:2], -1)  # (T, B, H)
-            latent = self._latent_loss(h, latents).mean()
+            latent = self._latent_mean(self._latent_loss(h, latents), frames)
             aux["expert_latent"] = float(latent.detach())
             extra = extra + self.cfg.expert_latent_coef * latent
         reinforce = -(advantage * (info.log_prob_halt + memory_lp)).mean()

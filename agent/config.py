@@ -38,6 +38,7 @@ START_METHODS = ("forkserver", "spawn", "fork")
 DEVICES = ("auto", "cpu", "cuda")
 LR_SCHEDULES = ("linear", "constant")
 BC_THINK_MODES = ("ponder", "sampled")
+LATENT_FRAMES = ("all", "onset")
 
 
 def _check_choice(name: str, value: object, choices: typing.Sequence[object]) -> None:
@@ -228,6 +229,13 @@ class BCConfig:
     that expose it; relative to the latent's spread. It teaches the state to hold *what* the
     expert acts on (which ball, how many), which the action loss alone teaches slowly. 0: off."""
 
+    expert_latent_frames: str = "all"
+    """Frames the latent is regressed on: "all", or "onset": only where it takes a new value
+    (an episode's first frame, the balls showing, a ball landing), before the expert's action
+    toward it can show in the body's own sensing. On later frames a reach's goal is readable
+    from the arm's motion toward it, a shortcut the clone's own arm does not give it in closed
+    loop (the copycat problem of BC); at the onset only the senses and memory can tell it."""
+
     def __post_init__(self) -> None:
         _check_min("bc", self, ("episodes", "updates", "batch_envs", "seq_len"), 1)
         _check_min(
@@ -236,6 +244,7 @@ class BCConfig:
         _check_min("bc", self, ("dagger_rounds", "dagger_episodes", "dagger_updates", "warmup"), 0)
         _check_min("bc", self, ("target_concentration", "kl_coef"), 0)
         _check_choice("bc.think", self.think, BC_THINK_MODES)
+        _check_choice("bc.expert_latent_frames", self.expert_latent_frames, LATENT_FRAMES)
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"bc.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0.0 <= self.dagger_beta <= 1.0:

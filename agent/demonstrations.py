@@ -57,6 +57,14 @@ class Episode:
     def __len__(self) -> int:
         return len(self.rewards)
 
+    def latent_onsets(self) -> np.ndarray | None:
+        """(L,) bool: frames where the expert's latent takes a new value (frame 0 included),
+        or None without latents."""
+        if self.expert_latents is None:
+            return None
+        changed = np.any(self.expert_latents[1:] != self.expert_latents[:-1], axis=-1)
+        return np.concatenate([[True], changed])
+
     def returns(self, gamma: float) -> np.ndarray:
         """(L,) discounted returns-to-go (no bootstrap after the last frame)."""
         out = np.zeros(len(self.rewards), dtype=np.float32)
@@ -200,6 +208,9 @@ class SequenceBatch:
     expert_latents: torch.Tensor | None = None
     """(T, B, d) the expert's latents (auxiliary targets); None unless every episode of the
     sampler has them."""
+    latent_onsets: torch.Tensor | None = None
+    """(T, B) bool: frames where the expert's latent takes a new value (with
+    ``expert_latents``)."""
 
 
 class SequenceSampler:
@@ -217,6 +228,7 @@ class SequenceSampler:
             raise ValueError("no demonstration episodes to sample from")
         self.episodes: list[Episode] = []
         self._returns: list[np.ndarray] = []
+        self._onsets: list[np.ndarray | None] = []
         self.gamma = gamma
         self.lanes, self.seq_len = lanes, seq_len
         self.rng = np.random.default_rng(seed)
@@ -237,6 +249,7 @@ class SequenceSampler:
         episode on."""
         self.episodes = self.episodes + list(episodes)
         self._returns += [ep.returns(self.gamma) for ep in episodes]
+        self._onsets += [ep.latent_onsets() for ep in episodes]
 
     def next_batch(self) -> SequenceBatch:
         T, B = self.seq_len, self.lanes
@@ -252,6 +265,7 @@ class SequenceSampler:
         latents = (
             np.zeros((T, B, first.expert_latents.shape[1]), np.float32) if with_latents else None
         )
+        onsets = np.zeros((T, B), dtype=bool)
         for b in range(B):
             t = 0
             while t < T:
@@ -267,6 +281,7 @@ class SequenceSampler:
                     ops[t : t + n, b] = ep.memory_ops[pos : pos + n]
                 if latents is not None:
                     latents[t : t + n, b] = ep.expert_latents[pos : pos + n]
+                    onsets[t : t + n, b] = self._onsets[ep_i][pos : pos + n]
                 starts[t, b] = pos == 0
                 t += n
                 if pos + n >= len(ep):  # the lane moves on to a random episode
@@ -281,6 +296,7 @@ class SequenceSampler:
             returns=torch.as_tensor(returns),
             memory_ops=torch.as_tensor(ops) if labelled else None,
             expert_latents=None if latents is None else torch.as_tensor(latents),
+            latent_onsets=None if latents is None else torch.as_tensor(onsets),
         )
 
 

@@ -179,8 +179,21 @@ def main() -> None:
     ap.add_argument(
         "--latent-coef", type=float, default=1.0, help="bc.expert_latent_coef (0: no latent)"
     )
+    ap.add_argument(
+        "--latent-frames",
+        default="all",
+        choices=("all", "onset"),
+        help="bc.expert_latent_frames: regress the latent on every frame or at its onsets",
+    )
     ap.add_argument("--dagger", type=int, default=0, help="DAgger rounds (steps counted)")
     ap.add_argument("--dagger-episodes", type=int, default=200)
+    ap.add_argument(
+        "--dagger-beta",
+        type=float,
+        default=None,
+        help="expert share of the first DAgger round, halved each round (train.py's default "
+        "unless given; 0: the clone alone drives)",
+    )
     ap.add_argument("--dagger-updates", type=int, default=500)
     ap.add_argument("--eval-delays", type=int, nargs="+", default=[20, 200])
     ap.add_argument("--eval-episodes", type=int, default=20)
@@ -227,6 +240,9 @@ def main() -> None:
     seed_everything(a.seed)
     agent, cfg = build_agent(kwargs, not a.no_memory, a.k_max, a.think, a.think_input)
     cfg.bc.expert_latent_coef = a.latent_coef
+    cfg.bc.expert_latent_frames = a.latent_frames
+    if a.dagger_beta is not None:
+        cfg.bc.dagger_beta = a.dagger_beta
     train_eps, held_out = split_episodes(episodes, 0.1, seed=a.seed)
     fit_normalization(agent, train_eps)
     trainer = BCTrainer(agent, cfg.bc, gamma=cfg.ppo.gamma, seed=a.seed)

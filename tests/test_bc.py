@@ -114,11 +114,36 @@ def test_bc_reaches_high_agreement_with_the_expert(think):
     assert agreement["text/accuracy"] > 0.95, agreement
 
 
+def test_latent_onsets_mark_where_the_latent_changes():
+    """Onsets: an episode's first frame and every frame whose latent differs from the one
+    before; the sampler hands them out aligned with the latents, across episode borders."""
+    from agent.demonstrations import Episode
+
+    def episode(latents):
+        n = len(latents)
+        return Episode(
+            obs={"proprio": np.zeros((n, 1), np.float32)},
+            actions={"muscles": np.zeros((n, 1), np.float32)},
+            rewards=np.zeros(n, np.float32),
+            success=False,
+            expert_latents=np.asarray(latents, np.float32)[:, None],
+        )
+
+    ep = episode([0, 0, 2, 2, 2, 1])
+    assert ep.latent_onsets().tolist() == [True, False, True, False, False, True]
+    sampler = SequenceSampler([ep], lanes=1, seq_len=9, gamma=0.9, seed=0)
+    batch = sampler.next_batch()  # frames 0..5 of one episode, then 0..2 of the next
+    assert batch.latent_onsets[:, 0].tolist() == [1, 0, 1, 0, 0, 1, 1, 0, 1]
+    assert batch.expert_latents[:, 0, 0].tolist() == [0, 0, 2, 2, 2, 1, 0, 0, 2]
+
+
+@pytest.mark.parametrize("frames", ["all", "onset"])
 @pytest.mark.parametrize("think", ["ponder", "sampled"])
-def test_bc_learns_to_read_the_expert_latent_from_the_state(think):
+def test_bc_learns_to_read_the_expert_latent_from_the_state(think, frames):
     """The auxiliary target (TinyAnswer's latent: the token to answer) reaches the batches and
-    the trainer's readout learns it from the core's state: its loss falls well below the
-    start, and with the weight at 0 there is no readout and no loss."""
+    the trainer's readout learns it from the core's state, on every frame or only at the
+    latent's onsets (here each episode's first frame): its loss falls well below the start,
+    and with the weight at 0 there is no readout and no loss."""
     envs, agent = make("mindloop_test/TinyAnswer-v0", k_max=1)
     try:
         episodes = collect_episodes(envs, 60, seeds=env_seeds(0, 8))
@@ -127,7 +152,10 @@ def test_bc_learns_to_read_the_expert_latent_from_the_state(think):
     assert all(e.expert_latents.shape == (len(e), 3) for e in episodes)
     sampler = SequenceSampler(episodes, 16, 8, 0.99, seed=0)
     assert sampler.next_batch().expert_latents.shape == (8, 16, 3)
-    cfg = BCConfig(updates=120, batch_envs=16, seq_len=8, lr=3e-3, warmup=0, think=think)
+    cfg = BCConfig(
+        updates=120, batch_envs=16, seq_len=8, lr=3e-3, warmup=0, think=think,
+        expert_latent_frames=frames,
+    )  # fmt: skip
     fit_normalization(agent, episodes)
     trainer = BCTrainer(agent, cfg, gamma=0.99, seed=0)
     losses = []

@@ -141,6 +141,7 @@ BAD_INPUT = [
     (["--agent.core.name", "mamba"], ["mamba", "gru"]),
     (["--agent.encoders.encoders", "image", "vit9000"], ["vit9000", "cnn"]),
     (["--ppo.bptt-steps", "7"], ["bptt_steps=7"]),
+    (["--bc.expert-latent-frames", "last"], ["last", "all", "onset"]),
 ]
 
 
