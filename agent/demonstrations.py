@@ -33,7 +33,13 @@ from gymnasium.vector import VectorEnv
 
 from agent.agent import MindloopAgent
 from agent.memory import OP_GET, OP_NAMES, OP_NONE, OP_SET
-from agent.vector import call_if_every_env_has, expert_actions, expert_latents, step_vector_env
+from agent.vector import (
+    call_if_every_env_has,
+    every_env_has,
+    expert_actions,
+    expert_latents,
+    step_vector_env,
+)
 
 
 @dataclass
@@ -106,10 +112,15 @@ def _ops_from_counts(memory: dict[str, np.ndarray], length: int) -> np.ndarray |
     return ops
 
 
-def expert_memory_ops(envs: VectorEnv) -> np.ndarray | None:
+def expert_memory_ops(envs: VectorEnv, probe: bool = True) -> np.ndarray | None:
     """(N,) int64 memory-op labels of the sub-envs' experts for their current state
-    (``expert_memory_op()``), or None when the task has no such labels."""
-    names = call_if_every_env_has(envs, "expert_memory_op")
+    (``expert_memory_op()``), or None when the task has no such labels. ``probe=False``: the
+    caller knows every sub-env has it (as :func:`agent.vector.expert_latents`)."""
+    names = (
+        envs.call("expert_memory_op")
+        if not probe
+        else call_if_every_env_has(envs, "expert_memory_op")
+    )
     if names is None:
         return None
     unknown = sorted({str(n) for n in names} - set(OP_NAMES))
@@ -150,10 +161,13 @@ def collect_episodes(
     state = agent.initial_state(n) if agent is not None else None
     start = torch.ones(n, dtype=torch.bool)
     rng = np.random.default_rng(seed)
+    # optional expert outputs: probed once (each probe is a round trip to every worker)
+    with_ops = every_env_has(envs, "expert_memory_op")
+    with_latents = every_env_has(envs, "expert_latent")
     while len(out) < episodes:
         labels = expert_actions(envs)  # (N, ...) per key
-        op_labels = expert_memory_ops(envs)  # (N,) or None
-        latents = expert_latents(envs)  # (N, d) or None
+        op_labels = expert_memory_ops(envs, probe=False) if with_ops else None  # (N,)
+        latents = expert_latents(envs, probe=False) if with_latents else None  # (N, d)
         if agent is None:
             actions = labels
         else:

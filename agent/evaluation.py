@@ -35,7 +35,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 
 import envs  # registers the mindloop/ ids (and picks the GL backend first)
 from agent.recording import EpisodeRecord, EpisodeRecorder
-from agent.vector import call_if_every_env_has, every_env_has, expert_latents
+from agent.vector import every_env_has, expert_latents
 from encoders.registry import Registry
 from envs import vocab
 
@@ -115,24 +115,22 @@ class ExpertPolicy:
                 "the expert policy needs an env with expert_action() (every mindloop/ task "
                 "has one); use --policy random or a checkpoint for this env"
             )
+        # optional outputs, probed once per run (a probe is a round trip to every worker)
+        self._with_latents = every_env_has(env, "expert_latent")
+        self._with_ops = every_env_has(env, "expert_memory_op")
 
     def act(
         self, obs: dict[str, np.ndarray], episode_start: np.ndarray, env: VectorEnv
     ) -> PolicyStep:
         per_env = env.call("expert_action")  # tuple of B action dicts
         step = PolicyStep(actions=_stack_actions(per_env))
-        step.expert_latent = expert_latents(env)  # BC's auxiliary target, where the task has one
-        ops = _expert_memory_ops(env)  # the expert's memory calls, where the task labels them
-        if ops is not None:
+        if self._with_latents:  # BC's auxiliary target, where the task has one
+            step.expert_latent = expert_latents(env, probe=False)
+        if self._with_ops:  # the expert's memory calls, where the task labels them
+            ops = np.asarray(env.call("expert_memory_op"), dtype=object)  # (B,) op names
             get = (ops == "get").astype(np.float64)
             step.memory = {"set": (ops == "set").astype(np.float64), "get": get, "hit": get}
         return step
-
-
-def _expert_memory_ops(env: VectorEnv) -> np.ndarray | None:
-    """(B,) op names of ``expert_memory_op()`` (none/set/get), or None if the task has none."""
-    ops = call_if_every_env_has(env, "expert_memory_op")
-    return None if ops is None else np.asarray(ops, dtype=object)
 
 
 @POLICIES.register("random")

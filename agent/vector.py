@@ -169,11 +169,14 @@ def expert_actions(envs: VectorEnv) -> dict[str, np.ndarray]:
     return {k: np.stack([np.asarray(a[k]) for a in per_env]) for k in per_env[0]}
 
 
-def expert_latents(envs: VectorEnv) -> np.ndarray | None:
+def expert_latents(envs: VectorEnv, probe: bool = True) -> np.ndarray | None:
     """(N, d) float32 latents of the sub-envs' experts for their current state
     (``expert_latent()``, behaviour cloning's auxiliary target), or None when the task has
-    none."""
-    latents = call_if_every_env_has(envs, "expert_latent")
+    none. ``probe=False``: the caller knows every sub-env has it (probing is a round trip to
+    every worker: probe once per run, not every step)."""
+    latents = (
+        envs.call("expert_latent") if not probe else call_if_every_env_has(envs, "expert_latent")
+    )
     return None if latents is None else np.stack([np.asarray(x, np.float32) for x in latents])
 
 
