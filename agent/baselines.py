@@ -87,6 +87,7 @@ from agent.config import (
 )
 from agent.evaluation import EvalResult, SB3Policy, evaluate
 from agent.training import EVAL_SEED_OFFSET, evaluate_trained
+from agent.vector import SEED_ENVS, derived_seed
 from encoders.registry import Registry
 from encoders.sb3 import sb3_policy_kwargs
 from envs.wrappers import FlattenActionWrapper
@@ -203,7 +204,8 @@ def sb3_algo_kwargs(config: TrainConfig) -> dict[str, Any]:
         vf_coef=ppo.value_coef,
         max_grad_norm=ppo.max_grad_norm,
         target_kl=ppo.target_kl,
-        seed=config.run.seed,
+        # SB3 reseeds the VecEnv with this (seed + i per env): the run's env block
+        seed=derived_seed(config.run.seed, SEED_ENVS),
         device=config.run.device,  # auto, cpu, cuda: the same names in SB3
         verbose=0,
     )
@@ -865,7 +867,9 @@ def train_sb3(
         _write_json(run_dir / "config.json", config_to_dict(config))
 
     spaces_ = env_spaces(config.env)
-    venv = make_sb3_vec_env(config.env, seed=config.run.seed, backend=backend)
+    venv = make_sb3_vec_env(
+        config.env, seed=derived_seed(config.run.seed, SEED_ENVS), backend=backend
+    )
     try:
         model = build_sb3_model(config, venv)
         callback = MindloopCallback(config, run_dir, spaces_, log=log)

@@ -262,7 +262,8 @@ class RunConfig:
     dir: str | None = None
     """Run directory (None: runs/<task>__<algo>__<seed>__<time>)."""
     seed: int = 1
-    """Seed of torch, numpy, python and the envs (rank r uses seed + 1000 r for its envs)."""
+    """Seed of torch, numpy and python; the envs, demonstrations and DAgger rollouts draw from
+    blocks derived from it (``agent.vector.derived_seed``: seeds 1 and 2 share no episode)."""
     device: str = "auto"
     """auto (cuda if available), cpu or cuda."""
     threads: int = 1

@@ -62,11 +62,21 @@ from agent.distributed import (
 from agent.logger import RunLogger
 from agent.ppo import PPOTrainer
 from agent.rollout import EnvRunner, run_episodes
-from agent.vector import check_env_id, env_seeds, make_vector_env
+from agent.vector import (
+    SEED_DAGGER,
+    SEED_DEMOS,
+    SEED_ENVS,
+    check_env_id,
+    derived_seed,
+    env_seeds,
+    make_vector_env,
+)
 from encoders.registry import Registry
 
 EVAL_SEED_OFFSET = 1_000_000
-"""Evaluation episodes use seeds far from the training envs' (``seed + 1000 r + i``)."""
+"""Evaluation episode ``k`` of run seed ``s`` is reset with seed ``EVAL_SEED_OFFSET + s + k``:
+away from the training envs' blocks (:func:`agent.vector.derived_seed`), and the same
+episodes for every algorithm run with that seed (paired comparisons)."""
 
 
 @dataclass
@@ -233,7 +243,8 @@ def bc_phase(run: Run) -> None:
             if r > 0:  # DAgger: the learner drives, the expert labels what it visits
                 if envs is None:
                     envs = make_vector_env(cfg.env)
-                seeds = env_seeds(cfg.run.seed + 7919 * r, cfg.env.num_envs, run.dist.rank)
+                dagger_seed = derived_seed(cfg.run.seed, SEED_DAGGER, r)
+                seeds = env_seeds(dagger_seed, cfg.env.num_envs, run.dist.rank)
                 beta = bc.dagger_beta * 0.5 ** (r - 1)  # Ross et al.'s decaying mixture
                 new = collect_episodes(
                     envs, bc.dagger_episodes, seeds=seeds, agent=agent, beta=beta, seed=seeds[0]
@@ -271,7 +282,7 @@ def _demonstrations(run: Run) -> list[Episode]:
         collect_expert_dataset(
             cfg.env.id,
             cfg.bc.episodes,
-            seed=cfg.run.seed + 100_000 * (run.dist.rank + 1),
+            seed=derived_seed(cfg.run.seed, SEED_DEMOS, run.dist.rank),
             path=path,
             env_kwargs=cfg.env.make_kwargs(),
             num_envs=min(cfg.env.num_envs, cfg.bc.episodes),
@@ -306,7 +317,8 @@ def ppo_phase(run: Run, reward_fn=None, needs_expert: bool = False, name: str = 
         return
     envs = make_vector_env(cfg.env)
     try:
-        runner = EnvRunner(envs, agent, env_seeds(cfg.run.seed, cfg.env.num_envs, run.dist.rank))
+        seeds = env_seeds(derived_seed(cfg.run.seed, SEED_ENVS), cfg.env.num_envs, run.dist.rank)
+        runner = EnvRunner(envs, agent, seeds)
         trainer = PPOTrainer(
             agent,
             runner,

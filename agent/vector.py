@@ -95,6 +95,24 @@ def make_vector_env(
     )
 
 
+SEED_ENVS, SEED_DEMOS, SEED_DAGGER = 0, 1, 2
+"""What a run's seed is used for (:func:`derived_seed`'s ``purpose``)."""
+
+
+def derived_seed(run_seed: int, purpose: int, *more: int) -> int:
+    """The base seed (< 2**31) of one use of a run's seed: its training envs, its
+    demonstrations, DAgger round ``more[0]``...
+
+    numpy's ``SeedSequence`` spreads ``(run_seed, purpose, *more)`` over the whole range, so
+    runs whose seeds differ by one draw unrelated episodes. (With ``run_seed + k`` per env or
+    episode, SB3's convention, runs 1 and 2 shared seven of eight env streams and all but one
+    demonstration: "several seeds" were nearly one data set.) Consecutive seeds from the base
+    (``base + k``) stay distinct from other bases except with negligible chance.
+    """
+    state = np.random.SeedSequence([run_seed, purpose, *more]).generate_state(1)[0]
+    return int(state >> 1)  # headroom for base + k under 2**32 (numpy's legacy seeding)
+
+
 def env_seeds(seed: int, num_envs: int, rank: int = 0) -> list[int]:
     """Distinct env seeds for a rank: ``seed + 1000 * rank + i``."""
     return [seed + 1000 * rank + i for i in range(num_envs)]
