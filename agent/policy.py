@@ -601,14 +601,9 @@ class MindloopPolicy(nn.Module):
         return out, carried
 
     def _deterministic_steps(self, p: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-        """The step act(deterministic=True) stops at: first lambda_n >= threshold (sampled
-        halting), argmax p_n (budget)."""
-        if self.config.think.halting == "budget":
-            return p.argmax(-1)
-        thr = self.config.think.halt_threshold
-        ones = torch.ones_like(lam[:, :1])
-        over = torch.cat([lam >= thr, ones.bool()], dim=-1)  # (B, K+1), step K always stops
-        return over.float().argmax(-1)  # first True
+        """The step act(deterministic=True) stops at (the halting mode's rule: first
+        lambda_n >= threshold for sampled halting, the most likely budget otherwise)."""
+        return self.halting.deterministic_steps(p, lam, self.config.think.halt_threshold)
 
     def _check_obs(self, obs: torch.Tensor, ndim: int) -> None:
         if obs.dim() != ndim or obs.shape[-1] != self.obs_dim:

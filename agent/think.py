@@ -15,7 +15,9 @@ here, each a small registry:
   and PonderNet feed their input at every ponder step).
 - ``HALTING``: ``sampled`` (a halting head gives p(stop | h_n) at every step n and the stop is
   *sampled*, so the number of think steps varies between runs) or ``budget`` (the agent picks
-  k in 0..k_max up front from h_0: the seed's "tool call to allocate a think budget").
+  k in 0..k_max up front from h_0: the seed's "tool call to allocate a think budget") or
+  ``fixed`` (always k_max think steps, no decision: the fixed-depth baseline that adaptive
+  halting is measured against).
 
 Conventions shared by the policy and training code. Step n = 0 is the observe step, n >= 1
 are think steps; ``think_steps`` n* in 0..k_max is the step after which the env answered.
@@ -381,6 +383,13 @@ class Halting(nn.Module):
         """p(stop | h_n) (B,) when the mode decides step by step, else None."""
         return None
 
+    def deterministic_steps(
+        self, p: torch.Tensor, lambdas: torch.Tensor, threshold: float
+    ) -> torch.Tensor:
+        """(B,) the think steps of a deterministic decision, from the halting distribution
+        p (B, K+1) and the per-step p(stop) (B, K): its most likely step by default."""
+        return p.argmax(-1)
+
     scores_after_loop: bool = False
     """Whether the stops are scored after the think loop by :meth:`score_stops` from the
     per-step p(stop) (:meth:`stop_prob`): then a rollout's loop only samples, and a replay
@@ -425,6 +434,11 @@ class SampledHalting(Halting):
 
     def distribution(self, h0, lambdas):
         return halting_distribution(lambdas)
+
+    def deterministic_steps(self, p, lambdas, threshold):
+        # the first step whose p(stop) reaches the threshold; step K always stops
+        over = torch.cat([lambdas >= threshold, torch.ones_like(lambdas[:, :1]).bool()], dim=-1)
+        return over.float().argmax(-1)  # (B,) the first True
 
     scores_after_loop = True
 
@@ -476,6 +490,26 @@ class BudgetHalting(Halting):
 
     def distribution(self, h0, lambdas):
         return self.budget_distribution(h0).probs
+
+
+@HALTING.register("fixed")
+class FixedHalting(Halting):
+    """Always k_max think steps: nothing decided, nothing to learn, no log-prob. The
+    fixed-depth baseline (PonderNet's and ACT's comparison), and a way to make every frame
+    think, e.g. so the ``attend`` glimpse runs at evaluation too."""
+
+    def __init__(self, hidden_dim: int, config: ThinkConfig) -> None:
+        super().__init__()
+        self.k_max = config.k_max
+
+    def decide(self, k, h, ctx, choose, recorded_steps):
+        zero = h.new_zeros(h.shape[0])
+        return zero.bool(), zero, zero, zero
+
+    def distribution(self, h0, lambdas):
+        p = h0.new_zeros(h0.shape[0], self.k_max + 1)
+        p[:, -1] = 1.0
+        return p
 
 
 def build_halting(config: ThinkConfig, hidden_dim: int) -> Halting:

@@ -29,7 +29,7 @@ D, H, B, N, TOK = 6, 8, 5, 7, 3
             {"think_input": "words"},
             "unknown think_input 'words'; available: adapter, attend, scan, token",
         ),
-        ({"halting": "coin"}, "unknown halting 'coin'; available: budget, sampled"),
+        ({"halting": "coin"}, "unknown halting 'coin'; available: budget, fixed, sampled"),
         ({"step_encoding": "rope"}, "unknown step_encoding 'rope'"),
         ({"init_halt_prob": 1.0}, "init_halt_prob must be in"),
         ({"attend_heads": 0}, "attend_heads must be >= 1"),
@@ -119,7 +119,8 @@ def test_halting_log_prob_matches_sampled_steps(name):
     torch.manual_seed(1)
     K = 3
     halting = build_halting(ThinkConfig(k_max=K, halting=name), H)
-    torch.nn.init.normal_(halting.head.weight)
+    if hasattr(halting, "head"):  # fixed: nothing to decide
+        torch.nn.init.normal_(halting.head.weight)
     h = torch.randn(B, H)  # the same h at every step keeps p_n computable in closed form
     choose = Chooser("sample")
     ctx, log_prob, _ = halting.begin(h, choose, None)
