@@ -14,6 +14,9 @@ seeded episodes, deterministic policy, through :func:`agent.evaluation.evaluate`
   standardized units (``memory.standardized_read``). On text tasks BC weighs the expert's
   answer frames and its silent frames half each (``bc.balance_speech``).
 * **mindloop-nothink**: the same with think steps disabled (``k_max`` = 0).
+* **mindloop-fixedthink** (not in the default set: ``--contenders mindloop-fixedthink``): the
+  same with every frame thinking ``k_max`` steps (``think.halting = "fixed"``): whether the
+  extra depth helps at all, apart from whether the halting head learns to use it.
 * **sb3-recurrentppo**: sb3-contrib ``RecurrentPPO`` (LSTM), pure RL.
 * **sb3-ppo**: SB3 ``PPO`` (no memory), pure RL.
 * **random** and **expert** (references, no training): a uniform random policy and the
@@ -63,6 +66,8 @@ import numpy as np
 
 OUT = Path(__file__).resolve().parent / "out" / "learning.json"
 CONTENDERS = ("mindloop", "mindloop-nothink", "sb3-recurrentppo", "sb3-ppo", "random", "expert")
+"""The default contenders; ``EXTRA_CONTENDERS`` run only when named."""
+EXTRA_CONTENDERS = ("mindloop-fixedthink",)
 """Trained contenders, then two untrained references (evaluation only)."""
 
 TASK_KWARGS: dict[str, dict[str, Any]] = {"mindloop/CueRecall-v0": {"delay_steps": 200}}
@@ -191,6 +196,7 @@ def run_mindloop(spec: RunSpec, run_dir: Path) -> RunResult:
     from agent.datasets import collect_expert_dataset
     from agent.demonstrations import load_episodes
     from agent.training import train
+    from agent.vector import SEED_DEMOS, derived_seed
 
     t0 = time.perf_counter()
     config = base_config(spec, "bc+ppo", run_dir)
@@ -202,6 +208,8 @@ def run_mindloop(spec: RunSpec, run_dir: Path) -> RunResult:
     config.run.progress = False
     if spec.contender == "mindloop-nothink":
         config.agent.think.k_max = 0
+    elif spec.contender == "mindloop-fixedthink":
+        config.agent.think.halting = "fixed"
     else:
         config.bc.lambda_p = THINK_PRIOR
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -210,7 +218,7 @@ def run_mindloop(spec: RunSpec, run_dir: Path) -> RunResult:
     collect_expert_dataset(
         spec.task,
         episodes,
-        seed=spec.seed + 100_000,  # the seeds the trainer itself would record with
+        seed=derived_seed(spec.seed, SEED_DEMOS, 0),  # the seeds the trainer would record with
         path=demos,
         env_kwargs=config.env.make_kwargs(),
         num_envs=min(spec.num_envs, episodes),
@@ -278,6 +286,7 @@ def run_reference(spec: RunSpec, run_dir: Path) -> RunResult:
 RUNNERS: dict[str, Callable[[RunSpec, Path], RunResult]] = {
     "mindloop": run_mindloop,
     "mindloop-nothink": run_mindloop,
+    "mindloop-fixedthink": run_mindloop,
     "sb3-recurrentppo": run_sb3,
     "sb3-ppo": run_sb3,
     "expert": run_reference,
@@ -477,6 +486,12 @@ def targets(results: list[dict[str, Any]]) -> list[str]:
             f"CountAnswer, think > no think: {pct(think)} vs {pct(flat)} ({verdict}; the "
             f"thinking contender took {used:.2f} think steps per frame in the evaluation)"
         )
+    fixed = success_of(results, count, "mindloop-fixedthink")
+    if fixed is not None and flat is not None:
+        lines.append(
+            f"CountAnswer, every frame thinking k_max steps vs no think: {pct(fixed)} vs "
+            f"{pct(flat)}"
+        )
     return lines
 
 
@@ -488,7 +503,12 @@ def main(argv: list[str] | None = None) -> None:
         "--quick", action="store_true", help="1 seed, ~1k-step budgets, 4 eval episodes"
     )
     parser.add_argument("--tasks", nargs="+", default=list(envs.TASK_IDS))
-    parser.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=CONTENDERS)
+    parser.add_argument(
+        "--contenders",
+        nargs="+",
+        default=list(CONTENDERS),
+        choices=CONTENDERS + EXTRA_CONTENDERS,
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="default 1 2 (quick: 1)")
     parser.add_argument("--budget", type=int, default=None, help="env steps per run, every task")
     parser.add_argument("--eval-episodes", type=int, default=None, help="default 20 (quick: 4)")
