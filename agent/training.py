@@ -269,6 +269,12 @@ def bc_phase(run: Run) -> None:
     )
 
 
+def demonstration_seed(run_seed: int, rank: int = 0) -> int:
+    """Seed of the first expert demonstration a run records (episode ``k`` on ``+ k``): the
+    one rule for the trainer and for tools that record a run's demonstrations ahead of it."""
+    return derived_seed(run_seed, SEED_DEMOS, rank)
+
+
 def _demonstrations(run: Run) -> list[Episode]:
     """The BC data: the dataset given in ``bc.dataset``, or expert episodes recorded into
     ``<run>/demos`` (a Minari dataset, one per rank) and read back."""
@@ -282,7 +288,7 @@ def _demonstrations(run: Run) -> list[Episode]:
         collect_expert_dataset(
             cfg.env.id,
             cfg.bc.episodes,
-            seed=derived_seed(cfg.run.seed, SEED_DEMOS, run.dist.rank),
+            seed=demonstration_seed(cfg.run.seed, run.dist.rank),
             path=path,
             env_kwargs=cfg.env.make_kwargs(),
             num_envs=min(cfg.env.num_envs, cfg.bc.episodes),
@@ -664,6 +670,7 @@ __all__ = [
     "Algorithm",
     "Run",
     "TrainResult",
+    "demonstration_seed",
     "final_evaluation",
     "seed_everything",
     "train",

@@ -224,13 +224,9 @@ def main() -> None:
         kwargs["cue_stays"] = True
     tag = "_".join(f"{k}{v}" for k, v in sorted(kwargs.items()))
     demos = OUT.parent / "cue_recall_bc" / f"{tag}_n{a.episodes}_s{a.seed}"
-    if not (demos / "data").exists():
-        collect_expert_dataset(
-            TASK, a.episodes, seed=a.seed + 100_000, path=demos, env_kwargs=kwargs, num_envs=8,
-            overwrite=True,
-        )  # fmt: skip
-    episodes = load_episodes(demos)
-    if episodes[0].expert_latents is None:  # a cache from before latents were recorded
+    episodes = load_episodes(demos) if (demos / "data").exists() else None
+    # none cached yet, or a cache from before latents were recorded
+    if episodes is None or episodes[0].expert_latents is None:
         collect_expert_dataset(
             TASK, a.episodes, seed=a.seed + 100_000, path=demos, env_kwargs=kwargs, num_envs=8,
             overwrite=True,

@@ -195,8 +195,7 @@ def run_mindloop(spec: RunSpec, run_dir: Path) -> RunResult:
     option), DAgger rounds, then PPO on what ``run.max_env_steps`` leaves."""
     from agent.datasets import collect_expert_dataset
     from agent.demonstrations import load_episodes
-    from agent.training import train
-    from agent.vector import SEED_DEMOS, derived_seed
+    from agent.training import demonstration_seed, train
 
     t0 = time.perf_counter()
     config = base_config(spec, "bc+ppo", run_dir)
@@ -218,7 +217,7 @@ def run_mindloop(spec: RunSpec, run_dir: Path) -> RunResult:
     collect_expert_dataset(
         spec.task,
         episodes,
-        seed=derived_seed(spec.seed, SEED_DEMOS, 0),  # the seeds the trainer would record with
+        seed=demonstration_seed(spec.seed),  # the seeds the trainer itself would record with
         path=demos,
         env_kwargs=config.env.make_kwargs(),
         num_envs=min(spec.num_envs, episodes),
