@@ -44,7 +44,13 @@ TASK = "mindloop/CueRecall-v0"
 
 
 def build_agent(
-    kwargs: dict[str, Any], memory: bool, k_max: int, think: str, think_input: str = "token"
+    kwargs: dict[str, Any],
+    memory: bool,
+    k_max: int,
+    think: str,
+    think_input: str = "token",
+    halting: str = "sampled",
+    image_pool: str = "flatten",
 ):
     """mindloop's default agent for CueRecall (memory with the standardized read, as
     benchmarks/learning.py configures it) and its train config."""
@@ -58,6 +64,8 @@ def build_agent(
     cfg.agent.memory.codec_momentum = 0.1
     cfg.agent.think.k_max = k_max
     cfg.agent.think.think_input = think_input
+    cfg.agent.think.halting = halting
+    cfg.agent.encoders.options["image.pool"] = image_pool
     cfg.bc.think = think
     cfg = resolve_for_env(cfg)
     return MindloopAgent(*_env_spaces(cfg), cfg.agent), cfg
@@ -177,6 +185,17 @@ def main() -> None:
         help="token (default), adapter, attend, scan (image cells)",
     )
     ap.add_argument(
+        "--halting",
+        default="sampled",
+        help="sampled (default), budget, fixed (every frame thinks k_max steps)",
+    )
+    ap.add_argument(
+        "--image-pool",
+        default="flatten",
+        choices=("flatten", "mean"),
+        help="the image CNN's embedding: flattened map (default) or mean over cells",
+    )
+    ap.add_argument(
         "--latent-coef", type=float, default=1.0, help="bc.expert_latent_coef (0: no latent)"
     )
     ap.add_argument(
@@ -234,7 +253,9 @@ def main() -> None:
         episodes = load_episodes(demos)
     env_steps = sum(len(e) for e in episodes)
     seed_everything(a.seed)
-    agent, cfg = build_agent(kwargs, not a.no_memory, a.k_max, a.think, a.think_input)
+    agent, cfg = build_agent(
+        kwargs, not a.no_memory, a.k_max, a.think, a.think_input, a.halting, a.image_pool
+    )
     cfg.bc.expert_latent_coef = a.latent_coef
     cfg.bc.expert_latent_frames = a.latent_frames
     if a.dagger_beta is not None:

@@ -141,6 +141,27 @@ def test_cnn_tokens_are_feature_map_cells_with_their_positions() -> None:
     assert torch.all(changed[4:, 4:] == 0)
 
 
+def test_cnn_mean_pool_embeds_what_not_where() -> None:
+    """``pool="mean"``: the embedding is the head of the cells' average (the tokens' channels
+    without their positions), so its size does not grow with the image; a bad value is one
+    line naming the choices."""
+    torch.manual_seed(0)
+    small, large = (gym.spaces.Box(0, 255, (s, s, 3), np.uint8) for s in (64, 128))
+    enc = build_encoder("cnn", small, {"channels": (8, 16, 32), "pool": "mean"}).eval()
+    x = sample_batch(small, 2)
+    emb, tokens = enc.forward_tokens(x)
+    torch.testing.assert_close(emb, enc.head(tokens[..., :-2].mean(1)))
+    n_params = sum(p.numel() for p in enc.parameters())
+    bigger = build_encoder("cnn", large, {"channels": (8, 16, 32), "pool": "mean"})
+    assert sum(p.numel() for p in bigger.parameters()) == n_params
+    flat = build_encoder("cnn", small, {"channels": (8, 16, 32)})
+    assert sum(p.numel() for p in flat.parameters()) > n_params  # 8*8*32 inputs to the head
+    with pytest.raises(ValueError) as err:
+        build_encoder("cnn", small, {"pool": "max"})
+    msg = assert_one_line(err)
+    assert "'max'" in msg and "flatten" in msg and "mean" in msg
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_deterministic_under_seed(name: str) -> None:
     a, b = build_example(name, seed=3), build_example(name, seed=3)
