@@ -28,6 +28,7 @@ def parse_config(argv: list[str]):
     """
     from agent.cli import cli
     from agent.config import (
+        LIGHT_ENCODERS,
         RESUME_FREE_FIELDS,
         TrainConfig,
         config_diff,
@@ -37,7 +38,14 @@ def parse_config(argv: list[str]):
 
     resume = _resume_arg(argv)
     if resume is None:
-        return cli(TrainConfig, args=argv, description=__doc__.split("\n")[0])
+        # Encoder options are free KEY.FIELD VALUE pairs on the command line (tyro would
+        # turn a non-empty default dict into fixed flags, one per default key); the light
+        # defaults go in beneath whatever is given.
+        default = TrainConfig()
+        default.agent.encoders.options = {}
+        config = cli(TrainConfig, args=argv, default=default, description=__doc__.split("\n")[0])
+        config.agent.encoders.options = {**LIGHT_ENCODERS, **config.agent.encoders.options}
+        return config
     from agent.checkpoint import read_checkpoint_meta
 
     saved = config_from_dict(TrainConfig, read_checkpoint_meta(resume)["config"])

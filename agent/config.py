@@ -95,7 +95,10 @@ class AgentConfig:
         default_factory=lambda: FusedEncoderConfig(options=dict(LIGHT_ENCODERS))
     )
     """Encoder per observation key (image cnn, audio logmel, proprio, touch, text) and fusion;
-    by default the image and audio nets are slimmed (LIGHT_ENCODERS) for 2-core training."""
+    by default the image and audio nets are slimmed for 2-core training (options
+    image.channels (8, 16, 32), audio.channels (8, 16), audio.embed_dim 64; on train.py's
+    command line they apply beneath the options given, e.g. ``--agent.encoders.options
+    image.pool mean``)."""
     core: CoreConfig = field(default_factory=CoreConfig)
     think: ThinkConfig = field(default_factory=lambda: ThinkConfig(k_max=2))
     """Think steps; up to 2 by default (on, but cheap: each costs a core step and think_cost)."""

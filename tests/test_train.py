@@ -170,6 +170,23 @@ def test_bad_input_from_the_command_line():
     assert len(lines) == 1 and lines[0].startswith("error: unknown task"), proc.stderr
 
 
+def test_encoder_options_from_the_command_line_add_to_the_light_defaults():
+    """``--agent.encoders.options KEY.FIELD VALUE ...`` takes any encoder field (not only the
+    keys the defaults name), and the light defaults stay beneath what is given."""
+    import train as train_script
+    from agent.config import LIGHT_ENCODERS, config_to_dict
+
+    assert config_to_dict(train_script.parse_config([])) == config_to_dict(TrainConfig())
+    parsed = train_script.parse_config(
+        ["--agent.encoders.options", "image.pool", "mean", "audio.channels", "(4, 8)"]
+    )
+    assert parsed.agent.encoders.options == {
+        **LIGHT_ENCODERS,
+        "image.pool": "mean",
+        "audio.channels": "(4, 8)",
+    }
+
+
 def test_resume_alone_restores_the_runs_config(tmp_path):
     """``train.py --resume DIR`` needs no other option: the run's config is the default."""
     import train as train_script
