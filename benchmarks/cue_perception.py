@@ -30,6 +30,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -108,8 +109,11 @@ def r2(pred: np.ndarray, target: np.ndarray) -> float:
     return 1.0 - float(((pred - target) ** 2).sum()) / float(((target - target.mean(0)) ** 2).sum())
 
 
-def fit(name: str, train: dict, test: dict, steps: int, seed: int) -> dict[str, float]:
-    """Adam, batch 64, ``steps`` updates; held-out and train R² of the latent."""
+def fit(
+    name: str, train: dict, test: dict, steps: int, seed: int, log_every: int
+) -> dict[str, Any]:
+    """Adam, batch 64, ``steps`` updates; held-out and train R² of the latent, and the
+    held-out R² every ``log_every`` updates (the learning curve)."""
     import torch
 
     from envs import vocab
@@ -121,13 +125,6 @@ def fit(name: str, train: dict, test: dict, steps: int, seed: int) -> dict[str, 
     model = build_readout(name, len(vocab.COLORS), y.shape[1])
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(seed)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        i = torch.randint(0, len(x), (64,), generator=gen)
-        loss = (model(x[i], c[i]) - (y[i] - mu) / sd).pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
 
     @torch.no_grad()
     def score(data: dict) -> float:
@@ -137,10 +134,20 @@ def fit(name: str, train: dict, test: dict, steps: int, seed: int) -> dict[str, 
         )
         return r2((pred * sd + mu).numpy(), data["latent"])
 
+    t0, curve = time.perf_counter(), {}
+    for step in range(1, steps + 1):
+        i = torch.randint(0, len(x), (64,), generator=gen)
+        loss = (model(x[i], c[i]) - (y[i] - mu) / sd).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % log_every == 0 or step == steps:
+            curve[step] = score(test)
+    seconds = time.perf_counter() - t0  # scoring included
     n_train = min(len(x), len(test["image"]))
     train_part = {k: v[:n_train] for k, v in train.items()}
-    return {"heldout_r2": score(test), "train_r2": score(train_part),
-            "seconds": time.perf_counter() - t0}  # fmt: skip
+    return {"heldout_r2": curve[steps], "train_r2": score(train_part), "seconds": seconds,
+            "heldout_r2_by_step": curve}  # fmt: skip
 
 
 def main() -> None:
@@ -149,12 +156,13 @@ def main() -> None:
     ap.add_argument("--train-frames", type=int, default=6000)
     ap.add_argument("--test-frames", type=int, default=1000)
     ap.add_argument("--steps", type=int, default=3000, help="Adam updates per readout")
+    ap.add_argument("--log-every", type=int, default=500, help="held-out R² every N updates")
     ap.add_argument("--readouts", nargs="+", default=list(READOUTS), choices=READOUTS)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=OUT)
     a = ap.parse_args()
     if a.quick:
-        a.train_frames, a.test_frames, a.steps = 600, 200, 300
+        a.train_frames, a.test_frames, a.steps, a.log_every = 600, 200, 300, 100
 
     import torch
 
@@ -164,13 +172,15 @@ def main() -> None:
     test = collect_frames(a.test_frames, seed=20_000_000)  # other episodes than training's
     print(f"{a.train_frames} train / {a.test_frames} held-out frames in "
           f"{time.perf_counter() - t0:.0f}s; {a.steps} updates per readout")  # fmt: skip
-    print("| readout | held-out R² | train R² | fit s |")
-    print("|---|---:|---:|---:|")
+    print("| readout | held-out R² | train R² | held-out R² by update | fit s |")
+    print("|---|---:|---:|---|---:|")
     results = {}
     for name in a.readouts:
-        m = fit(name, train, test, a.steps, a.seed)
+        m = fit(name, train, test, a.steps, a.seed, a.log_every)
         results[name] = m
-        print(f"| {name} | {m['heldout_r2']:.3f} | {m['train_r2']:.3f} | {m['seconds']:.0f} |")
+        by_step = ", ".join(f"{k}: {v:.2f}" for k, v in m["heldout_r2_by_step"].items())
+        print(f"| {name} | {m['heldout_r2']:.3f} | {m['train_r2']:.3f} | {by_step} | "
+              f"{m['seconds']:.0f} |")  # fmt: skip
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(a).items()},
                                  "results": results}, indent=2))  # fmt: skip
