@@ -101,11 +101,16 @@ class RunSpec:
     recipe: str = ""
     """How the mindloop contenders split the budget (:data:`MINDLOOP_RECIPE`); part of the key,
     so results of an earlier recipe are not reused."""
+    think_cost: float | None = None
+    """``ppo.think_cost`` of the mindloop contenders (None: train.py's default); part of the
+    key when given."""
 
     @property
     def key(self) -> str:
-        return f"{self.task}|{self.contender}|{self.seed}|{self.budget}|{self.bc_updates}" + (
-            f"|{self.recipe}" if self.recipe else ""
+        return (
+            f"{self.task}|{self.contender}|{self.seed}|{self.budget}|{self.bc_updates}"
+            + (f"|{self.recipe}" if self.recipe else "")
+            + (f"|think_cost{self.think_cost:g}" if self.think_cost is not None else "")
         )
 
 
@@ -211,6 +216,8 @@ def run_mindloop(spec: RunSpec, run_dir: Path) -> RunResult:
         config.agent.think.halting = "fixed"
     else:
         config.bc.lambda_p = THINK_PRIOR
+    if spec.think_cost is not None:
+        config.ppo.think_cost = spec.think_cost
     run_dir.mkdir(parents=True, exist_ok=True)
     demos = run_dir / "demos"
     episodes = max(2, round(DEMO_SHARE * spec.budget / expert_episode_length(spec)))
@@ -338,6 +345,7 @@ def plan(args: argparse.Namespace) -> list[RunSpec]:
                         env_kwargs=dict(TASK_KWARGS.get(task, {})),
                         bc_updates=args.bc_updates if contender.startswith("mindloop") else 0,
                         recipe=MINDLOOP_RECIPE if contender.startswith("mindloop") else "",
+                        think_cost=args.think_cost if contender.startswith("mindloop") else None,
                     )
                 )
     return specs
@@ -517,6 +525,12 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         default=None,
         help=f"mindloop's BC steps (default {BC_UPDATES}; quick 20)",
+    )
+    parser.add_argument(
+        "--think-cost",
+        type=float,
+        default=None,
+        help="ppo.think_cost of the mindloop contenders (default: train.py's)",
     )
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (processes)")
     parser.add_argument("--out", type=Path, default=None)
