@@ -155,8 +155,8 @@ class PPOConfig:
     0.01 CountAnswer's 61 frames x 2 steps cost 1.22, more than the whole reward of a right
     answer (1.0): PPO learned to stop thinking (0 steps per frame at evaluation, 75% / 30%
     success on two seeds) although thinking helped (2 fixed steps: 93% over seeds 1-4, 100
-    episodes each). At 0.001 the same
-    runs kept 0.8 / 0.3 think steps per frame and reached 85% / 95% (benchmarks/RESULTS.md)."""
+    episodes each). At 0.001 the same runs kept 0.8 / 0.3 think steps per frame and reached
+    85% / 95% (benchmarks/RESULTS.md)."""
     memory_cost: float | None = None
     """Reward subtracted per memory call (None: the memory config's call_cost)."""
 
