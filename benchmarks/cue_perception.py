@@ -9,8 +9,8 @@ same frames, each on the light CNN mindloop trains (8-16-32 channels, ``encoders
 
 * ``flatten``: the encoder's flattened-map embedding (its default) + the cue -> MLP;
 * ``flatten+glimpse``: the same plus an attention read over the feature-map cells (query
-  from the cue, keys/values from each cell's channels and (x, y): the ``attend`` think
-  input's glimpse);
+  from the cue, keys/values from each cell's channels and (x, y): a one-head version of
+  the ``attend`` think input's glimpse);
 * ``mean+glimpse``: the encoder with ``pool="mean"`` (what is in the frame, not where) plus
   the glimpse;
 * ``glimpse``: the glimpse read alone.
