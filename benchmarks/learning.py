@@ -35,7 +35,8 @@ DAgger rounds and 8k PPO steps, 18.2k env steps in all, 100% success): 20k env s
 1 and 2: 6 tasks x 4 trained contenders x 2 seeds = 48 runs, ~1.5 hours on the 2 shared
 cores of the development machine with ``--jobs 2`` (behaviour cloning costs wall time, not
 env steps). Results are written to JSON after every run, and a rerun with the same ``--out``
-skips the runs already there (so a long run can be continued).
+skips the runs already there (so a long run can be continued); runs of an earlier, wider
+plan in that file are kept in it (the printed table shows this run's plan).
 
     python benchmarks/learning.py --quick                   # minutes: 1 seed, tiny budgets
     nice -n 5 python benchmarks/learning.py --jobs 2        # the full run in RESULTS.md
@@ -554,6 +555,9 @@ def main(argv: list[str] | None = None) -> None:
     previous = load_previous(out)
     results = [previous[s.key] for s in specs if s.key in previous]
     todo = [s for s in specs if s.key not in previous]
+    # runs of a wider earlier plan stay in the file (not in this run's table)
+    planned = {s.key for s in specs}
+    kept = [r for key, r in previous.items() if key not in planned]
     started = time.perf_counter()
     print(
         f"{len(specs)} runs ({len(results)} already in {out}): {len(args.tasks)} tasks x "
@@ -572,7 +576,7 @@ def main(argv: list[str] | None = None) -> None:
         for future in as_completed(futures):
             r = future.result()
             results.append(r)
-            save(out, args, results, started)
+            save(out, args, results + kept, started)
             s = r["spec"]
             status = (
                 "FAILED " + r["error"].splitlines()[0]
@@ -604,7 +608,7 @@ def main(argv: list[str] | None = None) -> None:
     print(table(results, args.tasks, args.contenders))
     for line in targets(results):
         print(line)
-    save(out, args, results, started)
+    save(out, args, results + kept, started)
     print(f"wrote {out}")
     cue = "mindloop/CueRecall-v0"
     value = success_of(results, cue, "mindloop")
