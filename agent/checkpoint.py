@@ -9,6 +9,8 @@ Layout of a run directory::
         trainer.safetensors                optimizer tensors, RNG states, env/rollout state
         trainer.json                       everything else needed to resume exactly
     <run>/checkpoints/latest -> step_000012800   (a relative symlink, replaced atomically)
+    <run>/checkpoints/best/                the best-evaluated weights so far (with periodic
+                                           evaluation on; SB3's EvalCallback best model)
 
 A checkpoint is written into a hidden temporary directory next to its final place, flushed,
 then renamed (``os.replace``) into place; only then is ``latest`` switched to it (a new
@@ -40,6 +42,7 @@ from agent.config import TrainConfig, config_from_dict, config_to_dict
 
 FORMAT_VERSION = 1
 LATEST = "latest"
+BEST = "best"
 CHECKPOINTS = "checkpoints"
 
 
@@ -237,6 +240,8 @@ def save_checkpoint(
     trainer: TrainerState | None = None,
     keep: int | None = 3,
     extra_meta: Mapping[str, Any] | None = None,
+    name: str | None = None,
+    point_latest: bool = True,
 ) -> Path:
     """Write a checkpoint ``<directory>/step_<step>`` atomically and point ``latest`` at it.
 
@@ -248,6 +253,9 @@ def save_checkpoint(
         trainer: optimizer/RNG/env state for an exact ``--resume`` (None: weights only).
         keep: keep this many newest checkpoints (None: all); ``latest`` is never deleted.
         extra_meta: JSON-able facts stored in config.json (e.g. evaluation results).
+        name: the checkpoint's directory name instead of ``step_<step>`` (e.g. ``best``: an
+            existing one is replaced atomically; only ``step_*`` checkpoints are pruned).
+        point_latest: switch ``latest`` to it (False for a side copy such as ``best``).
 
     Returns: the path of the new checkpoint.
     """
@@ -255,7 +263,7 @@ def save_checkpoint(
     root.mkdir(parents=True, exist_ok=True)
     for stray in root.glob(".tmp-*"):  # left by a save that was killed
         shutil.rmtree(stray, ignore_errors=True)
-    name = f"step_{step:012d}"
+    name = name or f"step_{step:012d}"
     final = root / name
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root))
     umask = os.umask(0)
@@ -274,7 +282,8 @@ def save_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _point_latest(root, name)
+    if point_latest:
+        _point_latest(root, name)
     _fsync_dir(root)
     if keep is not None:
         _prune(root, keep, protect=name)

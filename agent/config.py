@@ -281,7 +281,9 @@ class RunConfig:
     eval_episodes: int = 50
     """Episodes of the final (and periodic) evaluation, deterministic policy."""
     eval_every: int = 0
-    """Evaluate every this many PPO updates (0: only at the end)."""
+    """Evaluate every this many PPO updates (0: only at the end); when on, the best-evaluated
+    weights (success rate, then return; the final evaluation included) are kept in
+    ``checkpoints/best``."""
     checkpoint_every: int = 10
     """Save a checkpoint every this many PPO updates (and always at the end)."""
     keep_checkpoints: int = 3

@@ -31,12 +31,14 @@ from torch import nn
 from agent.agent import MindloopAgent
 from agent.bc import BCTrainer, action_agreement, fit_normalization
 from agent.checkpoint import (
+    BEST,
     TrainerState,
     checkpoint_root,
     load_trainer_state,
     optimizer_from_state,
     optimizer_to_state,
     pack,
+    read_checkpoint_meta,
     resolve_checkpoint,
     save_checkpoint,
     unpack,
@@ -424,10 +426,35 @@ def _periodic_eval(run: Run) -> None:
     finally:
         envs.close()
     run.logger.scalars("eval", summary, run.env_step)
+    best = _keep_best(run, summary["success_rate"], summary["episode_return"])
     run.log(
         f"eval @ {run.env_step} steps: success {summary['success_rate']:.0%}, return "
         f"{summary['episode_return']:.2f}, think {summary['think_steps']:.2f}"
+        + (" (best so far: checkpoints/best)" if best else "")
     )
+
+
+def _keep_best(run: Run, success_rate: float, episode_return: float) -> bool:
+    """With periodic evaluation on, save the weights to ``checkpoints/best`` when they beat
+    the best evaluated so far (success rate, then return), as SB3's ``EvalCallback`` keeps
+    its best model. The record is read from the saved copy, so it survives ``--resume``.
+    PPO fine-tuning can undo what BC learned (measured on CountAnswer, benchmarks/RESULTS.md);
+    the best copy keeps the better weights. -> whether it was saved."""
+    if not run.config.run.eval_every or not run.dist.is_main:
+        return False
+    root = checkpoint_root(run.run_dir)
+    score = (float(success_rate), float(episode_return))
+    if (root / BEST / "config.json").is_file():
+        prev = read_checkpoint_meta(root / BEST)["eval"]
+        if score <= (prev["success_rate"], prev["episode_return"]):
+            return False
+    save_checkpoint(
+        root, run.agent, run.config, step=run.env_step, keep=None, name=BEST,
+        point_latest=False,
+        extra_meta={"eval": {"success_rate": score[0], "episode_return": score[1],
+                             "episodes": max(run.config.run.eval_episodes, 1)}},
+    )  # fmt: skip
+    return True
 
 
 def _gather(run: Run):
@@ -567,6 +594,7 @@ def final_evaluation(run: Run) -> float:
     summary = result.summary()
     episodes = max(cfg.run.eval_episodes, 1)
     run.results["eval"] = {"success_rate": result.success_rate, "episodes": episodes}
+    _keep_best(run, result.success_rate, summary["return_mean"])
     run.logger.scalars(
         "eval",
         {

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,7 +15,7 @@ import torch
 import agent.ppo as ppo_mod
 from agent.checkpoint import load_agent, read_checkpoint_meta, resolve_checkpoint
 from agent.config import TrainConfig
-from agent.training import ALGORITHMS, train
+from agent.training import ALGORITHMS, _keep_best, train
 from tests import tiny_envs  # noqa: F401  (registers mindloop_test/*)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,6 +129,30 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     for key in expected:
         assert torch.equal(got[key], expected[key]), key
     assert resumed.success_rate == full.success_rate
+
+
+def test_periodic_evaluation_keeps_the_best_weights(tmp_path, capsys):
+    """With ``run.eval_every``, ``checkpoints/best`` holds the weights of the best evaluation
+    (periodic and final; success rate, then return) and ``latest`` stays the newest step."""
+    cfg = tiny_config(tmp_path / "run")
+    cfg.run.eval_every = 1
+    result = train(cfg)
+    printed = capsys.readouterr().out
+    evals = [float(x) / 100 for x in re.findall(r"eval @ \d+ steps: success (\d+)%", printed)]
+    assert len(evals) == 5  # after PPO updates 1..5 of 6 (the 6th is the final evaluation)
+    best_dir = resolve_checkpoint(result.run_dir / "checkpoints" / "best")
+    best = read_checkpoint_meta(best_dir)["eval"]
+    assert best["success_rate"] == pytest.approx(max([*evals, result.success_rate]))
+    assert resolve_checkpoint(result.run_dir).name.startswith("step_")
+    agent, saved = load_agent(best_dir)  # eval.py --checkpoint <run>/checkpoints/best
+    assert saved.algo == "bc+ppo" and agent.observation_space == result.agent.observation_space
+    # a worse evaluation leaves it (read back from disk, so a --resume keeps the record too)
+    run = SimpleNamespace(config=cfg, dist=SimpleNamespace(is_main=True),
+                          run_dir=result.run_dir, agent=result.agent, env_step=10**6)  # fmt: skip
+    assert not _keep_best(run, best["success_rate"], best["episode_return"] - 1.0)
+    assert read_checkpoint_meta(best_dir)["eval"] == best
+    assert _keep_best(run, best["success_rate"], best["episode_return"] + 1.0)
+    assert read_checkpoint_meta(best_dir)["step"] == 10**6
 
 
 def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
