@@ -448,11 +448,14 @@ def _keep_best(run: Run, success_rate: float, episode_return: float) -> bool:
         prev = read_checkpoint_meta(root / BEST)["eval"]
         if score <= (prev["success_rate"], prev["episode_return"]):
             return False
+    record = {
+        "success_rate": score[0],
+        "episode_return": score[1],
+        "episodes": max(run.config.run.eval_episodes, 1),
+    }
     save_checkpoint(
-        root, run.agent, run.config, step=run.env_step, keep=None, name=BEST,
-        point_latest=False,
-        extra_meta={"eval": {"success_rate": score[0], "episode_return": score[1],
-                             "episodes": max(run.config.run.eval_episodes, 1)}},
+        root, run.agent, run.config, step=run.env_step, keep=None, extra_meta={"eval": record},
+        name=BEST, point_latest=False,
     )  # fmt: skip
     return True
 
