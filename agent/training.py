@@ -426,7 +426,7 @@ def _periodic_eval(run: Run) -> None:
     finally:
         envs.close()
     run.logger.scalars("eval", summary, run.env_step)
-    best = _keep_best(run, summary["success_rate"], summary["episode_return"])
+    best = keep_best(run, summary["success_rate"], summary["episode_return"])
     run.log(
         f"eval @ {run.env_step} steps: success {summary['success_rate']:.0%}, return "
         f"{summary['episode_return']:.2f}, think {summary['think_steps']:.2f}"
@@ -434,7 +434,7 @@ def _periodic_eval(run: Run) -> None:
     )
 
 
-def _keep_best(run: Run, success_rate: float, episode_return: float) -> bool:
+def keep_best(run: Run, success_rate: float, episode_return: float) -> bool:
     """With periodic evaluation on, save the weights to ``checkpoints/best`` when they beat
     the best evaluated so far (success rate, then return), as SB3's ``EvalCallback`` keeps
     its best model. The record is read from the saved copy, so it survives ``--resume``.
@@ -597,7 +597,7 @@ def final_evaluation(run: Run) -> float:
     summary = result.summary()
     episodes = max(cfg.run.eval_episodes, 1)
     run.results["eval"] = {"success_rate": result.success_rate, "episodes": episodes}
-    _keep_best(run, result.success_rate, summary["return_mean"])
+    keep_best(run, result.success_rate, summary["return_mean"])
     run.logger.scalars(
         "eval",
         {

@@ -15,7 +15,7 @@ import torch
 import agent.ppo as ppo_mod
 from agent.checkpoint import load_agent, read_checkpoint_meta, resolve_checkpoint
 from agent.config import TrainConfig
-from agent.training import ALGORITHMS, _keep_best, train
+from agent.training import ALGORITHMS, keep_best, train
 from tests import tiny_envs  # noqa: F401  (registers mindloop_test/*)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,9 +149,9 @@ def test_periodic_evaluation_keeps_the_best_weights(tmp_path, capsys):
     # a worse evaluation leaves it (read back from disk, so a --resume keeps the record too)
     run = SimpleNamespace(config=cfg, dist=SimpleNamespace(is_main=True),
                           run_dir=result.run_dir, agent=result.agent, env_step=10**6)  # fmt: skip
-    assert not _keep_best(run, best["success_rate"], best["episode_return"] - 1.0)
+    assert not keep_best(run, best["success_rate"], best["episode_return"] - 1.0)
     assert read_checkpoint_meta(best_dir)["eval"] == best
-    assert _keep_best(run, best["success_rate"], best["episode_return"] + 1.0)
+    assert keep_best(run, best["success_rate"], best["episode_return"] + 1.0)
     assert read_checkpoint_meta(best_dir)["step"] == 10**6
 
 
