@@ -703,6 +703,7 @@ __all__ = [
     "TrainResult",
     "demonstration_seed",
     "final_evaluation",
+    "keep_best",
     "seed_everything",
     "train",
 ]
