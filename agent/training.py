@@ -487,7 +487,7 @@ class TrainResult:
     """Env steps the run trained on (demonstrations, DAgger and RL rollouts, all ranks)."""
 
 
-def train(config: TrainConfig, log: Callable[[str], None] | None = None) -> TrainResult:
+def train(config: TrainConfig) -> TrainResult:
     """Train as ``config`` says; returns the run directory, agent, checkpoint, success rate."""
     algorithm = ALGORITHMS.get(config.algo)
     check_env_id(config.env.id)
