@@ -19,12 +19,20 @@ One update (CleanRL's ``ppo_atari_lstm.py`` structure, with mindloop's decisions
    returns in the normalized units of ``agent.value_norm`` (MAPPO's ValueNorm); rollout
    values and GAE are in reward units.
 
+With ``anchor_coef`` > 0 the loss adds a KL penalty to a frozen copy of the policy the
+trainer started from (in bc+ppo: the behaviour-cloned one), the k3 estimator of
+KL(pi || pi_ref) that GRPO uses, over each frame's joint log-probability. The reference
+replays the same chunks once per update (no gradient) from the chunks' stored initial
+states: those are the trained policy's states, a small approximation while the two stay close
+(which is what the penalty is for); every episode that starts inside a chunk is exact.
+
 Running normalization statistics are frozen during the rollout and the update (the replay
 must see the same features the rollout saw) and updated from the rollout's inputs after it.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -178,6 +186,10 @@ class PPOTrainer:
         self.generator = torch.Generator().manual_seed(seed)
         self.norms = NormRecorder(agent)
         self.updates_done = 0
+        # the policy the penalty anchors to, frozen (its own running norms included)
+        self.reference: MindloopAgent | None = None
+        if config.anchor_coef > 0:
+            self.reference = copy.deepcopy(agent).eval().requires_grad_(False)
 
     # ------------------------------------------------------------------ schedule
 
@@ -278,6 +290,8 @@ class PPOTrainer:
             "ret": _chunks(norm_returns, T, L),
         }
         mb_size = max(S // cfg.minibatches, 1)
+        if self.reference is not None:
+            seq["ref_logp"] = self._reference_log_probs(seq, rollout.chunk_states, mb_size, dev)
         agent.train()
         stats: dict[str, list[float]] = {}
         stop = False
@@ -302,16 +316,46 @@ class PPOTrainer:
         out["lr"] = lr
         return out
 
-    def _minibatch_step(
-        self, seq: dict[str, Any], idx: torch.Tensor, chunk_states: State, dev: torch.device
-    ) -> dict[str, float]:
-        cfg = self.cfg
+    @torch.no_grad()
+    def _reference_log_probs(
+        self, seq: dict[str, Any], chunk_states: State, mb_size: int, dev: torch.device
+    ) -> torch.Tensor:
+        """The frozen reference's joint log-probabilities of the recorded frames, (L, S)."""
+        assert self.reference is not None
+        S = seq["starts"].shape[1]
+        parts = []
+        for first in range(0, S, mb_size):  # minibatch-sized pieces bound the memory
+            idx = torch.arange(first, min(first + mb_size, S))
+            obs, init, starts, actions, decisions = self._replay_inputs(seq, idx, chunk_states, dev)
+            info, _ = self.reference(obs, init, starts, actions=actions, decisions=decisions)
+            parts.append(info.log_prob)
+        return torch.cat(parts, dim=1)
+
+    @staticmethod
+    def _replay_inputs(
+        seq: dict[str, Any], idx: torch.Tensor, chunk_states: State, dev: torch.device
+    ) -> tuple[
+        dict[str, np.ndarray],
+        dict[str, torch.Tensor],
+        torch.Tensor,
+        dict[str, torch.Tensor],
+        Decisions,
+    ]:
+        """Chunks ``idx`` of the rollout: obs, initial states, episode starts, actions and
+        decisions, each (L, B, ...) except the states."""
         np_idx = idx.numpy()
         obs = {k: v[:, np_idx] for k, v in seq["obs"].items()}
         actions = {k: v[:, idx].to(dev) for k, v in seq["actions"].items()}
         decisions = Decisions(seq["think"][:, idx].to(dev), seq["ops"][:, idx].to(dev))
         init = {k: v.to(dev) for k, v in index_state(chunk_states, idx).items()}
         starts = seq["starts"][:, idx].to(dev)
+        return obs, init, starts, actions, decisions
+
+    def _minibatch_step(
+        self, seq: dict[str, Any], idx: torch.Tensor, chunk_states: State, dev: torch.device
+    ) -> dict[str, float]:
+        cfg = self.cfg
+        obs, init, starts, actions, decisions = self._replay_inputs(seq, idx, chunk_states, dev)
         old_logp = seq["logp"][:, idx].to(dev)
         old_v = seq["values"][:, idx].to(dev)
         adv = seq["adv"][:, idx].to(dev)
@@ -337,6 +381,14 @@ class PPOTrainer:
             - cfg.entropy_coef * ent_action
             - cfg.decision_entropy_coef * ent_decision
         )
+        anchor_kl = None
+        if self.reference is not None:
+            # k3 estimator of KL(pi || pi_ref): (r - 1) - log r with r = pi_ref / pi, >= 0 per
+            # sample, low variance (Schulman 2020; GRPO); clamped so a far-off frame cannot
+            # overflow exp
+            d = (seq["ref_logp"][:, idx].to(dev) - info.log_prob).clamp(-20.0, 20.0)
+            anchor_kl = (d.exp() - d - 1).mean()
+            loss = loss + cfg.anchor_coef * anchor_kl
         codec = info.memory_stats.get("codec_loss")
         memory = self.agent.policy.memory
         if codec is not None and memory is not None:
@@ -354,7 +406,7 @@ class PPOTrainer:
         with torch.no_grad():
             approx_kl = ((ratio - 1) - logratio).mean()
             clipfrac = ((ratio - 1).abs() > cfg.clip).float().mean()
-        return {
+        out = {
             "policy_loss": float(pg_loss.detach()),
             "value_loss": float(v_loss.detach()),
             "entropy": float(ent_action.detach()),
@@ -363,6 +415,9 @@ class PPOTrainer:
             "clipfrac": float(clipfrac),
             "grad_norm": float(grad_norm),
         }
+        if anchor_kl is not None:
+            out["anchor_kl"] = float(anchor_kl.detach())
+        return out
 
     # ------------------------------------------------------------------ one iteration
 
@@ -388,16 +443,23 @@ class PPOTrainer:
     # ------------------------------------------------------------------ resume
 
     def state_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "updates_done": self.updates_done,
             "generator": self.generator.get_state(),
             "runner": self.runner.state_dict(),
         }
+        if self.reference is not None:  # the anchor is part of the run: a resume needs it
+            data["reference"] = {k: v.clone() for k, v in self.reference.state_dict().items()}
+        return data
 
     def load_state_dict(self, data: dict[str, Any]) -> None:
         self.updates_done = int(data["updates_done"])
         self.generator.set_state(torch.as_tensor(data["generator"], dtype=torch.uint8))
         self.runner.load_state_dict(data["runner"])
+        if self.reference is not None:
+            self.reference.load_state_dict(
+                {k: torch.as_tensor(v) for k, v in data["reference"].items()}
+            )
 
 
 def gae(

@@ -369,7 +369,8 @@ def ppo_phase(run: Run, reward_fn=None, needs_expert: bool = False, name: str = 
             run.logger.scalars(
                 "losses",
                 {k: metrics[k] for k in ("policy_loss", "value_loss", "entropy", "decision_entropy",
-                                         "approx_kl", "clipfrac", "explained_variance", "grad_norm")},
+                                         "approx_kl", "clipfrac", "explained_variance", "grad_norm",
+                                         "anchor_kl") if k in metrics},
                 run.env_step,
             )  # fmt: skip
             run.logger.progress(

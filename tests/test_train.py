@@ -101,13 +101,21 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return agent.state_dict()
 
 
-def test_resume_continues_exactly(tmp_path, monkeypatch):
+@pytest.mark.parametrize("anchor", [0.0, 1.0], ids=["free", "anchored"])
+def test_resume_continues_exactly(anchor, tmp_path, monkeypatch):
     """Stop after 3 of 6 PPO updates (after BC), resume: the same weights as a run that was
-    never stopped (CPU, seeded). Covers optimizer, RNGs, env states, recurrent state."""
-    full = train(tiny_config(tmp_path / "full"))
+    never stopped (CPU, seeded). Covers optimizer, RNGs, env states, recurrent state, and the
+    frozen BC policy that ``ppo.anchor_coef`` pulls towards."""
+
+    def config(run_dir: Path) -> TrainConfig:
+        cfg = tiny_config(run_dir)
+        cfg.ppo.anchor_coef = anchor
+        return cfg
+
+    full = train(config(tmp_path / "full"))
     expected = final_weights(full.run_dir)
 
-    stopped = tiny_config(tmp_path / "stopped")
+    stopped = config(tmp_path / "stopped")
     real_iterate = ppo_mod.PPOTrainer.iterate
 
     def stop_at_3(self):
@@ -121,7 +129,7 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     monkeypatch.setattr(ppo_mod.PPOTrainer, "iterate", real_iterate)
     assert read_checkpoint_meta(tmp_path / "stopped")["phases_done"] == ["bc"]
 
-    resumed_cfg = tiny_config(tmp_path / "stopped")
+    resumed_cfg = config(tmp_path / "stopped")
     resumed_cfg.resume = str(tmp_path / "stopped")
     resumed = train(resumed_cfg)
     got = final_weights(resumed.run_dir)
