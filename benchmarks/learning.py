@@ -105,6 +105,9 @@ class RunSpec:
     think_cost: float | None = None
     """``ppo.think_cost`` of the mindloop contenders (None: train.py's default); part of the
     key when given."""
+    anchor_coef: float | None = None
+    """``ppo.anchor_coef`` of the mindloop contenders (None: train.py's default); part of the
+    key when given."""
 
     @property
     def key(self) -> str:
@@ -112,6 +115,7 @@ class RunSpec:
             f"{self.task}|{self.contender}|{self.seed}|{self.budget}|{self.bc_updates}"
             + (f"|{self.recipe}" if self.recipe else "")
             + (f"|think_cost{self.think_cost:g}" if self.think_cost is not None else "")
+            + (f"|anchor{self.anchor_coef:g}" if self.anchor_coef is not None else "")
         )
 
 
@@ -219,6 +223,8 @@ def run_mindloop(spec: RunSpec, run_dir: Path) -> RunResult:
         config.bc.lambda_p = THINK_PRIOR
     if spec.think_cost is not None:
         config.ppo.think_cost = spec.think_cost
+    if spec.anchor_coef is not None:
+        config.ppo.anchor_coef = spec.anchor_coef
     run_dir.mkdir(parents=True, exist_ok=True)
     demos = run_dir / "demos"
     episodes = max(2, round(DEMO_SHARE * spec.budget / expert_episode_length(spec)))
@@ -347,6 +353,7 @@ def plan(args: argparse.Namespace) -> list[RunSpec]:
                         bc_updates=args.bc_updates if contender.startswith("mindloop") else 0,
                         recipe=MINDLOOP_RECIPE if contender.startswith("mindloop") else "",
                         think_cost=args.think_cost if contender.startswith("mindloop") else None,
+                        anchor_coef=args.anchor_coef if contender.startswith("mindloop") else None,
                     )
                 )
     return specs
@@ -532,6 +539,12 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         default=None,
         help="ppo.think_cost of the mindloop contenders (default: train.py's)",
+    )
+    parser.add_argument(
+        "--anchor-coef",
+        type=float,
+        default=None,
+        help="ppo.anchor_coef of the mindloop contenders (default: train.py's)",
     )
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (processes)")
     parser.add_argument("--out", type=Path, default=None)
