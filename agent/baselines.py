@@ -66,6 +66,8 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices
 
 import envs as mindloop_envs
 from agent.checkpoint import (
+    BEST,
+    beats_best,
     checkpoint_root,
     load_trainer_state,
     optimizer_from_state,
@@ -509,9 +511,12 @@ def save_sb3_checkpoint(
     keep: int | None = 3,
     extra_meta: Mapping[str, Any] | None = None,
     trainer_meta: Mapping[str, Any] | None = None,
+    name: str | None = None,
+    point_latest: bool = True,
 ) -> Path:
     """Save ``model``'s policy as ``<run>/checkpoints/step_<num_timesteps>`` (safetensors +
-    JSON, atomic, ``latest`` updated) with its optimizer state for ``--resume``."""
+    JSON, atomic, ``latest`` updated) with its optimizer state for ``--resume``; ``name`` and
+    ``point_latest=False`` write a side copy such as ``best`` instead."""
     baseline = get_baseline(config.algo)
     trainer = optimizer_to_state(model.policy.optimizer)
     trainer.meta.update(
@@ -529,6 +534,8 @@ def save_sb3_checkpoint(
         trainer=trainer,
         keep=keep,
         extra_meta={"sb3": sb3_meta(model, baseline), **dict(extra_meta or {})},
+        name=name,
+        point_latest=point_latest,
     )
 
 
@@ -678,7 +685,8 @@ class MindloopCallback(BaseCallback):
     (fps, success), ``charts/`` per update (episodes finished since the last update, fps of
     the update), periodic evaluation through :mod:`agent.evaluation` (``eval/``) and
     periodic safetensors checkpoints, counted in updates (``run.eval_every``,
-    ``run.checkpoint_every``)."""
+    ``run.checkpoint_every``), and with periodic evaluation ``checkpoints/best``, the
+    best-evaluated weights (SB3's ``EvalCallback(best_model_save_path=...)``, in safetensors)."""
 
     def __init__(
         self,
@@ -778,7 +786,26 @@ class MindloopCallback(BaseCallback):
         )
         log_eval(self.logger, result)
         self.last_eval = result
+        self.keep_best(result)
         return result
+
+    def keep_best(self, result: EvalResult) -> bool:
+        """Save the policy to ``checkpoints/best`` if ``result`` beats the best evaluation so
+        far (success rate, then return; the record is read from disk, so it survives a
+        resume). Only with periodic evaluation on, as in mindloop's trainer."""
+        summary = result.summary()
+        success, ret = result.success_rate, summary["return_mean"]
+        if not self.config.run.eval_every or not beats_best(
+            checkpoint_root(self.run_dir), success, ret
+        ):
+            return False
+        save_sb3_checkpoint(
+            self.run_dir, self.model, self.config, *self.env_spaces, keep=None,
+            extra_meta={"eval": {"success_rate": success, "episode_return": ret,
+                                 "episodes": summary["episodes"]}},
+            trainer_meta={"updates": self.updates}, name=BEST, point_latest=False,
+        )  # fmt: skip
+        return True
 
     def checkpoint(self) -> Path:
         extra = {"eval": self.last_eval.summary()} if self.last_eval is not None else None
@@ -898,6 +925,7 @@ def train_sb3(
             log_eval(model.logger, result)
             model.logger.dump(model.num_timesteps)
             callback.last_eval = result
+            callback.keep_best(result)  # the final evaluation competes too
         ckpt = callback.checkpoint()
         log(f"checkpoint: {ckpt}")
         return BaselineRun(run_dir, model, ckpt, result, model.num_timesteps - start_step, wall)

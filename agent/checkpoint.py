@@ -406,6 +406,27 @@ def load_agent(
     return agent.to(device).eval(), config
 
 
+def best_evaluation(root: str | os.PathLike) -> dict[str, Any] | None:
+    """The evaluation record of ``<root>/best`` (``success_rate``, ``episode_return``,
+    ``episodes``), or None when there is no best copy yet."""
+    path = Path(root) / BEST
+    if not (path / "config.json").is_file():
+        return None
+    return read_checkpoint_meta(path)["eval"]
+
+
+def beats_best(root: str | os.PathLike, success_rate: float, episode_return: float) -> bool:
+    """Whether an evaluation beats ``<root>/best``'s: success rate first, then return (what
+    SB3's ``EvalCallback`` compares by mean reward alone); True when there is no best yet."""
+    prev = best_evaluation(root)
+    if prev is None:
+        return True
+    return (float(success_rate), float(episode_return)) > (
+        prev["success_rate"],
+        prev["episode_return"],
+    )
+
+
 def load_trainer_state(path: str | os.PathLike) -> TrainerState:
     """The trainer state saved with the checkpoint at ``path`` (for ``--resume``)."""
     ckpt = resolve_checkpoint(path)
@@ -421,7 +442,10 @@ def load_trainer_state(path: str | os.PathLike) -> TrainerState:
 
 
 __all__ = [
+    "BEST",
     "TrainerState",
+    "beats_best",
+    "best_evaluation",
     "checkpoint_root",
     "load_agent",
     "load_trainer_state",

@@ -33,12 +33,12 @@ from agent.bc import BCTrainer, action_agreement, fit_normalization
 from agent.checkpoint import (
     BEST,
     TrainerState,
+    beats_best,
     checkpoint_root,
     load_trainer_state,
     optimizer_from_state,
     optimizer_to_state,
     pack,
-    read_checkpoint_meta,
     resolve_checkpoint,
     save_checkpoint,
     unpack,
@@ -444,14 +444,11 @@ def keep_best(run: Run, success_rate: float, episode_return: float) -> bool:
     if not run.config.run.eval_every or not run.dist.is_main:
         return False
     root = checkpoint_root(run.run_dir)
-    score = (float(success_rate), float(episode_return))
-    if (root / BEST / "config.json").is_file():
-        prev = read_checkpoint_meta(root / BEST)["eval"]
-        if score <= (prev["success_rate"], prev["episode_return"]):
-            return False
+    if not beats_best(root, success_rate, episode_return):
+        return False
     record = {
-        "success_rate": score[0],
-        "episode_return": score[1],
+        "success_rate": float(success_rate),
+        "episode_return": float(episode_return),
         "episodes": max(run.config.run.eval_episodes, 1),
     }
     save_checkpoint(

@@ -27,6 +27,7 @@ from agent.baselines import (
     train_sb3,
     unbatch_info,
 )
+from agent.checkpoint import resolve_checkpoint
 from agent.config import (
     AgentConfig,
     EnvConfig,
@@ -108,6 +109,17 @@ def test_every_baseline_trains_end_to_end(algo: str, tmp_path: Path) -> None:
     assert eval_cli.main(["--checkpoint", str(run), "--episodes", "1", "--json", str(out)]) == 0
     evaluated = json.loads(out.read_text())
     assert evaluated["policy"].startswith(algo) and evaluated["env_kwargs"] == ENV_KWARGS
+
+    # periodic evaluation kept the best-evaluated weights (the final evaluation competing),
+    # beside ``latest``, loadable by eval.py like any checkpoint
+    best = run / "checkpoints" / "best"
+    record = json.loads((best / "config.json").read_text())["eval"]
+    assert (record["success_rate"], record["episode_return"]) >= (
+        summary["success_rate"],
+        summary["return_mean"],
+    )
+    assert resolve_checkpoint(run).name.startswith("step_")
+    assert eval_cli.main(["--checkpoint", str(best), "--episodes", "1", "--json", str(out)]) == 0
 
     tags = tensorboard_tags(run / "tb")
     for tag in (
