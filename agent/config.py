@@ -162,8 +162,11 @@ class PPOConfig:
     anchor_coef: float = 0.0
     """Weight of a KL penalty that keeps the policy near the one the phase started from (in
     bc+ppo: the behaviour-cloned policy), over every decision of a frame (action, think
-    stops, memory ops). 0 turns it off. PPO fine-tuning can undo what BC learned: a CountAnswer
-    seed went from 90% to answering "5" in every episode (benchmarks/RESULTS.md)."""
+    stops, memory ops), averaged over frames; 0 (the default) turns it off. PPO fine-tuning
+    can undo what BC learned (a CountAnswer seed went from 90% to answering "5" in every
+    episode). At 0.1 one collapse was kept away and another happened anyway; 1.0 kept three
+    collapsed or weak CountAnswer runs at 87-95% (benchmarks/RESULTS.md). Not the default:
+    measured on CountAnswer only."""
 
     def __post_init__(self) -> None:
         _check_min("ppo", self, ("total_steps", "rollout_steps", "bptt_steps", "epochs"), 1)
