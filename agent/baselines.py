@@ -69,6 +69,7 @@ from agent.checkpoint import (
     BEST,
     beats_best,
     checkpoint_root,
+    evaluation_record,
     load_trainer_state,
     optimizer_from_state,
     optimizer_to_state,
@@ -801,8 +802,7 @@ class MindloopCallback(BaseCallback):
             return False
         save_sb3_checkpoint(
             self.run_dir, self.model, self.config, *self.env_spaces, keep=None,
-            extra_meta={"eval": {"success_rate": success, "episode_return": ret,
-                                 "episodes": summary["episodes"]}},
+            extra_meta={"eval": evaluation_record(success, ret, summary["episodes"])},
             trainer_meta={"updates": self.updates}, name=BEST, point_latest=False,
         )  # fmt: skip
         return True

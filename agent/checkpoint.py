@@ -415,6 +415,15 @@ def best_evaluation(root: str | os.PathLike) -> dict[str, Any] | None:
     return read_checkpoint_meta(path)["eval"]
 
 
+def evaluation_record(success_rate: float, episode_return: float, episodes: int) -> dict[str, Any]:
+    """What a ``best`` checkpoint stores about the evaluation that put it there."""
+    return {
+        "success_rate": float(success_rate),
+        "episode_return": float(episode_return),
+        "episodes": int(episodes),
+    }
+
+
 def beats_best(root: str | os.PathLike, success_rate: float, episode_return: float) -> bool:
     """Whether an evaluation beats ``<root>/best``'s: success rate first, then return (what
     SB3's ``EvalCallback`` compares by mean reward alone); True when there is no best yet."""
@@ -447,6 +456,7 @@ __all__ = [
     "beats_best",
     "best_evaluation",
     "checkpoint_root",
+    "evaluation_record",
     "load_agent",
     "load_trainer_state",
     "optimizer_from_state",

@@ -35,6 +35,7 @@ from agent.checkpoint import (
     TrainerState,
     beats_best,
     checkpoint_root,
+    evaluation_record,
     load_trainer_state,
     optimizer_from_state,
     optimizer_to_state,
@@ -446,11 +447,7 @@ def keep_best(run: Run, success_rate: float, episode_return: float) -> bool:
     root = checkpoint_root(run.run_dir)
     if not beats_best(root, success_rate, episode_return):
         return False
-    record = {
-        "success_rate": float(success_rate),
-        "episode_return": float(episode_return),
-        "episodes": max(run.config.run.eval_episodes, 1),
-    }
+    record = evaluation_record(success_rate, episode_return, max(run.config.run.eval_episodes, 1))
     save_checkpoint(
         root, run.agent, run.config, step=run.env_step, keep=None, extra_meta={"eval": record},
         name=BEST, point_latest=False,
