@@ -159,20 +159,22 @@ class PPOConfig:
     85% / 95% (benchmarks/RESULTS.md)."""
     memory_cost: float | None = None
     """Reward subtracted per memory call (None: the memory config's call_cost)."""
-    anchor_coef: float = 0.0
-    """Weight of a KL penalty that keeps the policy near the one the phase started from (in
-    bc+ppo: the behaviour-cloned policy), over every decision of a frame (action, think
-    stops, memory ops), averaged over frames; 0 (the default) turns it off. PPO fine-tuning
-    can undo what BC learned (a CountAnswer seed went from 90% to answering "5" in every
-    episode). At 0.1 one collapse was kept away and another happened anyway; 1.0 kept three
-    collapsed or weak CountAnswer runs at 87-95% (benchmarks/RESULTS.md). Not the default:
-    measured on CountAnswer only."""
+    anchor_coef: float | None = None
+    """Weight of a KL penalty that keeps the policy near the one the phase started from, over
+    every decision of a frame (action, think stops, memory ops), averaged over frames; 0 turns
+    it off. None (the default): 1.0 when PPO fine-tunes a behaviour-cloned policy (``bc+ppo``),
+    0 when it starts from scratch (nothing there worth keeping). PPO fine-tuning can undo what
+    BC learned (a CountAnswer seed went from 90% to answering "5" in every episode); at 1.0 no
+    CountAnswer run of 21 collapsed and the reaches kept their success (benchmarks/RESULTS.md);
+    at 0.1 one collapse was kept away and another happened anyway."""
 
     def __post_init__(self) -> None:
         _check_min("ppo", self, ("total_steps", "rollout_steps", "bptt_steps", "epochs"), 1)
         _check_min("ppo", self, ("minibatches",), 1)
         _check_min("ppo", self, ("value_coef", "entropy_coef", "decision_entropy_coef"), 0)
-        _check_min("ppo", self, ("think_cost", "max_grad_norm", "anchor_coef"), 0)
+        _check_min("ppo", self, ("think_cost", "max_grad_norm"), 0)
+        if self.anchor_coef is not None:
+            _check_min("ppo", self, ("anchor_coef",), 0)
         _check_choice("ppo.lr_schedule", self.lr_schedule, LR_SCHEDULES)
         if self.rollout_steps % self.bptt_steps:
             raise ValueError(

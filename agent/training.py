@@ -313,12 +313,25 @@ def ppo_updates(config: TrainConfig, phase_start_step: int, steps_per_update: in
     return updates
 
 
+ANCHOR_AFTER_BC = 1.0
+"""``ppo.anchor_coef`` when the config leaves it None and PPO fine-tunes a cloned policy."""
+
+
+def ppo_anchor_coef(config: TrainConfig, phases_done: list[str]) -> float:
+    """The KL anchor's weight for a PPO phase: the config's, or by default
+    :data:`ANCHOR_AFTER_BC` after behaviour cloning (keep what BC learned) and 0 from scratch
+    (a random initial policy is nothing to stay near)."""
+    if config.ppo.anchor_coef is not None:
+        return config.ppo.anchor_coef
+    return ANCHOR_AFTER_BC if "bc" in phases_done else 0.0
+
+
 @PHASES.register("ppo")
 def ppo_phase(run: Run, reward_fn=None, needs_expert: bool = False, name: str = "ppo") -> None:
     """Recurrent PPO for ``ppo.total_steps`` env steps (all ranks together), or what
     ``run.max_env_steps`` leaves after the earlier phases if less."""
     cfg, agent = run.config, run.agent
-    p = cfg.ppo
+    p = dataclasses.replace(cfg.ppo, anchor_coef=ppo_anchor_coef(cfg, run.phases_done))
     steps_per_update = p.rollout_steps * cfg.env.num_envs * run.dist.world_size
     total_updates = ppo_updates(cfg, run.env_step, steps_per_update)  # from the phase start
     if total_updates == 0 and run.resume is None:
@@ -348,6 +361,8 @@ def ppo_phase(run: Run, reward_fn=None, needs_expert: bool = False, name: str = 
             total_updates = ppo_updates(cfg, start, steps_per_update)
             trainer.total_updates = max(total_updates, 1)
             run.log(f"{name}: resumed at update {trainer.updates_done}/{total_updates}")
+        if p.anchor_coef:
+            run.log(f"{name}: KL anchor {p.anchor_coef:g} to the policy this phase starts from")
         recent_success: list[float] = []
         while trainer.updates_done < total_updates:
             metrics = trainer.iterate()

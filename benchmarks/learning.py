@@ -6,7 +6,8 @@ seeded episodes, deterministic policy, through :func:`agent.evaluation.evaluate`
 
 * **mindloop**: mindloop's own pipeline, ``train.py``'s default recipe (``--algo bc+ppo``:
   behaviour cloning from the task's scripted expert with 1,000 updates, 2 DAgger rounds,
-  then recurrent PPO) with think steps and the memory tool, sized to the budget: 35% of it
+  then recurrent PPO with the default KL anchor to the cloned policy, ``ppo.anchor_coef``
+  1.0) with think steps and the memory tool, sized to the budget: 35% of it
   for expert demonstrations, 15% for the DAgger rollouts, and PPO gets what is left
   (``run.max_env_steps``: **every env step counted**, demonstrations and DAgger included). Where
   the expert labels its memory calls (CueRecall: set on the cue, get when the balls show),
@@ -106,8 +107,8 @@ class RunSpec:
     """``ppo.think_cost`` of the mindloop contenders (None: train.py's default); part of the
     key when given."""
     anchor_coef: float | None = None
-    """``ppo.anchor_coef`` of the mindloop contenders (None: train.py's default); part of the
-    key when given."""
+    """``ppo.anchor_coef`` of the mindloop contenders (train.py's default resolved for bc+ppo
+    when not given); part of the key."""
 
     @property
     def key(self) -> str:
@@ -337,6 +338,8 @@ def budgets(task: str, quick: bool, budget: int | None) -> int:
 
 
 def plan(args: argparse.Namespace) -> list[RunSpec]:
+    from agent.training import ANCHOR_AFTER_BC
+
     specs = []
     for seed in args.seeds:  # seeds outermost: a partial run still covers every task
         for task in args.tasks:
@@ -353,7 +356,13 @@ def plan(args: argparse.Namespace) -> list[RunSpec]:
                         bc_updates=args.bc_updates if contender.startswith("mindloop") else 0,
                         recipe=MINDLOOP_RECIPE if contender.startswith("mindloop") else "",
                         think_cost=args.think_cost if contender.startswith("mindloop") else None,
-                        anchor_coef=args.anchor_coef if contender.startswith("mindloop") else None,
+                        # train.py's default resolved (bc+ppo: ANCHOR_AFTER_BC), so the key
+                        # tells anchored runs from the free ones made before it was the default
+                        anchor_coef=(
+                            (ANCHOR_AFTER_BC if args.anchor_coef is None else args.anchor_coef)
+                            if contender.startswith("mindloop")
+                            else None
+                        ),
                     )
                 )
     return specs

@@ -15,7 +15,7 @@ import torch
 import agent.ppo as ppo_mod
 from agent.checkpoint import load_agent, read_checkpoint_meta, resolve_checkpoint
 from agent.config import TrainConfig
-from agent.training import ALGORITHMS, keep_best, train
+from agent.training import ALGORITHMS, ANCHOR_AFTER_BC, keep_best, ppo_anchor_coef, train
 from tests import tiny_envs  # noqa: F401  (registers mindloop_test/*)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,10 +57,12 @@ BASELINE_ALGOS = [name for name in ALGORITHMS.names() if ALGORITHMS.get(name).ex
 
 
 @pytest.mark.parametrize("algo", MINDLOOP_ALGOS)
-def test_every_algo_runs_end_to_end(algo, tmp_path):
+def test_every_algo_runs_end_to_end(algo, tmp_path, capsys):
     env = TINY_ANSWER if algo == "sft-rl" else TINY_REACH
     cfg = tiny_config(tmp_path / "run", algo, env)
     result = train(cfg)
+    # the default KL anchor is on exactly where PPO fine-tunes a cloned policy
+    assert ("KL anchor 1 " in capsys.readouterr().out) == (algo == "bc+ppo")
     assert result.success_rate is not None and 0.0 <= result.success_rate <= 1.0
     ckpt = resolve_checkpoint(result.run_dir)
     meta = read_checkpoint_meta(ckpt)
@@ -70,6 +72,20 @@ def test_every_algo_runs_end_to_end(algo, tmp_path):
     assert saved.algo == algo
     assert json.loads((result.run_dir / "config.json").read_text())["algo"] == algo
     assert (result.run_dir / "eval.json").exists()
+
+
+def test_ppo_anchor_defaults_to_the_cloned_policy():
+    """Left None, ``ppo.anchor_coef`` is on after behaviour cloning and off from scratch; a
+    value the user gives always wins."""
+    cfg = TrainConfig()
+    assert cfg.ppo.anchor_coef is None
+    assert ppo_anchor_coef(cfg, ["bc"]) == ANCHOR_AFTER_BC > 0
+    assert ppo_anchor_coef(cfg, []) == 0.0
+    for given in (0.0, 0.3):
+        cfg.ppo.anchor_coef = given
+        assert ppo_anchor_coef(cfg, ["bc"]) == ppo_anchor_coef(cfg, []) == given
+    with pytest.raises(ValueError, match=r"ppo\.anchor_coef must be >= 0"):
+        TrainConfig(ppo=type(cfg.ppo)(anchor_coef=-1.0))
 
 
 def test_max_env_steps_budgets_the_whole_run(tmp_path):
