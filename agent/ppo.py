@@ -454,6 +454,11 @@ class PPOTrainer:
         return data
 
     def load_state_dict(self, data: dict[str, Any]) -> None:
+        if self.reference is not None and "reference" not in data:  # checked before any change
+            raise ValueError(
+                "this PPO state has no KL-anchor reference (it trained with "
+                "ppo.anchor_coef 0); resume it with ppo.anchor_coef=0"
+            )
         self.updates_done = int(data["updates_done"])
         self.generator.set_state(torch.as_tensor(data["generator"], dtype=torch.uint8))
         self.runner.load_state_dict(data["runner"])

@@ -249,6 +249,27 @@ def test_resume_alone_restores_the_runs_config(tmp_path):
     assert parsed.agent == load_agent(tmp_path / "run")[1].agent
 
 
+def test_resume_of_a_run_from_before_the_anchor_keeps_it_off(tmp_path):
+    """A checkpoint whose config predates ``ppo.anchor_coef`` trained without the anchor, so
+    ``--resume`` continues without it (not with today's default, which needs a reference the
+    checkpoint does not have); a trainer asked to anchor such a state says what to do."""
+    import train as train_script
+
+    cfg = tiny_config(tmp_path / "run", "bc")
+    cfg.ppo.anchor_coef = 0.0
+    train(cfg)
+    meta_path = resolve_checkpoint(tmp_path / "run") / "config.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["config"]["ppo"]["anchor_coef"]
+    meta_path.write_text(json.dumps(meta))
+    parsed = train_script.parse_config(["--resume", str(tmp_path / "run")])
+    assert parsed.ppo.anchor_coef == 0.0
+
+    trainer = SimpleNamespace(reference=torch.nn.Linear(1, 1))
+    with pytest.raises(ValueError, match=r"resume it with ppo\.anchor_coef=0"):
+        ppo_mod.PPOTrainer.load_state_dict(trainer, {"updates_done": 3})
+
+
 def test_resume_with_a_different_config_names_the_field(tmp_path):
     cfg = tiny_config(tmp_path / "run", "bc")
     train(cfg)
