@@ -48,10 +48,7 @@ def parse_config(argv: list[str]):
         return config
     from agent.checkpoint import read_checkpoint_meta
 
-    saved_dict = read_checkpoint_meta(resume)["config"]
-    saved = config_from_dict(TrainConfig, saved_dict)
-    if "anchor_coef" not in saved_dict.get("ppo", {}):
-        saved.ppo.anchor_coef = 0.0  # saved before the KL anchor existed: it trained without one
+    saved = config_from_dict(TrainConfig, read_checkpoint_meta(resume)["config"])
     config = cli(TrainConfig, args=argv, default=saved)
     config.resume = resume
     diff = [

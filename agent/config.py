@@ -354,9 +354,19 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+SAVED_BEFORE_FIELD: dict[tuple[type, str], Any] = {
+    # the KL anchor did not exist before: those runs trained without one (today's None
+    # default would anchor a bc+ppo resume to a reference the checkpoint does not hold)
+    (PPOConfig, "anchor_coef"): 0.0,
+}
+"""Fields added with a default that changes what an older run computed: a saved config
+without the field gets the value that reproduces the run it came from."""
+
+
 def config_from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     """Rebuild dataclass ``cls`` from :func:`config_to_dict` data (nested dataclasses and
-    tuples restored; an unknown field is a one-line error naming it)."""
+    tuples restored; an unknown field is a one-line error naming it; a field missing from
+    older data takes :data:`SAVED_BEFORE_FIELD`'s value where it has one, else its default)."""
     if not isinstance(data, dict):
         raise ValueError(f"config {where or cls.__name__} must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
@@ -368,6 +378,9 @@ def config_from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
             f"{cls.__name__} has: {', '.join(sorted(names))}"
         )
     kwargs = {k: _restore(hints[k], v, f"{where}{k}.") for k, v in data.items()}
+    for name in names - set(data):
+        if (cls, name) in SAVED_BEFORE_FIELD:
+            kwargs[name] = SAVED_BEFORE_FIELD[(cls, name)]
     return cls(**kwargs)
 
 
@@ -404,6 +417,7 @@ def config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[
 __all__ = [
     "DEFAULT_TASK_ID",
     "RESUME_FREE_FIELDS",
+    "SAVED_BEFORE_FIELD",
     "AgentConfig",
     "BCConfig",
     "EnvConfig",

@@ -264,6 +264,7 @@ def test_resume_of_a_run_from_before_the_anchor_keeps_it_off(tmp_path):
     meta_path.write_text(json.dumps(meta))
     parsed = train_script.parse_config(["--resume", str(tmp_path / "run")])
     assert parsed.ppo.anchor_coef == 0.0
+    assert load_agent(tmp_path / "run")[1].ppo.anchor_coef == 0.0
 
     trainer = SimpleNamespace(reference=torch.nn.Linear(1, 1))
     with pytest.raises(ValueError, match=r"resume it with ppo\.anchor_coef=0"):
