@@ -165,7 +165,7 @@ class PPOConfig:
     it off. None (the default): 1.0 when PPO fine-tunes a behaviour-cloned policy (``bc+ppo``),
     0 when it starts from scratch (nothing there worth keeping). PPO fine-tuning can undo what
     BC learned (a CountAnswer seed went from 90% to answering "5" in every episode); at 1.0 no
-    CountAnswer run of 23 fell below 78% (+4.9 points over free, 20 paired runs) and no task
+    CountAnswer run of 27 fell below 78% (+7.4 points over free, 24 paired runs) and no task
     lost success (benchmarks/RESULTS.md); at 0.1 one collapse was kept away and another
     happened anyway."""
 
