@@ -338,8 +338,12 @@ def budgets(task: str, quick: bool, budget: int | None) -> int:
 
 
 def plan(args: argparse.Namespace) -> list[RunSpec]:
-    from agent.training import ANCHOR_AFTER_BC
+    from agent.config import PPOConfig, TrainConfig
+    from agent.training import ppo_anchor_coef
 
+    # train.py's rule for the PPO phase after "bc" (the mindloop contenders are all bc+ppo),
+    # so the key tells anchored runs from the free ones made before it was the default
+    anchor = ppo_anchor_coef(TrainConfig(ppo=PPOConfig(anchor_coef=args.anchor_coef)), ["bc"])
     specs = []
     for seed in args.seeds:  # seeds outermost: a partial run still covers every task
         for task in args.tasks:
@@ -356,13 +360,7 @@ def plan(args: argparse.Namespace) -> list[RunSpec]:
                         bc_updates=args.bc_updates if contender.startswith("mindloop") else 0,
                         recipe=MINDLOOP_RECIPE if contender.startswith("mindloop") else "",
                         think_cost=args.think_cost if contender.startswith("mindloop") else None,
-                        # train.py's default resolved (bc+ppo: ANCHOR_AFTER_BC), so the key
-                        # tells anchored runs from the free ones made before it was the default
-                        anchor_coef=(
-                            (ANCHOR_AFTER_BC if args.anchor_coef is None else args.anchor_coef)
-                            if contender.startswith("mindloop")
-                            else None
-                        ),
+                        anchor_coef=anchor if contender.startswith("mindloop") else None,
                     )
                 )
     return specs
