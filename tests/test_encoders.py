@@ -321,6 +321,22 @@ def test_image_channels_first_space_matches_channels_last(name: str) -> None:
     torch.testing.assert_close(a(scene(colour)), b(scene(colour, layout="chw")))
 
 
+@pytest.mark.parametrize("name", IMAGE)
+def test_image_float_pixels_match_uint8_and_are_left_untouched(name: str) -> None:
+    """A float [0, 1] image space gives what uint8 / 255 gives, and the caller's tensor is
+    not changed (the pixels are scaled in place, on a copy)."""
+    cls = ENCODERS.get(name)
+    torch.manual_seed(0)
+    a = build_encoder(name, gym.spaces.Box(0, 255, (64, 64, 3), np.uint8), cls.example_config())
+    b = build_encoder(name, gym.spaces.Box(0.0, 1.0, (64, 64, 3), np.float32), cls.example_config())
+    b.load_state_dict(a.state_dict())
+    pixels = scene((10, 120, 250))
+    floats = pixels.float() / 255.0
+    before = floats.clone()
+    torch.testing.assert_close(a.eval()(pixels), b.eval()(floats), rtol=1e-4, atol=1e-5)
+    assert torch.equal(floats, before), "the encoder modified its input tensor"
+
+
 # --- timm -----------------------------------------------------------------------------------
 
 TINY = "test_resnet.r160_in1k"
