@@ -21,11 +21,11 @@ One update (CleanRL's ``ppo_atari_lstm.py`` structure, with mindloop's decisions
 
 With ``anchor_coef`` > 0 the loss adds a KL penalty to a frozen copy of the policy the
 trainer started from (in bc+ppo: the behaviour-cloned one; ``agent.training.ppo_anchor_coef``
-resolves the config's None default, which counts as 0 here), the k3 estimator of KL(pi || pi_ref) that GRPO uses,
-over each frame's joint log-probability. The reference replays the same chunks once per
-update (no gradient) from the chunks' stored initial states: those are the trained policy's
-states, a small approximation while the two stay close (which is what the penalty is for);
-every episode that starts inside a chunk is exact.
+resolves the config's None default, which counts as 0 here), the k3 estimator of
+KL(pi || pi_ref) that GRPO uses, over each frame's joint log-probability. The reference
+replays the same chunks once per update (no gradient) from the chunks' stored initial
+states: those are the trained policy's states, a small approximation while the two stay
+close (which is what the penalty is for); every episode that starts inside a chunk is exact.
 
 Running normalization statistics are frozen during the rollout and the update (the replay
 must see the same features the rollout saw) and updated from the rollout's inputs after it.
