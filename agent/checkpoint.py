@@ -12,10 +12,14 @@ Layout of a run directory::
     <run>/checkpoints/best/                the best-evaluated weights so far (with periodic
                                            evaluation on; SB3's EvalCallback best model)
 
-A checkpoint is written into a hidden temporary directory next to its final place, flushed,
-then renamed (``os.replace``) into place; only then is ``latest`` switched to it (a new
-symlink renamed over the old one). A process killed at any moment leaves ``latest`` pointing at
-a complete checkpoint (and at worst a stray ``.tmp-*`` directory, removed by the next save).
+A checkpoint is written into a hidden temporary directory next to its final place, every
+file flushed to disk, then renamed (``os.replace``) into place; only then is ``latest``
+switched to it (a new symlink renamed over the old one). A process killed at any moment leaves
+``latest`` pointing at a complete checkpoint (and at worst a stray ``.tmp-*`` directory,
+removed by the next save). Re-saving an existing name (the final save after the last
+evaluation, ``best``) cannot swap two directories in one rename: the old copy is first renamed
+to ``.old-<name>`` and removed only once the new one is in place; if the process dies in
+between, :func:`resolve_checkpoint` reads ``.old-<name>`` and the next save moves it back.
 
 :func:`load_agent` rebuilds the agent from a checkpoint directory alone (nanoGPT's model args
 stored with the weights, LeRobot's ``from_pretrained``).
@@ -44,6 +48,8 @@ FORMAT_VERSION = 1
 LATEST = "latest"
 BEST = "best"
 CHECKPOINTS = "checkpoints"
+OLD_PREFIX = ".old-"
+"""Prefix of the previous copy while a name is re-saved (see the module docstring)."""
 
 
 # --------------------------------------------------------------------------- spaces as JSON
@@ -261,21 +267,22 @@ def save_checkpoint(
     """
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
-    for stray in root.glob(".tmp-*"):  # left by a save that was killed
-        shutil.rmtree(stray, ignore_errors=True)
+    _recover(root)
     name = name or f"step_{step:012d}"
     final = root / name
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private (0700); a checkpoint is not
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private (0700); a checkpoint is not
     try:
         _write_checkpoint_files(tmp, agent, config, step, trainer, extra_meta)
         _fsync_dir(tmp)
-        if final.exists():  # a re-save of the same step (e.g. the final save): replace it
-            old = root / f".tmp-old-{name}"
-            os.replace(final, old)
-            os.replace(tmp, final)
+        if final.exists():  # a re-save of the same name (the final save, best): replace it
+            old = root / f"{OLD_PREFIX}{name}"
+            os.replace(final, old)  # from here until the next rename, old is the checkpoint
+            try:
+                os.replace(tmp, final)
+            except BaseException:
+                os.replace(old, final)
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
@@ -306,16 +313,20 @@ def _write_checkpoint_files(
         "action_space": space_to_dict(agent.action_space),
         **(dict(extra_meta) if extra_meta else {}),
     }
-    weights = {k: v.detach().cpu().contiguous() for k, v in agent.state_dict().items()}
-    save_file(weights, str(path / "model.safetensors"))
+    _write_tensors(path / "model.safetensors", agent.state_dict())
     if trainer is not None:
-        save_file(
-            {k: v.detach().cpu().contiguous() for k, v in trainer.tensors.items()},
-            str(path / "trainer.safetensors"),
-        )
+        _write_tensors(path / "trainer.safetensors", trainer.tensors)
         _write_json(path / "trainer.json", trainer.meta)
     # config.json last: a directory with config.json was written completely.
     _write_json(path / "config.json", meta)
+
+
+def _write_tensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
+    """safetensors file on disk (fsynced) and readable like the JSON files beside it."""
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
+    os.chmod(path, 0o666 & ~_umask())  # safetensors writes through a private (0600) temp file
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -323,6 +334,25 @@ def _write_json(path: Path, data: Any) -> None:
         json.dump(data, f, indent=2, sort_keys=False)
         f.flush()
         os.fsync(f.fileno())
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def _recover(root: Path) -> None:
+    """Tidy what a killed save left in ``root``: unfinished ``.tmp-*`` directories go; an
+    ``.old-<name>`` copy is moved back where ``<name>`` is missing, else removed."""
+    for stray in root.glob(".tmp-*"):
+        shutil.rmtree(stray, ignore_errors=True)
+    for old in root.glob(f"{OLD_PREFIX}*"):
+        final = root / old.name[len(OLD_PREFIX) :]
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, final)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -365,6 +395,10 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     for candidate in (p, p / LATEST, p / CHECKPOINTS / LATEST):
         if candidate.is_file() and candidate.name == LATEST:  # pointer file fallback
             candidate = candidate.parent / candidate.read_text().strip()
+        elif candidate.is_symlink() and not candidate.exists():  # latest -> a name mid-re-save
+            candidate = candidate.parent / os.readlink(candidate)
+        if not candidate.exists():  # a re-save was killed between its two renames
+            candidate = candidate.parent / f"{OLD_PREFIX}{candidate.name}"
         if (candidate / "config.json").is_file() and (candidate / "model.safetensors").is_file():
             return candidate.resolve()
     raise ValueError(
@@ -410,6 +444,8 @@ def best_evaluation(root: str | os.PathLike) -> dict[str, Any] | None:
     """The evaluation record of ``<root>/best`` (``success_rate``, ``episode_return``,
     ``episodes``), or None when there is no best copy yet."""
     path = Path(root) / BEST
+    if not path.exists():  # a re-save of best was killed between its renames
+        path = Path(root) / f"{OLD_PREFIX}{BEST}"
     if not (path / "config.json").is_file():
         return None
     return read_checkpoint_meta(path)["eval"]

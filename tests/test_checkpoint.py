@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -138,6 +139,102 @@ def test_crash_mid_save_keeps_latest_loadable(tmp_path, monkeypatch):
     second = save_checkpoint(root, agent, cfg, step=2)
     assert resolve_checkpoint(tmp_path) == second.resolve()
     assert not list(root.glob(".tmp-*"))
+
+
+def _shifted(agent: MindloopAgent) -> dict[str, torch.Tensor]:
+    """Add 1 to every parameter; return the weights as they were before."""
+    before = {k: v.clone() for k, v in agent.state_dict().items()}
+    with torch.no_grad():
+        for p in agent.parameters():
+            p.add_(1.0)
+    return before
+
+
+def _assert_weights(path, expected: dict[str, torch.Tensor]) -> None:
+    loaded, _ = load_agent(path)
+    for k, v in loaded.state_dict().items():
+        assert torch.equal(v, expected[k]), k
+
+
+def test_interrupted_resave_keeps_the_old_copy(tmp_path, monkeypatch):
+    """Re-saving a name (the final save after the last evaluation, ``best``) replaces a
+    directory in two renames; an interrupt at the second leaves the old copy in place."""
+    agent, cfg = tiny_agent()
+    root = tmp_path / "checkpoints"
+    save_checkpoint(root, agent, cfg, step=7)
+    before = _shifted(agent)
+    real_replace = ckpt_mod.os.replace
+    calls = []
+
+    def interrupted_second_rename(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2:  # tmp -> step_7, after step_7 -> .old-step_7
+            raise KeyboardInterrupt("killed mid-checkpoint")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(ckpt_mod.os, "replace", interrupted_second_rename)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(root, agent, cfg, step=7)
+    monkeypatch.setattr(ckpt_mod.os, "replace", real_replace)
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step_000000000007"]
+    _assert_weights(tmp_path, before)
+
+
+@pytest.mark.parametrize("name", [None, "best"])
+def test_resave_killed_between_renames_is_recovered(tmp_path, name):
+    """A process killed (no handler runs) after the old copy was renamed away and before the
+    new one took its place: the old copy is what resolves, and the next save restores it."""
+    from agent.checkpoint import best_evaluation, evaluation_record
+
+    agent, cfg = tiny_agent()
+    root = tmp_path / "checkpoints"
+    record = {"eval": evaluation_record(0.5, 1.0, 10)}
+    first = save_checkpoint(
+        root, agent, cfg, step=7, name=name, extra_meta=record, point_latest=name is None
+    )
+    before = _shifted(agent)
+    # the disk as such a kill leaves it: the old copy renamed, the new one still a .tmp-*
+    (root / f".old-{first.name}").mkdir()
+    for f in first.iterdir():
+        f.rename(root / f".old-{first.name}" / f.name)
+    first.rmdir()
+    (root / f".tmp-{first.name}-x").mkdir()
+
+    if name is None:
+        assert resolve_checkpoint(tmp_path).name == f".old-{first.name}"
+        _assert_weights(tmp_path, before)
+    else:
+        assert best_evaluation(root) == record["eval"]
+        _assert_weights(root / "best", before)
+    save_checkpoint(root, agent, cfg, step=8)  # any next save tidies up
+    assert sorted(p.name for p in root.iterdir() if p.name.startswith(".")) == []
+    _assert_weights(first, before)
+
+
+def test_checkpoint_files_are_flushed_and_readable_alike(tmp_path, monkeypatch):
+    """Every file of a checkpoint is fsynced before the rename makes it visible (else a power
+    cut can leave empty weights beside a complete config.json), and the weights get the same
+    permissions as the JSON files (safetensors writes through a private temp file)."""
+    import os
+
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc to name the fsynced files")
+    agent, cfg = tiny_agent()
+    synced = []
+    real_fsync = ckpt_mod.os.fsync
+
+    def spy(fd):
+        synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")).name)
+        real_fsync(fd)
+
+    monkeypatch.setattr(ckpt_mod.os, "fsync", spy)
+    trainer = ckpt_mod.TrainerState({"t": torch.zeros(2)}, {"k": 1})
+    path = save_checkpoint(tmp_path, agent, cfg, step=1, trainer=trainer)
+    files = sorted(p.name for p in path.iterdir())
+    assert files == ["config.json", "model.safetensors", "trainer.json", "trainer.safetensors"]
+    assert set(files) <= set(synced)
+    modes = {f: (path / f).stat().st_mode & 0o777 for f in files}
+    assert len(set(modes.values())) == 1, modes
 
 
 def test_keep_prunes_old_checkpoints(tmp_path):
