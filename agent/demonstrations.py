@@ -144,7 +144,9 @@ def collect_episodes(
 
     Args:
         envs: a ``SAME_STEP`` vector env of a task with ``expert_action()``.
-        episodes: complete episodes to return (unfinished ones at the end are dropped).
+        episodes: complete episodes to return: env i's first ``(episodes + i) // N`` (the
+            rule of :func:`agent.rollout.run_episodes`; taking whichever finish first would
+            favour short episodes, and the long ones, often failures, are what DAgger needs).
         seeds: per-env seeds for the first reset (None: continue from the envs' RNGs).
         agent: None: the expert acts (demonstrations). An agent: it acts and the expert
             only labels (DAgger), so the data covers the states the learner really visits.
@@ -155,6 +157,7 @@ def collect_episodes(
         seed: seeds the mixture draws.
     """
     n = envs.num_envs
+    quota = [(episodes + i) // n for i in range(n)]  # per env, sums to episodes
     obs, _ = envs.reset(seed=seeds)
     buffers: list[list[tuple[dict, dict, float, int, np.ndarray | None]]] = [[] for _ in range(n)]
     out: list[Episode] = []
@@ -164,7 +167,7 @@ def collect_episodes(
     # optional expert outputs: probed once (each probe is a round trip to every worker)
     with_ops = every_env_has(envs, "expert_memory_op")
     with_latents = every_env_has(envs, "expert_latent")
-    while len(out) < episodes:
+    while len(out) < episodes:  # envs past their quota keep stepping (one vector step)
         labels = expert_actions(envs)  # (N, ...) per key
         op_labels = expert_memory_ops(envs, probe=False) if with_ops else None  # (N,)
         latents = expert_latents(envs, probe=False) if with_latents else None  # (N, d)
@@ -187,6 +190,9 @@ def collect_episodes(
             buffers[i].append((frame_obs, frame_act, float(step.reward[i]), op, latent))
         for i in np.flatnonzero(step.done):
             frames, buffers[i] = buffers[i], []
+            if quota[i] == 0:
+                continue
+            quota[i] -= 1
             out.append(
                 Episode(
                     obs={k: np.stack([f[0][k] for f in frames]) for k in frames[0][0]},
@@ -203,7 +209,7 @@ def collect_episodes(
             )
         obs = step.obs
         start = torch.as_tensor(step.done)
-    return out[:episodes]
+    return out
 
 
 @dataclass

@@ -196,6 +196,27 @@ def test_dagger_collects_learner_states_with_expert_labels():
     np.testing.assert_allclose(ep.actions["muscles"], ep.obs["proprio"][:, :2], atol=1e-6)
 
 
+def test_dagger_takes_each_envs_share_not_the_first_finished():
+    """Each env gives its first (episodes + i) // N episodes: an env whose episodes are long
+    (the learner failing until the time limit) is not crowded out by a fast one."""
+    from gymnasium.vector import SyncVectorEnv
+
+    from agent.vector import AUTORESET_MODE
+    from tests.tiny_envs import TinyReachEnv
+
+    lengths = (3, 12)  # gain 0: the hand never moves, every episode ends at its time limit
+    envs = SyncVectorEnv(
+        [lambda n=n: TinyReachEnv(max_steps=n, gain=0.0) for n in lengths],
+        autoreset_mode=AUTORESET_MODE,
+    )
+    _, agent = make("mindloop_test/TinyReach-v0", k_max=0, num_envs=1)
+    try:
+        episodes = collect_episodes(envs, 4, seeds=[0, 1], agent=agent)
+    finally:
+        envs.close()
+    assert sorted(len(e) for e in episodes) == [3, 3, 12, 12]
+
+
 def test_dagger_mixture_beta_one_is_the_expert():
     """beta = 1: every executed action is the expert's, whatever the learner would do."""
     envs, agent = make("mindloop_test/TinyReach-v0", k_max=0, num_envs=4)
