@@ -136,7 +136,9 @@ class BCMetrics:
     loss: float
     imitation: float
     value: float
-    kl: float
+    halting: float
+    """The halting loss: KL of the stop distribution to the geometric prior (``think``
+    "ponder"), or the REINFORCE loss of the sampled stops (``think`` "sampled")."""
     think_steps: float
     memory_ops: float = 0.0
     """Cross-entropy of the cloned memory calls (0 without labels)."""
@@ -246,7 +248,7 @@ class BCTrainer:
                 latent_frames = batch.latent_onsets.to(device)
             self._ensure_latent_decoder(latents.shape[-1])
         loss_fn = self._ponder_loss if self.cfg.think == "ponder" else self._sampled_loss
-        loss, imitation, kl, steps, value, state = loss_fn(
+        loss, imitation, halting, steps, value, state = loss_fn(
             batch.obs, self._lane_state, starts, actions, op_labels, aux, latents, latent_frames
         )
         target = self.agent.value_norm.normalize(batch.returns.to(device))
@@ -262,7 +264,7 @@ class BCTrainer:
         self.optimizer.step()
         self._lane_state = detach_state(state)
         return BCMetrics(
-            *(float(x.detach()) for x in (total, imitation, value_loss, kl, steps)),
+            *(float(x.detach()) for x in (total, imitation, value_loss, halting, steps)),
             **{k: float(v) for k, v in aux.items()},
         )
 

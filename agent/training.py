@@ -18,7 +18,7 @@ import json
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -118,8 +118,7 @@ class Run:
             "phases_done": list(self.phases_done),
             "world_size": self.dist.world_size,
             "python_random": _jsonable_random_state(),
-            "numpy_random": np.random.get_state()[1].tolist(),
-            "numpy_random_pos": int(np.random.get_state()[2]),
+            **_jsonable_numpy_state(),
         }
         tensors["rng/torch"] = torch.get_rng_state()
         if per_rank is not None and per_rank[0] is not None:
@@ -232,7 +231,7 @@ def bc_phase(run: Run) -> None:
             run.logger.scalars(
                 "losses",
                 {"bc_loss": m.loss, "bc_imitation": m.imitation, "bc_value": m.value,
-                 "bc_halting_kl": m.kl, "bc_expert_latent": m.expert_latent},
+                 "bc_halting": m.halting, "bc_expert_latent": m.expert_latent},
                 u * frames_per_update,
             )  # fmt: skip
             run.logger.scalars("charts", {"bc_think_steps": m.think_steps}, u * frames_per_update)
@@ -631,10 +630,7 @@ def _restore(run: Run, checkpoint: Path) -> None:
     run.env_step = int(state.meta["env_step"])
     run.phases_done = list(state.meta["phases_done"])
     random.setstate(_random_state_from_json(state.meta["python_random"]))
-    np.random.set_state(
-        ("MT19937", np.asarray(state.meta["numpy_random"], dtype=np.uint32),
-         state.meta["numpy_random_pos"], 0, 0.0)
-    )  # fmt: skip
+    _set_numpy_state(state.meta)
     torch.set_rng_state(state.tensors["rng/torch"])
     run.log(f"resumed from {checkpoint} (phases done: {', '.join(run.phases_done) or 'none'})")
 
@@ -703,6 +699,27 @@ def _jsonable_random_state() -> list[Any]:
 
 def _random_state_from_json(data: list[Any]) -> tuple[Any, ...]:
     return (data[0], tuple(data[1]), data[2])
+
+
+def _jsonable_numpy_state() -> dict[str, Any]:
+    """numpy's legacy global RNG, all of it: the MT19937 key and position, and the second
+    normal of the last Box-Muller pair (``randn`` hands it out next)."""
+    _, key, pos, has_gauss, cached_gauss = np.random.get_state()
+    return {
+        "numpy_random": key.tolist(),
+        "numpy_random_pos": int(pos),
+        "numpy_random_gauss": [int(has_gauss), float(cached_gauss)],
+    }
+
+
+def _set_numpy_state(meta: Mapping[str, Any]) -> None:
+    """Restore what :func:`_jsonable_numpy_state` saved (runs saved before the Gaussian was
+    stored have none cached)."""
+    has_gauss, cached_gauss = meta.get("numpy_random_gauss", (0, 0.0))
+    key = np.asarray(meta["numpy_random"], dtype=np.uint32)
+    np.random.set_state(
+        ("MT19937", key, int(meta["numpy_random_pos"]), int(has_gauss), cached_gauss)
+    )
 
 
 __all__ = [
