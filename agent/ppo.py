@@ -290,7 +290,8 @@ class PPOTrainer:
             "adv": _chunks(rollout.advantages, T, L),
             "ret": _chunks(norm_returns, T, L),
         }
-        mb_size = max(S // cfg.minibatches, 1)
+        n_mb = min(cfg.minibatches, S)  # exactly this many per epoch, sizes differing by <= 1
+        mb_size = -(-S // n_mb)
         if self.reference is not None:
             seq["ref_logp"] = self._reference_log_probs(seq, rollout.chunk_states, mb_size, dev)
         agent.train()
@@ -298,13 +299,12 @@ class PPOTrainer:
         stop = False
         for _epoch in range(cfg.epochs):
             order = torch.randperm(S, generator=self.generator)
-            for first in range(0, S, mb_size):
-                idx = order[first : first + mb_size]
+            for idx in torch.tensor_split(order, n_mb):
                 m = self._minibatch_step(seq, idx, rollout.chunk_states, dev)
                 for k, v in m.items():
                     stats.setdefault(k, []).append(v)
             if cfg.target_kl is not None:
-                kl = self.reduce(float(np.mean(stats["approx_kl"][-(S // mb_size) :])))
+                kl = self.reduce(float(np.mean(stats["approx_kl"][-n_mb:])))
                 if kl > cfg.target_kl:
                     stop = True
             if stop:

@@ -168,6 +168,29 @@ def test_ppo_improves_return(env_id):
     assert after > before + margin, (before, after)
 
 
+def test_every_epoch_takes_exactly_the_configured_minibatches():
+    """12 chunks in 5 minibatches: 5 steps per epoch (sizes 3, 3, 2, 2, 2) covering every chunk
+    once, not 6 of 2 as ``S // minibatches`` sized pieces would give."""
+    ppo = PPOConfig(total_steps=48, rollout_steps=16, bptt_steps=4, epochs=2, minibatches=5)
+    trainer, envs = make_trainer("mindloop_test/TinyReach-v0", ppo, k_max=0, num_envs=3)
+    seen = []
+    real_step = trainer._minibatch_step
+
+    def record(seq, idx, chunk_states, dev):
+        seen.append(idx.tolist())
+        return real_step(seq, idx, chunk_states, dev)
+
+    trainer._minibatch_step = record
+    try:
+        trainer.update(trainer.collect())
+    finally:
+        envs.close()
+    assert len(seen) == 2 * 5
+    for epoch in (seen[:5], seen[5:]):
+        assert sorted(len(i) for i in epoch) == [2, 2, 2, 3, 3]
+        assert sorted(sum(epoch, [])) == list(range(12))
+
+
 def test_rollout_metrics_are_reported():
     ppo = PPOConfig(total_steps=256, rollout_steps=16, bptt_steps=4)
     trainer, envs = make_trainer("mindloop_test/TinyAnswer-v0", ppo)
