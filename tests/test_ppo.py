@@ -188,7 +188,7 @@ def test_every_epoch_takes_exactly_the_configured_minibatches():
     assert len(seen) == 2 * 5
     for epoch in (seen[:5], seen[5:]):
         assert sorted(len(i) for i in epoch) == [2, 2, 2, 3, 3]
-        assert sorted(sum(epoch, [])) == list(range(12))
+        assert sorted(i for idx in epoch for i in idx) == list(range(12))
 
 
 def test_rollout_metrics_are_reported():
