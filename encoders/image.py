@@ -48,7 +48,9 @@ def image_layout(space: gym.Space, who: str) -> ImageLayout:
         raise ValueError(f"encoder {who!r} needs {what}; got {space_str(space)}")
     if box.dtype == np.uint8:
         scale = 255.0
-    elif np.issubdtype(box.dtype, np.floating) and np.all(box.high <= 1.0):
+    elif (
+        np.issubdtype(box.dtype, np.floating) and np.all(box.low >= 0.0) and np.all(box.high <= 1.0)
+    ):
         scale = 1.0
     else:
         raise ValueError(f"encoder {who!r} needs {what}; got {space_str(space)}")

@@ -201,6 +201,14 @@ def test_image_encoder_rejects_a_vector_space(name: str) -> None:
     assert "Box(shape=(7,)" in assert_one_line(err)
 
 
+@pytest.mark.parametrize("name", IMAGE)
+def test_image_encoder_rejects_float_pixels_outside_0_1(name: str) -> None:
+    """A float image in [-1, 1] is not silently scaled as if it were [0, 1]."""
+    with pytest.raises(ValueError) as err:
+        build_encoder(name, gym.spaces.Box(-1.0, 1.0, (64, 64, 3), np.float32))
+    assert "float in [0, 1]" in assert_one_line(err)
+
+
 def test_audio_window_shorter_than_fft() -> None:
     space = gym.spaces.Box(-1, 1, (2, 100), np.float32)
     with pytest.raises(ValueError) as err:
