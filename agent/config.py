@@ -183,6 +183,10 @@ class PPOConfig:
             )
         if not self.lr > 0:
             raise ValueError(f"ppo.lr must be > 0, got {self.lr}")
+        if not self.clip > 0:
+            raise ValueError(f"ppo.clip must be > 0 (PPO's epsilon, e.g. 0.2), got {self.clip}")
+        if self.target_kl is not None and not self.target_kl > 0:
+            raise ValueError(f"ppo.target_kl must be > 0 or None, got {self.target_kl}")
         for name in ("gamma", "gae_lambda"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"ppo.{name} must be in [0, 1], got {getattr(self, name)}")
@@ -327,7 +331,8 @@ class TrainConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
     algo: str = "bc+ppo"
-    """Training algorithm (agent.algorithms.ALGORITHMS): bc+ppo, ppo, bc, ..."""
+    """Training algorithm: bc+ppo (clone the scripted expert, then PPO), ppo, bc, sft-rl (text
+    tasks), sb3-ppo, sb3-recurrentppo (baselines); the registry is agent.training.ALGORITHMS."""
     ppo: PPOConfig = field(default_factory=PPOConfig)
     bc: BCConfig = field(default_factory=BCConfig)
     run: RunConfig = field(default_factory=RunConfig)

@@ -54,7 +54,8 @@ class ThinkConfig:
     attend (adapter + attention over the frame's tokens), scan (adapter + the next
     ``scan_group`` tokens of the frame)."""
     halting: str = "sampled"
-    """sampled: p(stop) per step, sampled; budget: k in 0..k_max picked up front."""
+    """sampled: p(stop) per step, sampled; budget: k in 0..k_max picked up front; fixed:
+    always k_max think steps (the fixed-depth baseline)."""
     step_encoding: str = "none"
     """Add the think-step index to the think input: none, learned, sinusoidal."""
     reinject_obs: bool = False
