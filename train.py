@@ -16,6 +16,7 @@ Imports stay inside ``main`` because async env workers re-import this module whe
 
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -75,6 +76,7 @@ def _resume_arg(argv: list[str]) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    config = None
     try:
         import encoders  # noqa: F401  (preloads triton before any MuJoCo render)
         from agent.training import train
@@ -83,6 +85,12 @@ def main(argv: list[str] | None = None) -> int:
         result = train(config)
     except ValueError as err:  # a user mistake: one line, no traceback
         sys.exit(f"error: {err}")
+    except KeyboardInterrupt:  # Ctrl-C: the latest checkpoint is complete (atomic writes)
+        run = (config and (config.resume or config.run.dir)) or "RUN_DIR (printed above)"
+        print(f"\ninterrupted; continue from the latest checkpoint: python train.py --resume {run}")
+        return 130
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports for all
+        return 0
     if result.success_rate is not None:
         print(f"success rate: {100 * result.success_rate:.1f}% ({config.env.id}, {config.algo})")
     if result.checkpoint is not None:
