@@ -27,6 +27,7 @@ from agent.evaluation import evaluate, make_policy
 from agent.recording import (
     EpisodeRecord,
     default_dataset_id,
+    open_dataset,
     read_records,
     record_metadata,
     write_records,
@@ -140,6 +141,51 @@ class Demonstrations:
         obs = {k: v[rows] for k, v in self.observations.items()}
         actions = {k: v[rows] for k, v in self.actions.items()}
         return obs, actions, mask
+
+
+def check_dataset_spaces(
+    path: str | os.PathLike,
+    env_id: str,
+    observation_space: gym.spaces.Dict,
+    action_space: gym.spaces.Dict,
+) -> None:
+    """A one-line ``ValueError`` when the dataset at ``path`` lacks an observation or action
+    key of ``env_id``'s spaces or stores it with another shape or dtype (behaviour cloning
+    from another task's demonstrations). Keys the task does not have are fine."""
+    record = (
+        f"record demonstrations of this task with `python eval.py --policy expert --env "
+        f"{env_id} --episodes N --record DIR`"
+    )
+    if not Path(path).exists():
+        raise ValueError(f"dataset {str(path)!r} does not exist; {record}")
+    dataset = open_dataset(path)
+    for what, stored, needed in (
+        ("observation", dataset.observation_space, observation_space),
+        ("action", dataset.action_space, action_space),
+    ):
+        problem = _dict_space_mismatch(stored, needed)
+        if problem is not None:
+            recorded_on = record_metadata(path)["env_id"]
+            raise ValueError(
+                f"dataset {str(path)!r} (recorded on {recorded_on}) does not fit {env_id}: "
+                f"{what} {problem}; {record}"
+            )
+
+
+def _dict_space_mismatch(stored: gym.Space, needed: gym.Space) -> str | None:
+    """What of ``needed`` (a Dict space) ``stored`` lacks or stores differently, or None."""
+    if not isinstance(stored, gym.spaces.Dict) or not isinstance(needed, gym.spaces.Dict):
+        return None if stored == needed else f"space {stored} is not the task's {needed}"
+    for key, space in needed.spaces.items():
+        if key not in stored.spaces:
+            return f"{key!r} is missing (the dataset has {', '.join(stored.spaces)})"
+        have = stored.spaces[key]
+        if have.shape != space.shape or have.dtype != space.dtype:
+            return (
+                f"{key!r} is {have.shape} {have.dtype} in the dataset, {space.shape} "
+                f"{space.dtype} in the task"
+            )
+    return None
 
 
 def load_demonstrations(path: str | os.PathLike, *, only_success: bool = False) -> Demonstrations:

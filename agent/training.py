@@ -32,6 +32,7 @@ from agent.agent import MindloopAgent
 from agent.bc import BCTrainer, action_agreement, fit_normalization
 from agent.checkpoint import (
     BEST,
+    CHECKPOINTS,
     TrainerState,
     beats_best,
     checkpoint_root,
@@ -265,9 +266,10 @@ def bc_phase(run: Run) -> None:
     agreement = action_agreement(agent, held_out[:20]) if held_out else {}
     run.logger.scalars("eval", {f"bc_{k}": v for k, v in agreement.items()}, run.env_step)
     run.results["bc"] = {"imitation_loss": metrics.imitation, **agreement}
+    scores = ", ".join(f"{k} {v:.3f}" for k, v in agreement.items())
     run.log(
         f"bc: done in {time.perf_counter() - t0:.0f}s; held-out agreement "
-        + ", ".join(f"{k} {v:.3f}" for k, v in agreement.items())
+        + (scores or f"not measured ({len(episodes)} episodes: none held out)")
     )
 
 
@@ -334,7 +336,11 @@ def ppo_phase(run: Run, reward_fn=None, needs_expert: bool = False, name: str = 
     steps_per_update = p.rollout_steps * cfg.env.num_envs * run.dist.world_size
     total_updates = ppo_updates(cfg, run.env_step, steps_per_update)  # from the phase start
     if total_updates == 0 and run.resume is None:
-        run.log(f"{name}: no env steps left of run.max_env_steps={cfg.run.max_env_steps}")
+        run.log(
+            f"{name}: no env steps left of run.max_env_steps={cfg.run.max_env_steps}: the "
+            f"earlier phases used {run.env_step} (fewer --bc.episodes / --bc.dagger-episodes "
+            "leave PPO some)"
+        )
         return
     envs = make_vector_env(cfg.env)
     try:
@@ -415,11 +421,6 @@ def sft_rl_phase(run: Run) -> None:
     token the scripted expert says at that state, else 0; the env's own reward is not used.
     Only the answer tokens are judged: silence, speech while the expert is silent, and the
     think steps get no targets (think steps still pay ``ppo.think_cost``)."""
-    if "text" not in run.agent.action_space.spaces:
-        raise ValueError(
-            f"--algo sft-rl needs a task that answers with text tokens; {run.config.env.id} "
-            f"acts with {', '.join(run.agent.action_space.spaces)}"
-        )
 
     def answer_reward(step, actions, info, labels) -> np.ndarray:
         said, want = np.asarray(actions["text"]), np.asarray(labels["text"])
@@ -503,6 +504,7 @@ def train(config: TrainConfig) -> TrainResult:
     for phase in algorithm.phases:
         PHASES.get(phase)
     config = resolve_for_env(config)
+    check_before_writing(config, algorithm)
     if algorithm.external is not None:
         t0 = time.perf_counter()
         out = algorithm.external(config)
@@ -512,6 +514,34 @@ def train(config: TrainConfig) -> TrainResult:
             env_steps=out.steps,
         )  # fmt: skip
     return _train_mindloop(config, algorithm)
+
+
+def check_before_writing(config: TrainConfig, algorithm: Algorithm) -> None:
+    """The one-line errors a run can know of before it writes anything (so a mistake leaves
+    no run directory behind): a ``run.dir`` that holds another run, ``sft-rl`` on a task
+    without text actions, a ``bc.dataset`` that is missing or of other observations/actions."""
+    run_dir = Path(config.run.dir) if config.run.dir else None
+    holds_a_run = run_dir is not None and (
+        (run_dir / "config.json").exists() or (run_dir / CHECKPOINTS).exists()
+    )
+    if config.resume is None and holds_a_run:
+        raise ValueError(
+            f"run.dir {str(run_dir)!r} already holds a run; continue it with --resume "
+            f"{run_dir}, or choose a new --run.dir (or delete that one)"
+        )
+    needs_dataset = "bc" in algorithm.phases and config.bc.dataset is not None
+    if "sft-rl" not in algorithm.phases and not needs_dataset:
+        return
+    observation_space, action_space = _env_spaces(config)
+    if "sft-rl" in algorithm.phases and "text" not in action_space.spaces:
+        raise ValueError(
+            f"--algo sft-rl needs a task that answers with text tokens; {config.env.id} "
+            f"acts with {', '.join(action_space.spaces)}"
+        )
+    if needs_dataset:
+        from agent.datasets import check_dataset_spaces
+
+        check_dataset_spaces(config.bc.dataset, config.env.id, observation_space, action_space)
 
 
 def _train_mindloop(config: TrainConfig, algorithm: Algorithm) -> TrainResult:

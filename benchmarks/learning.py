@@ -51,6 +51,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import signal
 import sys
 import time
@@ -314,7 +315,8 @@ def run_one(spec: RunSpec, root: str) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     run_dir = Path(root) / spec.key.replace("/", "_").replace("|", "__")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run (train refuses to mix two)
+    run_dir.mkdir(parents=True)
     t0 = time.perf_counter()
     try:
         # the trainers' tables and progress lines go to the run's log, not the report

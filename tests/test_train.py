@@ -208,6 +208,9 @@ BAD_INPUT = [
     (["--agent.encoders.encoders", "image", "vit9000"], ["vit9000", "cnn"]),
     (["--ppo.bptt-steps", "7"], ["bptt_steps=7"]),
     (["--bc.expert-latent-frames", "last"], ["last", "all", "onset"]),
+    (["--ppo.clip", "-0.1"], ["ppo.clip", "-0.1"]),
+    (["--algo", "sft-rl"], ["sft-rl", "text", "muscles"]),  # MuscleReach answers with muscles
+    (["--bc.dataset", "/nonexistent/demos"], ["/nonexistent/demos", "does not exist"]),
 ]
 
 
@@ -234,6 +237,58 @@ def test_bad_input_from_the_command_line():
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: unknown task"), proc.stderr
+
+
+def test_a_run_directory_holding_a_run_is_not_reused(tmp_path):
+    """Training into a directory that holds another run (without --resume) would mix the two
+    (its demonstrations, best checkpoint and video): refused, the old run left as it was."""
+    import train as train_script
+
+    run_dir = tmp_path / "r"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "config.json").write_text("{}")
+    with pytest.raises(SystemExit) as exit_info:
+        train_script.main(["--run.dir", str(run_dir), "--run.no-video"])
+    message = exit_info.value.code
+    assert isinstance(message, str) and "\n" not in message
+    assert "already holds a run" in message and f"--resume {run_dir}" in message
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints", "config.json"]
+    assert (run_dir / "config.json").read_text() == "{}"
+
+
+def test_bc_dataset_of_another_task_is_one_line_error(tmp_path):
+    """BC from demonstrations whose observations the task does not have: one line naming the
+    missing key and the dataset's task, before anything is written."""
+    from agent.datasets import collect_expert_dataset
+
+    demos = collect_expert_dataset(TINY_ANSWER, 2, seed=0, path=tmp_path / "answer_demos")
+    cfg = tiny_config(tmp_path / "run", "bc", TINY_REACH)
+    cfg.bc.dataset = str(demos)
+    with pytest.raises(ValueError) as err:
+        train(cfg)
+    message = str(err.value)
+    assert "\n" not in message and "'proprio' is missing" in message and TINY_ANSWER in message
+    assert not (tmp_path / "run").exists()
+
+
+def test_help_lists_every_algorithm():
+    proc = run_cli("--help")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for name in ALGORITHMS.names():
+        assert name in proc.stdout, name
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    import agent.training
+    import train as train_script
+
+    def interrupted(config):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(agent.training, "train", interrupted)
+    run_dir = tmp_path / "r"
+    assert train_script.main(["--run.dir", str(run_dir)]) == 130
+    assert f"python train.py --resume {run_dir}" in capsys.readouterr().out
 
 
 def test_encoder_options_from_the_command_line_add_to_the_light_defaults():
