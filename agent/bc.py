@@ -1,6 +1,6 @@
 """Behaviour cloning from the scripted experts, with soft targets and free think steps.
 
-Loss per frame (the DESIGN's "irreducible uncertainty: soft targets"):
+Loss per frame (soft targets for the irreducible uncertainty of an expert label):
 
 - **Bounded (muscle) heads**: the cross-entropy from a target *distribution* around the
   expert's action, Beta(1 + k u*, 1 + k (1 - u*)) with its mode at the expert's u* and

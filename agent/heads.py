@@ -1,6 +1,6 @@
 """Action heads built from a Gymnasium action space: h (B, hidden_dim) -> a distribution.
 
-One head per key of the action ``Dict`` (DESIGN §4), chosen by the key's space type from the
+One head per key of the action ``Dict``, chosen by the key's space type from the
 ``ACTION_HEADS`` registry:
 
 - ``Box`` with finite bounds (``muscles``: [0, 1]) -> independent Beta distributions scaled to

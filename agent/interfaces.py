@@ -1,4 +1,4 @@
-"""The contracts that let cores and memory tools be swapped (DESIGN §4).
+"""The contracts that let cores and memory tools be swapped.
 
 Cores and tools are ``nn.Module`` subclasses that follow these protocols; the policy
 (``agent/policy.py``) composes them and never looks inside.

@@ -1,6 +1,6 @@
 """The mindloop policy: a core that observes, thinks for a sampled number of steps, and acts.
 
-Per frame and env (DESIGN §1)::
+Per frame and env::
 
     h_0 = core(concat(x_obs, memory.read))             # observe step
     for k in 1..k_max:                                  # think steps

@@ -23,7 +23,7 @@ episodes at every D in ``delays`` (1,000 and 5,000 are longer than any training 
   and before the answer (the get and the readout); the delay between runs without autograd,
   since the store carries the cue outside the gradient path. When to set/get is learned
   either by cloning the scripted schedule "set at the cue, get at the query"
-  (``--op-training bc``, the default; DESIGN §6 clones scripted experts before RL) or by
+  (``--op-training bc``, the default, as train.py clones scripted experts before RL) or by
   REINFORCE alone on the answer's log-likelihood minus ``call_cost`` per call (``rl``).
   Two auxiliary losses: the codec's reconstruction of the items set, and a reconstruction
   of the observation from the workable vector in the windows. The second exists because

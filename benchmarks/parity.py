@@ -20,7 +20,7 @@ entries into the running answer), so a vector with more non-zeros takes more thi
 and what is learned on short lists can carry over to longer ones. The no-think baseline
 gets the same pooled embedding (a scaled sum over the entries) and no think steps.
 
-Training uses a curriculum on the number of non-zeros (DESIGN §7: without one a GRU stays at
+Training uses a curriculum on the number of non-zeros (without one a GRU stays at
 chance on a CPU budget): the maximum starts at ``curriculum_start`` and rises by
 ``curriculum_step`` when the running accuracy on the hardest inputs seen passes
 ``curriculum_threshold``.

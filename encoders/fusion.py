@@ -30,7 +30,7 @@ DEFAULT_ENCODERS: dict[str, str] = {
     "touch": "touch",
     "text": "text",
 }
-"""The encoder used for each standard observation key (DESIGN §4) unless overridden."""
+"""The encoder used for each standard observation key unless overridden."""
 
 
 def default_encoder_name(key: str, space: gym.Space) -> str:

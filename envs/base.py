@@ -4,7 +4,7 @@ A task subclasses :class:`MindloopEnv`, builds its scene as an ``mujoco.MjSpec``
 the hooks (``_reset_task``, ``_apply_action``, ``_task_step``, ``_tones``, ``_proprio``,
 ``_touch``, ``expert_action``). The base class owns what every task shares:
 
-* observation spaces (DESIGN §4): ``image`` ``(H, W, 3)`` uint8 from the task camera,
+* observation spaces (README, Worlds): ``image`` ``(H, W, 3)`` uint8 from the task camera,
   ``audio`` ``(2, S)`` float32 in [-1, 1] (the stereo samples of the last control step,
   ``S = 16 kHz x dt``), ``proprio``/``touch`` float32, ``text`` ``MultiDiscrete([V] * L)``;
   ``obs_keys`` drops keys a run does not need (no image: no rendering cost at all);
