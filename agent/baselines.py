@@ -178,6 +178,19 @@ def check_config(config: TrainConfig) -> Baseline:
             f"--algo {config.algo} has no memory tool; drop --agent.use-memory (or train "
             "mindloop with --algo ppo)"
         )
+    # SB3 builds its own MLP / LSTM of core.hidden_dim units: the other core and think
+    # settings would be ignored, so a run that sets them is a mistake, not a comparison
+    defaults = config_to_dict(AgentConfig())
+    ignored = [
+        f"agent.{name}"
+        for name in config_diff(defaults, config_to_dict(config.agent))
+        if name.startswith(("core.", "think.")) and name != "core.hidden_dim"
+    ]
+    if ignored:
+        raise ValueError(
+            f"--algo {config.algo} uses SB3's own networks and ignores {', '.join(ignored)}; "
+            "drop them (only agent.encoders and agent.core.hidden_dim apply to the baselines)"
+        )
     return baseline
 
 
