@@ -70,13 +70,15 @@ def wrap_model(module: nn.Module, info: DistInfo, device: torch.device) -> nn.Mo
     unused); DDP can then run without ``find_unused_parameters`` and losses may use parts of
     the module outside its ``forward`` (behaviour cloning evaluates the action heads on the
     ponder states). Running-norm buffers are synchronised explicitly (:func:`all_gather_cat`),
-    so DDP does not broadcast buffers.
+    so DDP does not broadcast buffers before each forward (it does once at wrapping, where
+    every rank holds the same seeded or resumed values anyway; ``broadcast_buffers`` is
+    deprecated).
     """
     if not info.enabled:
         return module
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(
-        module, device_ids=ids, find_unused_parameters=False, broadcast_buffers=False
+        module, device_ids=ids, find_unused_parameters=False, forward_sync_buffers=False
     )
 
 
