@@ -61,7 +61,7 @@ class EvalConfig:
     overwrite: bool = False
     """Replace an existing --record directory."""
     device: str = "cpu"
-    """Torch device for a checkpoint's agent (cpu, cuda)."""
+    """Torch device for a checkpoint's agent (auto, cpu, cuda)."""
 
     def __post_init__(self) -> None:
         if self.checkpoint is not None and self.policy is not None:
@@ -98,6 +98,7 @@ class ReplayConfig:
 def run_eval(config: EvalConfig) -> None:
     import torch
 
+    from agent.distributed import resolve_device
     from agent.evaluation import (
         check_env_id,
         evaluate_and_save,
@@ -105,12 +106,14 @@ def run_eval(config: EvalConfig) -> None:
         make_policy,
     )
 
+    # train.py's check: a one-line error before any checkpoint is read, not torch's traceback
+    device = str(resolve_device(config.device, "--device"))
     torch.manual_seed(config.seed)  # sampled actions/think steps are reproducible
     kwargs: dict = {}
     env_id = config.env
     if config.checkpoint is not None:
         policy, trained_id, trained_kwargs = load_checkpoint_policy(
-            config.checkpoint, deterministic=not config.stochastic, device=config.device
+            config.checkpoint, deterministic=not config.stochastic, device=device
         )
         env_id = env_id or trained_id
         if env_id == trained_id:

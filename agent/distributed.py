@@ -18,6 +18,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from agent.config import DEVICES
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -40,14 +42,24 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def resolve_device(device: str, option: str = "run.device") -> torch.device:
+    """``auto`` (CUDA when available), ``cpu`` or ``cuda`` as a torch device; a one-line
+    ``ValueError`` naming ``option`` (the flag the user set) for an unknown name or for
+    ``cuda`` on a machine without one. Shared by train.py and eval.py so both say the same."""
+    if device not in DEVICES:
+        raise ValueError(f"unknown {option} {device!r}; choose from: {', '.join(DEVICES)}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{option} is cuda but no CUDA device is available; use cpu or auto")
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    return torch.device("cuda" if use_cuda else "cpu")
+
+
 def init_distributed(device: str = "auto") -> tuple[DistInfo, torch.device]:
     """Join the torchrun process group if launched by torchrun; pick this rank's device.
 
     ``device``: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
     """
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("run.device is cuda but no CUDA device is available; use cpu or auto")
+    use_cuda = resolve_device(device).type == "cuda"
     if not launched_by_torchrun():
         return DistInfo(), torch.device("cuda" if use_cuda else "cpu")
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])

@@ -232,6 +232,10 @@ def test_cli_checkpoint(tmp_path, capsys):
         ),
         (["--policy", "expert", "--env", "mindloop/Nope-v0"], "unknown env 'mindloop/Nope-v0'"),
         (["--checkpoint", "/no/such/run"], "no checkpoint at '/no/such/run'"),
+        (  # checked before the checkpoint is read (train.py's check, named for eval.py)
+            ["--checkpoint", "/no/such/run", "--device", "foo"],
+            "unknown --device 'foo'; choose from: auto, cpu, cuda",
+        ),
         (["--policy", "expert", "--video", "out.avi"], "video path must end in .mp4"),
         (["replay", "/no/such/record"], "record /no/such/record does not exist"),
         (  # any Gymnasium env evaluates; only mindloop envs (get_state) can be recorded
@@ -245,6 +249,14 @@ def test_cli_bad_input_one_line(argv, message, capsys):
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("eval.py: error: ") and message in err
     assert "Traceback" not in err + out
+
+
+def test_cli_device_cuda_without_cuda(monkeypatch, capsys):
+    """--device cuda where torch sees no CUDA device: one line, not torch's traceback."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, out, err = run_cli(["--checkpoint", "/no/such/run", "--device", "cuda"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err + out
+    assert "--device is cuda but no CUDA device is available; use cpu or auto" in err
 
 
 def test_cli_not_a_record(tmp_path, capsys):
