@@ -236,6 +236,19 @@ class SB3Policy:
                 f"unknown action key {self.action_key!r}; the env has {list(space.spaces)}"
             )
         self._space = space.spaces[self.action_key]
+        # Checked here, before any step: SB3 looks every observation key up in the space it
+        # was trained on (a KeyError deep in obs_to_tensor) and a wrong shape fails in torch.
+        why = sb3_space_mismatch(
+            getattr(self.model, "observation_space", None),
+            env.single_observation_space,
+            getattr(self.model, "action_space", None),
+            self._space,
+        )
+        if why is not None:
+            raise ValueError(
+                f"{self.name} was trained on {why}; evaluate it on the task and env kwargs "
+                "it was trained on (leave out --env and --env-kwargs)"
+            )
         self._state = None
 
     def act(
@@ -251,6 +264,59 @@ class SB3Policy:
         if self._space is not None and self._space.dtype is not None:
             actions = actions.astype(self._space.dtype)
         return PolicyStep(actions={self.action_key: actions})
+
+
+def sb3_space_mismatch(
+    trained_obs: gym.Space | None,
+    env_obs: gym.Space,
+    trained_action: gym.Space | None = None,
+    env_action: gym.Space | None = None,
+) -> str | None:
+    """What an SB3 policy trained on ``trained_obs`` / ``trained_action`` (its own view:
+    images channels-first, the flat action) cannot take from an env with ``env_obs`` /
+    ``env_action`` (the flat action's space), as a phrase for an error; None if nothing.
+    Unknown trained spaces (a model without them) are not checked."""
+    if trained_obs is not None:
+        trained = _keyed_spaces(trained_obs)
+        given = _keyed_spaces(env_obs)
+        if trained.keys() != given.keys():
+            return f"observation keys {_names(trained)}; this env's are {_names(given)}"
+        for key, space in trained.items():
+            shapes = _sb3_accepted_shapes(space)
+            if given[key].shape not in shapes:
+                name = f"observation {key!r}" if key else "observations"
+                return f"{name} of shape {shapes[-1]}; this env's is {given[key].shape}"
+    if (
+        trained_action is not None
+        and env_action is not None
+        and trained_action.shape != env_action.shape
+    ):
+        return f"actions of shape {trained_action.shape}; this env's are {env_action.shape}"
+    return None
+
+
+def _keyed_spaces(space: gym.Space) -> dict[str, gym.Space]:
+    """A ``Dict`` space's subspaces by key; any other space under key ""."""
+    return dict(space.spaces) if isinstance(space, gym.spaces.Dict) else {"": space}
+
+
+def _names(spaces: Mapping[str, gym.Space]) -> str:
+    return ", ".join(spaces) if any(spaces) else "none (a single array)"
+
+
+def _sb3_accepted_shapes(space: gym.Space) -> list[tuple[int, ...] | None]:
+    """Observation shapes SB3's ``predict`` takes for ``space``, the env's usual one last:
+    an image space it transposed to channels-first also takes the channels-last original
+    (``maybe_transpose`` turns it back)."""
+    from stable_baselines3.common.preprocessing import (
+        is_image_space,
+        is_image_space_channels_first,
+    )
+
+    shape = space.shape
+    if shape is not None and is_image_space(space) and is_image_space_channels_first(space):
+        return [shape, (shape[1], shape[2], shape[0])]
+    return [shape]
 
 
 def summarize_step_info(info: StepInfo) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -936,5 +1002,6 @@ __all__ = [
     "load_checkpoint_policy",
     "make_eval_env",
     "make_policy",
+    "sb3_space_mismatch",
     "summarize_step_info",
 ]

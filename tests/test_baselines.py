@@ -17,6 +17,7 @@ from agent.baselines import (
     BASELINES,
     GymnasiumVecEnv,
     build_sb3_model,
+    env_spaces,
     is_sb3_checkpoint,
     load_sb3_eval_policy,
     load_sb3_policy,
@@ -36,7 +37,7 @@ from agent.config import (
     TrainConfig,
     config_to_dict,
 )
-from agent.evaluation import SB3Policy, evaluate
+from agent.evaluation import SB3Policy, evaluate, sb3_space_mismatch
 from encoders.fusion import FusedEncoderConfig
 
 TASK = "mindloop/MuscleReach-v0"
@@ -184,6 +185,62 @@ def test_checkpoint_rebuilds_the_same_policy(algo: str, tmp_path: Path) -> None:
     assert env_id == TASK and env_kwargs == ENV_KWARGS
     after = evaluate(policy, TASK, 2, **kwargs)
     assert [e.episode_return for e in before.episodes] == [e.episode_return for e in after.episodes]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (  # another task: SB3 would look "text" up in its spaces (KeyError in obs_to_tensor)
+            ["--env", "mindloop/CountAnswer-v0"],
+            "was trained on observation keys audio, image, proprio, touch; this env's are ",
+        ),
+        (  # same keys, other image size (the checkpoint's is channels-first: shown as the env's)
+            ["--env-kwargs", "image_size", "48"],
+            "was trained on observation 'image' of shape (32, 32, 3); this env's is (48, 48, 3)",
+        ),
+    ],
+)
+def test_eval_on_a_mismatched_env_is_one_line(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """eval.py checks an SB3 checkpoint's observation space against the env's before any
+    step, as a mindloop checkpoint fails in one line (an untrained model is enough)."""
+    import eval as eval_cli
+
+    config = tiny_config("sb3-ppo", tmp_path)
+    venv = make_sb3_vec_env(config.env, seed=0, backend="gymnasium")
+    try:
+        model = build_sb3_model(config, venv)
+        save_sb3_checkpoint(tmp_path, model, config, *env_spaces(config.env))
+    finally:
+        venv.close()
+    code = eval_cli.main(["--checkpoint", str(tmp_path), "--episodes", "1", *argv])
+    out, err = capsys.readouterr()
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in out + err
+    assert err.startswith("eval.py: error: sb3-ppo:") and message in err
+    assert "leave out --env and --env-kwargs" in err
+
+
+def test_sb3_space_mismatch_names_what_differs() -> None:
+    """The channels-last image an env gives matches SB3's channels-first space; keys, shapes
+    and the flat action's shape are compared."""
+    image = spaces.Box(0, 255, (3, 8, 8), np.uint8)  # SB3's view of an (8, 8, 3) image
+    trained = spaces.Dict(image=image, proprio=spaces.Box(-1, 1, (4,), np.float32))
+    env = spaces.Dict(image=spaces.Box(0, 255, (8, 8, 3), np.uint8), proprio=trained["proprio"])
+    action = spaces.Box(-1, 1, (2,), np.float32)
+    assert sb3_space_mismatch(trained, env, action, spaces.Box(0, 1, (2,), np.float32)) is None
+    assert sb3_space_mismatch(trained, trained) is None  # an env giving channels-first
+    other = spaces.Dict(proprio=trained["proprio"])
+    assert sb3_space_mismatch(trained, other) == (
+        "observation keys image, proprio; this env's are proprio"
+    )
+    flat = spaces.Box(-1, 1, (5,), np.float32)
+    assert sb3_space_mismatch(flat, trained["proprio"]) == (
+        "observations of shape (5,); this env's is (4,)"
+    )
+    assert sb3_space_mismatch(None, env, action, spaces.Box(0, 1, (3,), np.float32)) == (
+        "actions of shape (2,); this env's are (3,)"
+    )
 
 
 def test_gymnasium_vec_env_matches_sb3_vec_env() -> None:
