@@ -800,8 +800,23 @@ class MindloopCallback(BaseCallback):
         )
         log_eval(self.logger, result)
         self.last_eval = result
-        self.keep_best(result)
+        best = self.keep_best(result)
+        summary = result.summary()
+        # mindloop PPO's progress line (agent.training._periodic_eval); SB3 policies do not think
+        self._say(
+            f"eval @ {self.model.num_timesteps} steps: success {summary['success_rate']:.0%}, "
+            f"return {summary['return_mean']:.2f}"
+            + (" (best so far: checkpoints/best)" if best else "")
+        )
         return result
+
+    def _say(self, message: str) -> None:
+        """A console line through ``log`` that does not break the progress bar."""
+        if self._bar is None:
+            self.log(message)
+            return
+        with self._bar.external_write_mode():  # clears the bar, prints, redraws it
+            self.log(message)
 
     def keep_best(self, result: EvalResult) -> bool:
         """Save the policy to ``checkpoints/best`` if ``result`` beats the best evaluation so

@@ -297,6 +297,24 @@ def test_unbatch_info_follows_masks() -> None:
     ]
 
 
+def test_train_py_prints_periodic_evaluations(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """train.py's console for a baseline matches mindloop PPO's: an ``eval @ N steps`` line
+    per periodic evaluation (2 updates of 32 steps: one before the final evaluation)."""
+    import train as train_script
+
+    config = tiny_config("sb3-ppo", tmp_path / "run")
+    config.run.eval_episodes = 1
+    monkeypatch.setattr(train_script, "parse_config", lambda argv: config)
+    assert train_script.main([]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    evals = [line for line in lines if line.startswith("eval @ ")]
+    assert len(evals) == 1, lines
+    assert evals[0].startswith("eval @ 32 steps: success ") and ", return " in evals[0]
+    assert evals[0].endswith("(best so far: checkpoints/best)")  # the first one is the best
+
+
 def test_resume_continues_from_the_latest_checkpoint(tmp_path: Path) -> None:
     run = tmp_path / "run"
     first = train_sb3(tiny_config("sb3-ppo", run, total_steps=32), final_eval=False, log=print)
