@@ -954,8 +954,7 @@ def train_sb3(
             model.logger.dump(model.num_timesteps)
             callback.last_eval = result
             callback.keep_best(result)  # the final evaluation competes too
-        ckpt = callback.checkpoint()
-        log(f"checkpoint: {ckpt}")
+        ckpt = callback.checkpoint()  # train.py prints it, as for mindloop's runs
         return BaselineRun(run_dir, model, ckpt, result, model.num_timesteps - start_step, wall)
     finally:
         venv.close()

@@ -297,11 +297,12 @@ def test_unbatch_info_follows_masks() -> None:
     ]
 
 
-def test_train_py_prints_periodic_evaluations(
+def test_train_py_prints_periodic_evaluations_and_the_checkpoint_once(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """train.py's console for a baseline matches mindloop PPO's: an ``eval @ N steps`` line
-    per periodic evaluation (2 updates of 32 steps: one before the final evaluation)."""
+    per periodic evaluation (2 updates of 32 steps: one before the final evaluation) and
+    one ``checkpoint:`` line at the end."""
     import train as train_script
 
     config = tiny_config("sb3-ppo", tmp_path / "run")
@@ -313,6 +314,9 @@ def test_train_py_prints_periodic_evaluations(
     assert len(evals) == 1, lines
     assert evals[0].startswith("eval @ 32 steps: success ") and ", return " in evals[0]
     assert evals[0].endswith("(best so far: checkpoints/best)")  # the first one is the best
+    assert [line for line in lines if line.startswith("checkpoint: ")] == [
+        f"checkpoint: {resolve_checkpoint(tmp_path / 'run')}"
+    ]
 
 
 def test_resume_continues_from_the_latest_checkpoint(tmp_path: Path) -> None:
