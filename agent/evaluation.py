@@ -542,13 +542,19 @@ class EvalResult:
             parts.append(f"think {s['think_steps_mean']:.2f}/frame (max {s['think_steps_max']})")
         if "memory_set_per_episode" in s:
             hit = s.get("memory_hit_rate")
-            parts.append(
+            memory = (
                 f"memory set {s['memory_set_per_episode']:.1f} get "
                 f"{s.get('memory_get_per_episode', 0):.1f} per episode, hit rate "
                 + ("-" if hit is None else f"{100 * hit:.0f}%")
-                + f", peak {s.get('memory_max_occupancy', 0):.0f} items"
-                f" / {s.get('memory_max_store_bytes', 0):.0f} B"
             )
+            # Only a policy with a store reports its levels; the expert's calls are labels
+            # with no store behind them, where "peak 0 items / 0 B" would read as a bug.
+            if "memory_max_occupancy" in s or "memory_max_store_bytes" in s:
+                memory += (
+                    f", peak {s.get('memory_max_occupancy', 0):.0f} items"
+                    f" / {s.get('memory_max_store_bytes', 0):.0f} B"
+                )
+            parts.append(memory)
         if self.state_bytes is not None:
             parts.append(f"state {self.state_bytes} B/env")
         if s["steps_per_s"]:

@@ -139,6 +139,18 @@ def test_agent_think_and_memory_match_hand_rollout():
     assert s["state_bytes_per_env"] > 0
     table = result.table()
     assert "think/frame" in table and "mem set/get/hit" in table
+    peak = f", peak {s['memory_max_occupancy']:.0f} items / {s['memory_max_store_bytes']:.0f} B"
+    assert peak in table.splitlines()[-1]  # the store's levels, for a policy that has one
+
+
+def test_expert_memory_calls_without_a_store_in_the_table():
+    """The expert labels memory calls (set/get/hit) but has no store: the summary line
+    shows its calls and no "peak 0 items / 0 B" store levels."""
+    result = evaluate(make_policy("expert"), "mindloop/CueRecall-v0", episodes=1, seed=0)
+    summary = result.table().splitlines()[-1]
+    assert "memory set " in summary and "hit rate" in summary
+    assert "peak" not in summary and "items" not in summary
+    assert "memory_max_occupancy" not in result.summary()
 
 
 def test_json_and_table(tmp_path):
