@@ -286,6 +286,7 @@ def make_sb3_vec_env(
             ``sb3`` (SB3's ``SubprocVecEnv`` / ``DummyVecEnv``).
     """
     check_env_id(config.id)
+    mindloop_envs.check_env_kwargs(config.id, config.make_kwargs())  # before workers start
     if backend not in VEC_BACKENDS:
         raise ValueError(
             f"unknown vec env backend {backend!r}; choose from: {', '.join(VEC_BACKENDS)}"

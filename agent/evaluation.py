@@ -378,6 +378,7 @@ def make_eval_env(
         )
     if num_envs < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+    envs.check_env_kwargs(env_id, dict(env_kwargs or {}))  # before any async worker starts
     return gym.make_vec(
         env_id,
         num_envs=num_envs,

@@ -60,7 +60,9 @@ def check_env_id(env_id: str) -> None:
 def make_env(env_id: str, kwargs: dict[str, Any] | None = None, **extra: Any) -> gym.Env:
     """One env, wrapped in :class:`ResumableEnv` (runs inside a worker for async envs)."""
     mindloop_envs.register_envs()  # a spawned/forkserver worker starts with an empty registry
-    env = gym.make(env_id, **{**(kwargs or {}), **extra})
+    kwargs = {**(kwargs or {}), **extra}
+    mindloop_envs.check_env_kwargs(env_id, kwargs)
+    env = gym.make(env_id, **kwargs)
     return ResumableEnv(env)
 
 
@@ -82,6 +84,8 @@ def make_vector_env(
     Seed it with ``envs.reset(seed=[s0, s1, ...])`` (see :func:`env_seeds`).
     """
     check_env_id(config.id)
+    # here, not only in make_env: a bad argument would otherwise kill every async worker
+    mindloop_envs.check_env_kwargs(config.id, {**config.make_kwargs(), **extra_kwargs})
     n = config.num_envs if num_envs is None else num_envs
     mode = vectorization or config.vectorization
     fns = [

@@ -8,8 +8,21 @@ from envs.gl import select_gl_backend
 
 select_gl_backend()  # must run before mujoco is imported anywhere below
 
-from envs.registration import DEFAULT_TASK_ID, TASK_IDS, make, register_envs  # noqa: E402
+from envs.registration import (  # noqa: E402
+    DEFAULT_TASK_ID,
+    TASK_IDS,
+    check_env_kwargs,
+    make,
+    register_envs,
+)
 
 register_envs()
 
-__all__ = ["DEFAULT_TASK_ID", "TASK_IDS", "make", "register_envs", "select_gl_backend"]
+__all__ = [
+    "DEFAULT_TASK_ID",
+    "TASK_IDS",
+    "check_env_kwargs",
+    "make",
+    "register_envs",
+    "select_gl_backend",
+]

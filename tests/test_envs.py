@@ -199,6 +199,54 @@ def test_bad_arguments_raise_one_line_errors(env_id: str, kwargs: dict, fragment
         assert fragment in message, (fragment, message)
 
 
+@pytest.mark.parametrize(
+    ("env_id", "kwargs", "fragments"),
+    [  # unknown keyword: named, with the accepted ones (read from the constructor)
+        ("mindloop/MuscleReach-v0", {"bogus": 1}, ["'bogus'", "arm", "max_steps", "audio_info"]),
+        ("envs:mindloop/MuscleReach-v0", {"bogus": 1}, ["'bogus'", "arm"]),
+        ("CartPole-v1", {"bogus": 1}, ["'bogus'", "sutton_barto_reward", "render_mode"]),
+        # wrong type: the option, the value and the expected type
+        ("mindloop/CueRecall-v0", {"delay_steps": "abc"}, ["delay_steps", "'abc'", "int"]),
+        ("mindloop/CueRecall-v0", {"delay_steps": 2.5}, ["delay_steps", "2.5", "int"]),
+        ("mindloop/CueRecall-v0", {"cue_stays": 1}, ["cue_stays", "1", "bool"]),
+        ("mindloop/CueRecall-v0", {"success_radius": "x"}, ["success_radius", "float or None"]),
+    ],
+)
+def test_bad_constructor_arguments_are_one_line_errors_before_the_env_is_made(
+    env_id: str, kwargs: dict, fragments: list
+) -> None:
+    """gym.make reports these as a TypeError from inside the constructor, or (2.5 steps)
+    not at all; envs.make and every vector env maker check them first."""
+    with pytest.raises(ValueError) as err:
+        envs.check_env_kwargs(env_id, kwargs)
+    message = str(err.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+    if not env_id.startswith("envs:"):
+        with pytest.raises(ValueError, match=fragments[0]):
+            envs.make(env_id, **kwargs)
+
+
+def test_good_constructor_arguments_pass_the_check() -> None:
+    envs.check_env_kwargs(
+        "mindloop/CueRecall-v0",
+        {"delay_steps": np.int64(3), "tone_level": 1, "success_radius": None,
+         "cue_stays": True, "obs_keys": ("proprio",), "max_episode_steps": 9},
+    )  # fmt: skip
+    envs.check_env_kwargs("Hopper-v5", {"anything": 1})  # takes **kwargs: any keyword
+
+
+def test_async_vector_env_checks_arguments_before_starting_workers() -> None:
+    """A bad argument in an AsyncVectorEnv worker is a traceback from a dead worker."""
+    from agent.config import EnvConfig
+    from agent.vector import make_vector_env
+
+    config = EnvConfig(id="mindloop/CueRecall-v0", kwargs={"delay_steps": "abc"}, num_envs=2)
+    with pytest.raises(ValueError, match="delay_steps must be int"):
+        make_vector_env(config, vectorization="async")
+
+
 def test_unknown_task_raises_one_line_error_with_the_known_ids() -> None:
     with pytest.raises(ValueError) as err:
         envs.make("mindloop/Juggle-v0")

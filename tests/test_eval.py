@@ -250,6 +250,15 @@ def test_cli_checkpoint(tmp_path, capsys):
         ),
         (["--policy", "expert", "--video", "out.avi"], "video path must end in .mp4"),
         (["replay", "/no/such/record"], "record /no/such/record does not exist"),
+        (
+            ["--policy", "expert", "--env-kwargs", "bogus", "1"],
+            "mindloop/MuscleReach-v0 has no constructor argument 'bogus'; it takes: arm,",
+        ),
+        (  # checked before the async workers start (2.5 steps was accepted silently)
+            "--policy expert --env mindloop/CueRecall-v0 --env-kwargs delay_steps 2.5 "
+            "--num-envs 2 --vectorization async".split(),
+            "argument delay_steps must be int, got 2.5 (float)",
+        ),
         (  # any Gymnasium env evaluates; only mindloop envs (get_state) can be recorded
             ["--policy", "random", "--env", "Reacher-v5", "--episodes", "1", "--video", "r.mp4"],
             "needs an env with get_state() and set_state()",

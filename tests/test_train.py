@@ -212,6 +212,11 @@ BAD_INPUT = [
     (["--algo", "sb3-ppo", "--agent.core.name", "transformer"], ["sb3-ppo", "agent.core.name"]),
     (["--algo", "sft-rl"], ["sft-rl", "text", "muscles"]),  # MuscleReach answers with muscles
     (["--bc.dataset", "/nonexistent/demos"], ["/nonexistent/demos", "does not exist"]),
+    (["--env.kwargs", "bogus", "1"], ["'bogus'", "arm", "max_steps"]),
+    (
+        ["--env.id", "mindloop/CueRecall-v0", "--env.kwargs", "delay_steps", "abc"],
+        ["delay_steps", "'abc'", "int"],
+    ),
 ]
 
 
