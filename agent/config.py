@@ -58,7 +58,7 @@ class EnvConfig:
     """Which task, how many copies, and how they run."""
 
     id: str = DEFAULT_TASK_ID
-    """Gymnasium id of the task: a mindloop/ task (envs.TASK_IDS) or any registered id."""
+    """Gymnasium id: a mindloop/ task, or a registered env with Dict observations and actions."""
     num_envs: int = 8
     """Environments stepped together per process (per rank under torchrun)."""
     vectorization: str = "async"

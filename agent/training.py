@@ -697,14 +697,37 @@ def resolve_for_env(config: TrainConfig) -> TrainConfig:
 
 
 def _env_spaces(config: TrainConfig):
-    """The single-env observation and action spaces of the task (one env made and closed)."""
+    """The single-env observation and action spaces of the task (one env made and closed),
+    checked to be ``Dict`` spaces (:func:`check_dict_spaces`)."""
     from agent.vector import make_env
 
     env = make_env(config.env.id, config.env.make_kwargs())
     try:
+        check_dict_spaces(config.env.id, env.observation_space, env.action_space)
         return env.observation_space, env.action_space
     finally:
         env.close()
+
+
+def check_dict_spaces(env_id: str, observation_space: Any, action_space: Any) -> None:
+    """A one-line error for a task whose spaces are not ``Dict``s: mindloop agents encode
+    observations per key and build action heads per key, and the SB3 baselines read the same
+    spaces; a plain Gymnasium env (``Hopper-v5``: two ``Box``es) would otherwise fail deep
+    inside the agent with an AttributeError."""
+    from gymnasium import spaces
+
+    bad = [
+        f"{name} space {' '.join(str(space).split())}"  # one line even for array bounds
+        for name, space in (("observation", observation_space), ("action", action_space))
+        if not isinstance(space, spaces.Dict)
+    ]
+    if bad:
+        raise ValueError(
+            f"--env.id {env_id} has {' and '.join(bad)}; train.py needs Dict observations and "
+            "Dict actions: use a mindloop/ task (e.g. mindloop/MuscleReach-v0), or register an "
+            "env that has both (envs.wrappers.MujocoSensesWrapper gives a Gymnasium MuJoCo env "
+            "Dict observations; its actions need a Dict wrapper too)"
+        )
 
 
 def _expected_steps(config: TrainConfig, algorithm: Algorithm) -> int:

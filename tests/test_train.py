@@ -217,6 +217,13 @@ BAD_INPUT = [
         ["--env.id", "mindloop/CueRecall-v0", "--env.kwargs", "delay_steps", "abc"],
         ["delay_steps", "'abc'", "int"],
     ),
+    # mindloop agents read Dict spaces; a plain Gymnasium env crashed in encoders_for
+    (["--algo", "ppo", "--env.id", "Hopper-v5"], ["Hopper-v5", "Box(", "mindloop/", "Dict"]),
+    (["--algo", "bc", "--env.id", "Hopper-v5"], ["Hopper-v5", "MujocoSensesWrapper"]),
+    (
+        ["--algo", "sb3-ppo", "--env.id", "CartPole-v1"],
+        ["CartPole-v1", "observation space Box(", "action space Discrete(2)"],
+    ),
 ]
 
 
@@ -235,6 +242,23 @@ def test_bad_input_is_one_line_error(args, names, tmp_path):
     for name in names:
         assert name in message, (name, message)
     assert not run_dir.exists()
+
+
+def test_non_dict_spaces_are_one_line_even_with_array_bounds():
+    """numpy prints long array bounds over several lines; the error stays one line."""
+    import numpy as np
+    from gymnasium import spaces
+
+    from agent.training import check_dict_spaces
+
+    high = np.arange(1, 41, dtype=np.float32)  # 4 lines in str()
+    box = spaces.Box(-high, high)
+    with pytest.raises(ValueError) as err:
+        check_dict_spaces("my/Env-v0", box, spaces.Dict(muscles=box))
+    message = str(err.value)
+    assert "\n" not in message and "my/Env-v0 has observation space Box([" in message
+    assert "action space" not in message  # the Dict one is fine
+    check_dict_spaces("my/Env-v0", spaces.Dict(proprio=box), spaces.Dict(muscles=box))
 
 
 def test_bad_input_from_the_command_line():
