@@ -68,7 +68,7 @@ class FusedEncoderConfig:
     options: dict[str, str] = field(default_factory=dict)
     """Single config fields from the command line, "KEY.FIELD" -> value, applied over
     ``configs`` (values read as Python literals, else kept as strings, like timm's
-    ``--model-kwargs``): ``--encoders.options image.freeze True image.embed_dim 128``."""
+    ``--model-kwargs``): ``--agent.encoders.options image.freeze True image.embed_dim 128``."""
     keys: tuple[str, ...] | None = None
     """Observation keys to encode (None: every key of the space)."""
     embed_dim: int | None = 256

@@ -139,3 +139,46 @@ def test_plugin_passes_the_registry_contract_tests(plugin_path: Path) -> None:
     contract = (REPO / "tests" / "test_encoders.py").read_text()
     expected = contract.count('@pytest.mark.parametrize("name", ALL)')
     assert f"{expected} passed" in result.stdout, result.stdout
+
+
+def readme_block_with(text: str) -> str:
+    """The README's ```python block containing ``text``."""
+    readme = (REPO / "README.md").read_text()
+    at = readme.index(text)
+    start = readme.rindex("```python\n", 0, at) + len("```python\n")
+    return readme[start : readme.index("```", at)]
+
+
+def test_readme_depth_example_runs_as_written_and_exits_quietly(plugin_path: Path) -> None:
+    """It wrapped an undefined env with a camera mindloop tasks lack ("eye"), and never closed
+    it: the GL contexts then failed in __del__ at exit ("Exception ignored ... EGLError")."""
+    result = run_with_plugin(plugin_path, ["-c", readme_block_with("DepthObservation(")])
+    assert result.returncode == 0, result.stderr
+    assert "Exception ignored" not in result.stderr and "Traceback" not in result.stderr, (
+        result.stderr
+    )
+
+
+def test_documented_encoder_flags_parse() -> None:
+    """The encoder flags the README and FusedEncoderConfig's docstring show are train.py's."""
+    import re
+
+    import train as train_script
+
+    readme = (REPO / "README.md").read_text()
+    line = re.search(r"`(--[\w.-]*encoders rear_cam [^`]*)`", readme)
+    assert line is not None, "the README's command-line encoder example is gone"
+    config = train_script.parse_config(line.group(1).split())
+    assert config.agent.encoders.encoders == {"rear_cam": "depth"}
+    assert config.agent.encoders.options["rear_cam.max_depth"] == "3.0"
+    doc = re.search(r"``(--[\w.-]*options [^`]*)``", _field_doc("options"))
+    assert doc is not None, "FusedEncoderConfig.options no longer shows its flag"
+    options = train_script.parse_config(doc.group(1).split()).agent.encoders.options
+    assert options["image.freeze"] == "True" and options["image.embed_dim"] == "128"
+
+
+def _field_doc(name: str) -> str:
+    """The attribute docstring of a FusedEncoderConfig field (the text under it)."""
+    source = (REPO / "encoders" / "fusion.py").read_text()
+    at = source.index(f"    {name}: ")
+    return source[at : source.index('"""', source.index('"""', at) + 3)]
