@@ -99,12 +99,8 @@ def run_eval(config: EvalConfig) -> None:
     import torch
 
     from agent.distributed import resolve_device
-    from agent.evaluation import (
-        check_env_id,
-        evaluate_and_save,
-        load_checkpoint_policy,
-        make_policy,
-    )
+    from agent.evaluation import evaluate_and_save, load_checkpoint_policy, make_policy
+    from agent.vector import check_env_id
 
     # train.py's check: a one-line error before any checkpoint is read, not torch's traceback
     device = str(resolve_device(config.device, "--device"))

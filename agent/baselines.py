@@ -90,7 +90,7 @@ from agent.config import (
 )
 from agent.evaluation import EvalResult, SB3Policy, evaluate
 from agent.training import EVAL_SEED_OFFSET, evaluate_trained
-from agent.vector import SEED_ENVS, derived_seed
+from agent.vector import SEED_ENVS, check_env_id, derived_seed
 from encoders.registry import Registry
 from encoders.sb3 import sb3_policy_kwargs
 from envs.wrappers import FlattenActionWrapper
@@ -254,16 +254,6 @@ def make_sb3_env(env_id: str, kwargs: Mapping[str, Any] | None = None) -> gym.En
     mindloop_envs.register_envs()  # a forkserver/spawn worker starts with an empty registry
     env = gym.make(env_id, **dict(kwargs or {}))
     return Monitor(FlattenActionWrapper(env, rescale=True))
-
-
-def check_env_id(env_id: str) -> None:
-    """A one-line error naming the mindloop tasks for an unregistered id."""
-    mindloop_envs.register_envs()
-    if env_id not in gym.registry:
-        raise ValueError(
-            f"unknown task {env_id!r}; mindloop tasks: {', '.join(mindloop_envs.TASK_IDS)} "
-            "(or any registered Gymnasium id)"
-        )
 
 
 def _env_fns(config: EnvConfig) -> list[Callable[[], gym.Env]]:

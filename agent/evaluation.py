@@ -35,7 +35,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 
 import envs  # registers the mindloop/ ids (and picks the GL backend first)
 from agent.recording import EpisodeRecord, EpisodeRecorder
-from agent.vector import every_env_has, expert_latents
+from agent.vector import check_env_id, every_env_has, expert_latents
 from encoders.registry import Registry
 from envs import vocab
 
@@ -355,12 +355,6 @@ def load_checkpoint_policy(
 
 
 # --------------------------------------------------------------------------- env
-
-
-def check_env_id(env_id: str) -> None:
-    """A one-line error naming the mindloop ids if ``env_id`` is not registered."""
-    if env_id not in gym.registry:
-        raise ValueError(f"unknown env {env_id!r}; mindloop tasks: {', '.join(envs.TASK_IDS)}")
 
 
 def make_eval_env(

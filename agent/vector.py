@@ -53,7 +53,7 @@ def check_env_id(env_id: str) -> None:
     if env_id not in gym.registry:
         raise ValueError(
             f"unknown task {env_id!r}; mindloop tasks: {', '.join(mindloop_envs.TASK_IDS)} "
-            "(or any registered Gymnasium id)"
+            "(or a registered Gymnasium id with Dict observations and actions)"
         )
 
 

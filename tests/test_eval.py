@@ -182,7 +182,7 @@ def test_accepts_single_and_vector_envs():
     ("kwargs", "match"),
     [
         ({"episodes": 0}, "episodes must be >= 1"),
-        ({"env": "mindloop/Nope-v0"}, "unknown env 'mindloop/Nope-v0'; mindloop tasks: "),
+        ({"env": "mindloop/Nope-v0"}, "unknown task 'mindloop/Nope-v0'; mindloop tasks: "),
         ({"vectorization": "threads"}, "unknown vectorization 'threads'; allowed: sync, async"),
     ],
 )
@@ -242,7 +242,7 @@ def test_cli_checkpoint(tmp_path, capsys):
             ["--policy", "runs/x"],
             "a trained agent's run or checkpoint directory goes to --checkpoint",
         ),
-        (["--policy", "expert", "--env", "mindloop/Nope-v0"], "unknown env 'mindloop/Nope-v0'"),
+        (["--policy", "expert", "--env", "mindloop/Nope-v0"], "unknown task 'mindloop/Nope-v0'"),
         (["--checkpoint", "/no/such/run"], "no checkpoint at '/no/such/run'"),
         (  # checked before the checkpoint is read (train.py's check, named for eval.py)
             ["--checkpoint", "/no/such/run", "--device", "foo"],
