@@ -383,12 +383,11 @@ def make_eval_env(
 
 
 def accepts_kwarg(env_id: str, name: str) -> bool:
-    """Whether the env registered as ``env_id`` takes the constructor argument ``name``."""
-    spec = gym.spec(env_id)
-    entry = spec.entry_point
-    if isinstance(entry, str):
-        module, _, attr = entry.partition(":")
-        entry = getattr(__import__(module, fromlist=[attr]), attr)
+    """Whether the env registered as ``env_id`` (``"module:id"`` too, once imported) takes
+    the constructor argument ``name``."""
+    entry = envs.registration.env_creator(env_id)
+    if entry is None:
+        return False
     try:
         params = inspect.signature(entry).parameters
     except (TypeError, ValueError):

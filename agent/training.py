@@ -24,6 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
@@ -611,6 +612,7 @@ def evaluate_trained(
     from agent.evaluation import evaluate_and_save
 
     episodes = max(config.run.eval_episodes, 1)
+    video = config.run.video and _can_record(config, log)
     return evaluate_and_save(
         policy,
         config.env.id,
@@ -619,11 +621,25 @@ def evaluate_trained(
         num_envs=min(config.env.num_envs, episodes),
         env_kwargs=config.env.make_kwargs(),
         vectorization=config.env.vectorization,
-        video=run_dir / "video.mp4" if config.run.video else None,
+        video=run_dir / "video.mp4" if video else None,
         json_path=run_dir / "eval.json",
         progress=config.run.progress,
         log=log,
     )
+
+
+def _can_record(config: TrainConfig, log: Callable[[str], None]) -> bool:
+    """Whether the task's episodes can be recorded for the video (it must replay them with
+    ``get_state``/``set_state``, as the mindloop tasks do); a wrapped Gymnasium env cannot,
+    and its run then ends without a video instead of failing after training."""
+    env = gym.make(config.env.id, **config.env.make_kwargs())
+    try:
+        if env.has_wrapper_attr("get_state") and env.has_wrapper_attr("set_state"):
+            return True
+    finally:
+        env.close()
+    log(f"video: skipped ({config.env.id} has no get_state()/set_state() to replay episodes)")
+    return False
 
 
 def final_evaluation(run: Run) -> float:
@@ -725,8 +741,8 @@ def check_dict_spaces(env_id: str, observation_space: Any, action_space: Any) ->
         raise ValueError(
             f"--env.id {env_id} has {' and '.join(bad)}; train.py needs Dict observations and "
             "Dict actions: use a mindloop/ task (e.g. mindloop/MuscleReach-v0), or register an "
-            "env that has both (envs.wrappers.MujocoSensesWrapper gives a Gymnasium MuJoCo env "
-            "Dict observations; its actions need a Dict wrapper too)"
+            "env that has both (a Gymnasium MuJoCo env: envs.wrappers.DictActionWrapper("
+            "MujocoSensesWrapper(env)), see the README)"
         )
 
 

@@ -69,7 +69,7 @@ def check_env_kwargs(env_id: str, kwargs: Mapping[str, Any]) -> None:
     accepted silently and truncated later. The signature is read from the registered entry
     point (a class or a function); a constructor taking ``**kwargs`` accepts any keyword.
     """
-    creator = _entry_point(env_id)
+    creator = env_creator(env_id)
     if creator is None:
         return
     try:
@@ -101,7 +101,7 @@ def check_env_kwargs(env_id: str, kwargs: Mapping[str, Any]) -> None:
             )
 
 
-def _entry_point(env_id: str) -> Callable[..., Any] | None:
+def env_creator(env_id: str) -> Callable[..., Any] | None:
     """The registered creator of ``env_id`` (``"module:id"`` once ``module`` is imported), or
     None for an id not in the registry (``gymnasium.make`` reports that itself)."""
     spec = gym.registry.get(env_id.rpartition(":")[2])

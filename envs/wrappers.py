@@ -6,8 +6,10 @@ vector (as ``proprio``)::
 
     env = MujocoSensesWrapper(gymnasium.make("Hopper-v5"))   # obs: Dict(proprio, image, audio)
 
-:class:`FlattenActionWrapper` turns a single-key ``Dict`` action space into that key's space
-(SB3 has no ``Dict`` actions)::
+:class:`DictActionWrapper` puts such an env's ``Box`` actions under a ``muscles`` key in
+[0, 1], so ``train.py`` can train a mindloop agent in it (mindloop agents read and act through
+``Dict`` spaces). :class:`FlattenActionWrapper` turns a single-key ``Dict`` action space into
+that key's space (SB3 has no ``Dict`` actions)::
 
     env = FlattenActionWrapper(gymnasium.make("mindloop/MuscleReach-v0"))  # Box(0, 1, (6,))
     PPO("MultiInputPolicy", env)
@@ -179,6 +181,41 @@ class MujocoSensesWrapper(gym.ObservationWrapper, gym.utils.RecordConstructorArg
                 del self._base._step_mujoco_simulation  # the class's method shows again
             self._original_step = None
         super().close()
+
+
+class DictActionWrapper(gym.ActionWrapper, gym.utils.RecordConstructorArgs):
+    """Puts a ``Box`` action space under one ``Dict`` key, in mindloop's muscle units [0, 1]
+    (the inverse of :class:`FlattenActionWrapper`), so a mindloop agent can act in a
+    Gymnasium MuJoCo env: its action heads are built per ``Dict`` key, and a bounded ``Box``
+    gets a Beta distribution on [0, 1]. The env receives ``low + a (high - low)``::
+
+        env = DictActionWrapper(MujocoSensesWrapper(gymnasium.make("Hopper-v5")))
+        env.action_space   # Dict('muscles': Box(0.0, 1.0, (3,), float32))
+    """
+
+    def __init__(self, env: gym.Env, key: str = "muscles") -> None:
+        gym.utils.RecordConstructorArgs.__init__(self, key=key)
+        super().__init__(env)
+        inner = env.action_space
+        if not isinstance(inner, spaces.Box) or not (
+            np.all(np.isfinite(inner.low)) and np.all(np.isfinite(inner.high))
+        ):
+            raise ValueError(
+                f"DictActionWrapper needs a Box action space with finite bounds, got {inner}"
+            )
+        self.key = key
+        self._inner = inner
+        self.action_space = spaces.Dict({key: spaces.Box(0.0, 1.0, inner.shape, np.float32)})
+
+    def action(self, action: dict[str, Any]) -> np.ndarray:
+        a = np.clip(np.asarray(action[self.key], dtype=np.float64), 0.0, 1.0)
+        low, high = self._inner.low, self._inner.high
+        return (low + a * (high - low)).astype(self._inner.dtype)
+
+    def reverse_action(self, action: np.ndarray) -> dict[str, np.ndarray]:
+        low, high = self._inner.low, self._inner.high
+        unit = (np.asarray(action, dtype=np.float64) - low) / (high - low)
+        return {self.key: unit.astype(np.float32)}
 
 
 class FlattenActionWrapper(gym.ActionWrapper, gym.utils.RecordConstructorArgs):

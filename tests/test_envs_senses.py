@@ -19,7 +19,7 @@ from envs.audio import AudioConfig, AudioSynth, ContactTracker
 from envs.count_answer import QUESTION
 from envs.experts import bounded_lsq
 from envs.reach import COLOR_RGBA
-from envs.wrappers import FlattenActionWrapper, MujocoSensesWrapper
+from envs.wrappers import DictActionWrapper, FlattenActionWrapper, MujocoSensesWrapper
 
 
 def energy(audio: np.ndarray) -> np.ndarray:
@@ -290,6 +290,49 @@ def test_flatten_wrapper() -> None:
         env.step(0)
     with pytest.raises(ValueError, match="exactly one key"):
         FlattenActionWrapper(gym.make("CartPole-v1"))
+
+
+def test_dict_action_wrapper_maps_unit_muscles_to_the_envs_box() -> None:
+    """Hopper's Box(-1, 1, (3,)) becomes Dict(muscles=Box(0, 1, (3,))): 0 -> low, 1 -> high,
+    and reverse_action undoes it."""
+    with DictActionWrapper(MujocoSensesWrapper(gym.make("Hopper-v5"), keys=())) as env:
+        assert env.action_space == gym.spaces.Dict(
+            muscles=gym.spaces.Box(0.0, 1.0, (3,), np.float32)
+        )
+        unit = np.array([0.0, 0.5, 1.0], np.float32)
+        np.testing.assert_allclose(env.action({"muscles": unit}), [-1.0, 0.0, 1.0])
+        np.testing.assert_allclose(env.reverse_action(np.array([-1.0, 0.0, 1.0]))["muscles"], unit)
+        env.reset(seed=0)
+        env.step({"muscles": unit})
+    with pytest.raises(ValueError, match="Box action space with finite bounds"):
+        DictActionWrapper(gym.make("CartPole-v1"))
+
+
+def _reacher_for_mindloop(**kwargs: object) -> gym.Env:
+    return DictActionWrapper(MujocoSensesWrapper(gym.make("Reacher-v5", **kwargs), keys=()))
+
+
+def test_train_py_trains_in_a_wrapped_gymnasium_mujoco_env(tmp_path) -> None:
+    """The README's recipe: a Gymnasium MuJoCo env with Dict observations and actions trains
+    with --algo ppo end to end, and ends without a video (it cannot replay episodes) instead
+    of failing after training."""
+    from agent.config import TrainConfig
+    from agent.training import train
+
+    env_id = "mindloop_test/ReacherDict-v0"
+    if env_id not in gym.registry:
+        gym.register(env_id, entry_point=_reacher_for_mindloop, max_episode_steps=50)
+    cfg = TrainConfig(algo="ppo")
+    cfg.env.id, cfg.env.num_envs, cfg.env.vectorization = env_id, 2, "sync"
+    cfg.agent.encoders.embed_dim, cfg.agent.core.hidden_dim = 16, 16
+    cfg.ppo.total_steps, cfg.ppo.rollout_steps, cfg.ppo.bptt_steps = 64, 16, 4
+    cfg.run.dir, cfg.run.eval_episodes = str(tmp_path / "run"), 1
+    cfg.run.progress, cfg.run.tensorboard = False, False
+    result = train(cfg)
+    assert result.checkpoint is not None and result.checkpoint.exists()
+    assert result.success_rate is not None
+    assert (tmp_path / "run" / "eval.json").exists()
+    assert not (tmp_path / "run" / "video.mp4").exists()
 
 
 def test_sb3_ppo_runs_on_a_dict_observation_world() -> None:

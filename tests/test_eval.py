@@ -330,3 +330,12 @@ def test_sb3_baseline_matches_its_own_predict(algo):
             total, start, done = total + reward, np.zeros(1, bool), terminated or truncated
         assert e.episode_return == pytest.approx(total, abs=1e-5)
     train_env.close()
+
+
+def test_accepts_kwarg_reads_module_colon_id():
+    """``module:id`` (Gymnasium's form for an env registered on import) is read like a plain
+    id; it raised NamespaceNotFound when a run of such an env reached its final evaluation."""
+    from agent.evaluation import accepts_kwarg
+
+    assert accepts_kwarg("tests.tiny_envs:mindloop_test/TinyReach-v0", "max_steps")
+    assert not accepts_kwarg("tests.tiny_envs:mindloop_test/TinyReach-v0", "audio_info")
