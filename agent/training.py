@@ -730,12 +730,10 @@ def check_dict_spaces(env_id: str, observation_space: Any, action_space: Any) ->
     observations per key and build action heads per key, and the SB3 baselines read the same
     spaces; a plain Gymnasium env (``Hopper-v5``: two ``Box``es) would otherwise fail deep
     inside the agent with an AttributeError."""
-    from gymnasium import spaces
-
     bad = [
         f"{name} space {' '.join(str(space).split())}"  # one line even for array bounds
         for name, space in (("observation", observation_space), ("action", action_space))
-        if not isinstance(space, spaces.Dict)
+        if not isinstance(space, gym.spaces.Dict)
     ]
     if bad:
         raise ValueError(
