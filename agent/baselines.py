@@ -88,6 +88,7 @@ from agent.config import (
     config_from_dict,
     config_to_dict,
 )
+from agent.distributed import resolve_device
 from agent.evaluation import EvalResult, SB3Policy, evaluate
 from agent.training import EVAL_SEED_OFFSET, evaluate_trained
 from agent.vector import SEED_ENVS, check_env_id, derived_seed
@@ -173,6 +174,7 @@ def check_config(config: TrainConfig) -> Baseline:
             f"--algo {config.algo} trains in one process (SB3 has no DistributedDataParallel); "
             "run it without torchrun and scale with --env.num-envs"
         )
+    resolve_device(config.run.device)  # SB3 would fall back to CPU without a word
     if config.agent.use_memory:
         raise ValueError(
             f"--algo {config.algo} has no memory tool; drop --agent.use-memory (or train "

@@ -269,6 +269,21 @@ def test_bad_input_from_the_command_line():
     assert len(lines) == 1 and lines[0].startswith("error: unknown task"), proc.stderr
 
 
+@pytest.mark.parametrize("algo", ["bc+ppo", "sb3-ppo"])
+def test_cuda_without_cuda_is_one_line_error_for_every_algo(algo, tmp_path, monkeypatch):
+    """mindloop's trainer and the SB3 baselines alike (SB3 fell back to CPU silently)."""
+    import train as train_script
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    run_dir = tmp_path / "r"
+    with pytest.raises(SystemExit) as exit_info:
+        train_script.main(["--algo", algo, "--run.device", "cuda", "--run.dir", str(run_dir)])
+    assert exit_info.value.code == (
+        "error: run.device is cuda but no CUDA device is available; use cpu or auto"
+    )
+    assert not run_dir.exists()
+
+
 def test_a_run_directory_holding_a_run_is_not_reused(tmp_path):
     """Training into a directory that holds another run (without --resume) would mix the two
     (its demonstrations, best checkpoint and video): refused, the old run left as it was."""
