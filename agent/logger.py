@@ -89,6 +89,12 @@ class RunLogger:
             text = " ".join(f"{k}={_short(v)}" for k, v in postfix.items())
             print(f"[{time.perf_counter() - self.t0:7.1f}s] step {step}: {text}", flush=True)
 
+    def set_total(self, total_steps: int) -> None:
+        """Correct the bar's total (env steps) once the rest of the run is known."""
+        if self.bar is not None:
+            self.bar.total = max(int(total_steps), self.bar.n, 1)
+            self.bar.refresh()
+
     def info(self, message: str) -> None:
         """A console line that does not break the bar."""
         if not self.enabled:

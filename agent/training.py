@@ -369,6 +369,10 @@ def ppo_phase(run: Run, reward_fn=None, needs_expert: bool = False, name: str = 
             run.log(f"{name}: resumed at update {trainer.updates_done}/{total_updates}")
         if p.anchor_coef:
             run.log(f"{name}: KL anchor {p.anchor_coef:g} to the policy this phase starts from")
+        # the bar's total was a guess for the earlier phases; from here it is known exactly
+        run.logger.set_total(
+            run.env_step + (total_updates - trainer.updates_done) * steps_per_update
+        )
         recent_success: list[float] = []
         while trainer.updates_done < total_updates:
             metrics = trainer.iterate()

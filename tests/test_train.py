@@ -487,3 +487,19 @@ def test_run_seeds_draw_disjoint_data():
         for j in range(i + 1, 4):
             assert not seen[i] & seen[j], (i, j)
     assert derived_seed(1, SEED_ENVS) == derived_seed(1, SEED_ENVS)
+
+
+def test_progress_bar_total_is_corrected_once_known(tmp_path):
+    """The bar's total starts as a guess (demonstration lengths are not known before they are
+    recorded); set_total corrects it, never below the steps already done."""
+    from agent.logger import RunLogger
+
+    logger = RunLogger(tmp_path, 100, tensorboard=False)
+    try:
+        logger.progress(40, {"phase": "bc"})
+        logger.set_total(70)
+        assert logger.bar.total == 70
+        logger.set_total(10)
+        assert logger.bar.total == 40
+    finally:
+        logger.close()
