@@ -23,7 +23,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from agent.evaluation import evaluate, make_policy
+from agent.evaluation import dict_space_mismatch, evaluate, make_policy
 from agent.recording import (
     EpisodeRecord,
     default_dataset_id,
@@ -163,29 +163,13 @@ def check_dataset_spaces(
         ("observation", dataset.observation_space, observation_space),
         ("action", dataset.action_space, action_space),
     ):
-        problem = _dict_space_mismatch(stored, needed)
+        problem = dict_space_mismatch(stored, needed, "the dataset", "the task")
         if problem is not None:
             recorded_on = record_metadata(path)["env_id"]
             raise ValueError(
                 f"dataset {str(path)!r} (recorded on {recorded_on}) does not fit {env_id}: "
                 f"{what} {problem}; {record}"
             )
-
-
-def _dict_space_mismatch(stored: gym.Space, needed: gym.Space) -> str | None:
-    """What of ``needed`` (a Dict space) ``stored`` lacks or stores differently, or None."""
-    if not isinstance(stored, gym.spaces.Dict) or not isinstance(needed, gym.spaces.Dict):
-        return None if stored == needed else f"space {stored} is not the task's {needed}"
-    for key, space in needed.spaces.items():
-        if key not in stored.spaces:
-            return f"{key!r} is missing (the dataset has {', '.join(stored.spaces)})"
-        have = stored.spaces[key]
-        if have.shape != space.shape or have.dtype != space.dtype:
-            return (
-                f"{key!r} is {have.shape} {have.dtype} in the dataset, {space.shape} "
-                f"{space.dtype} in the task"
-            )
-    return None
 
 
 def load_demonstrations(path: str | os.PathLike, *, only_success: bool = False) -> Demonstrations:

@@ -168,6 +168,18 @@ class AgentPolicy:
         self._state: Any = None
 
     def reset(self, env: VectorEnv, seed: int | None) -> None:
+        # Checked before any step: an env of another task would fail in the encoder at the
+        # first frame, naming one key; here every difference is named at once.
+        for what, have, need in (
+            ("observation", env.single_observation_space, _read_spaces(self.agent)),
+            ("action", env.single_action_space, getattr(self.agent, "action_space", None)),
+        ):
+            problem = need is not None and dict_space_mismatch(have, need, "this env", "training")
+            if problem:
+                raise ValueError(
+                    f"{self.name} cannot act in this env: {what} {problem}; evaluate it on the "
+                    "task and env kwargs it was trained on (leave out --env and --env-kwargs)"
+                )
         self._state = self.agent.initial_state(env.num_envs)
 
     def act(
@@ -264,6 +276,39 @@ class SB3Policy:
         if self._space is not None and self._space.dtype is not None:
             actions = actions.astype(self._space.dtype)
         return PolicyStep(actions={self.action_key: actions})
+
+
+def _read_spaces(agent: Any) -> gym.spaces.Dict | None:
+    """The observation keys ``agent`` reads (its encoder's, when it says), with their spaces."""
+    space = getattr(agent, "observation_space", None)
+    keys = getattr(getattr(agent, "encoder", None), "keys", None)
+    if not isinstance(space, gym.spaces.Dict) or keys is None:
+        return space
+    return gym.spaces.Dict({k: space.spaces[k] for k in keys})
+
+
+def dict_space_mismatch(
+    have: gym.Space, need: gym.Space, have_name: str, need_name: str
+) -> str | None:
+    """What of ``need`` (a ``Dict`` space) ``have`` lacks or holds with another shape or dtype,
+    as a phrase for a one-line error (every missing key at once), or None if it fits. Keys
+    ``have`` has beyond ``need``'s are fine."""
+    if not isinstance(have, gym.spaces.Dict) or not isinstance(need, gym.spaces.Dict):
+        return None if have == need else f"space {have} in {have_name}, {need} in {need_name}"
+    missing = [k for k in need.spaces if k not in have.spaces]
+    if missing:
+        return (
+            f"{', '.join(map(repr, missing))} missing ({have_name} has "
+            f"{', '.join(have.spaces) or 'none'})"
+        )
+    for key, space in need.spaces.items():
+        got = have.spaces[key]
+        if got.shape != space.shape or got.dtype != space.dtype:
+            return (
+                f"{key!r} is {got.shape} {got.dtype} in {have_name}, {space.shape} "
+                f"{space.dtype} in {need_name}"
+            )
+    return None
 
 
 def sb3_space_mismatch(
@@ -997,6 +1042,7 @@ __all__ = [
     "PolicyStep",
     "RandomPolicy",
     "SB3Policy",
+    "dict_space_mismatch",
     "evaluate",
     "evaluate_and_save",
     "load_checkpoint_policy",

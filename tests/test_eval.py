@@ -339,3 +339,21 @@ def test_accepts_kwarg_reads_module_colon_id():
 
     assert accepts_kwarg("tests.tiny_envs:mindloop_test/TinyReach-v0", "max_steps")
     assert not accepts_kwarg("tests.tiny_envs:mindloop_test/TinyReach-v0", "audio_info")
+
+
+def test_agent_on_another_tasks_env_names_every_difference_before_a_step():
+    """A mindloop agent evaluated where its observation keys or shapes are not: one line
+    naming all that is missing, before the first step (the encoder named one key)."""
+    agent, _ = tiny_agent(REACH, BODY_ONLY, memory=False)  # reads proprio and touch
+    with pytest.raises(ValueError) as err:
+        evaluate(AgentPolicy(agent, name="reach agent"), "mindloop/CountAnswer-v0", episodes=1)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("reach agent cannot act in this env: ")
+    assert "'proprio', 'touch' missing" in message
+    seeing = {"obs_keys": ["image", "proprio"], "max_steps": 8}
+    agent, _ = tiny_agent(REACH, seeing, memory=False)
+    with pytest.raises(ValueError) as err:
+        evaluate(AgentPolicy(agent), REACH, episodes=1, env_kwargs={**seeing, "image_size": 32})
+    assert "'image' is (32, 32, 3) uint8 in this env, (64, 64, 3) uint8 in training" in str(
+        err.value
+    )

@@ -312,7 +312,7 @@ def test_bc_dataset_of_another_task_is_one_line_error(tmp_path):
     with pytest.raises(ValueError) as err:
         train(cfg)
     message = str(err.value)
-    assert "\n" not in message and "'proprio' is missing" in message and TINY_ANSWER in message
+    assert "\n" not in message and "'proprio' missing" in message and TINY_ANSWER in message
     assert not (tmp_path / "run").exists()
 
 
