@@ -253,6 +253,8 @@ def write_records(
 
     The dataset is built in a temporary directory next to ``path`` and moved into place with
     ``os.replace``, so ``path`` is either the complete old dataset or the complete new one.
+    An overwrite takes two renames (old aside, new in); a failure between them moves the old
+    one back, and a process killed there leaves it whole in ``.<name>.tmp-*/replaced``.
     ``dataset_id`` (Minari's ``namespace/name-vN``) defaults to
     ``mindloop/<Task>/<policy>-v0``; with ``MINARI_DATASETS_PATH`` pointing at a root and
     ``path = root / dataset_id``, ``minari.load_dataset(dataset_id)`` finds it too.
@@ -317,8 +319,15 @@ def write_records(
             )
         built = tmp_root / dataset_id
         if path.exists():  # overwrite: move the old dataset aside, then the new one in
-            os.replace(path, tmp_root / "replaced")
-        os.replace(built, path)
+            old = tmp_root / "replaced"
+            os.replace(path, old)
+            try:
+                os.replace(built, path)
+            except BaseException:  # the old dataset goes back, not out with tmp_root
+                os.replace(old, path)
+                raise
+        else:
+            os.replace(built, path)
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
     return path

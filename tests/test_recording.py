@@ -174,6 +174,31 @@ def test_writes_are_atomic(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rec"]  # no partial or temp dirs
 
 
+def test_a_failed_overwrite_keeps_the_old_dataset(tmp_path, monkeypatch):
+    """An overwrite that fails as the new dataset moves in puts the old one back (it sat in
+    the temporary directory that is removed on the way out)."""
+    import agent.recording as recording_mod
+
+    result = expert_records("mindloop/MuscleReach-v0", {}, 1)
+    spaces = (result.observation_space, result.action_space)
+    path = write_records(tmp_path / "rec", result.records, *spaces)
+    real_replace = recording_mod.os.replace
+    calls = []
+
+    def fail_second(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:  # old -> aside done; new -> path fails (disk full, permissions)
+            raise OSError("simulated failure")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(recording_mod.os, "replace", fail_second)
+    with pytest.raises(OSError, match="simulated"):
+        write_records(path, result.records * 2, *spaces, overwrite=True)
+    monkeypatch.setattr(recording_mod.os, "replace", real_replace)
+    assert num_episodes(path) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rec"]
+
+
 def test_relative_path_writes_where_it_says(tmp_path, monkeypatch):
     """``train.py``'s default run dir is relative (runs/...): the dataset lands there, once."""
     monkeypatch.chdir(tmp_path)
