@@ -78,7 +78,8 @@ class Mp4Writer:
             raise ValueError(f"video size must be positive and even, got {width}x{height}")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        # unique per writer (two writers to one path in a process must not share a temp file)
+        self._tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}-{id(self):x}")
         self.width, self.height = int(width), int(height)
         self.fps = Fraction(fps).limit_denominator(1000)
         self.channels = channels
@@ -293,10 +294,11 @@ def _draw_think_strip(
     height = int(16 * k)
     bar = max(1.0, min(6.0 * k, width / max(n, 1)))
     top = max(text.think_max, 1)
-    for i, steps in enumerate(text.think_history[-int(width / bar) :]):
+    shown = text.think_history[-int(width / bar) :]  # the latest frames that fit
+    for i, steps in enumerate(shown):
         h = round(height * steps / top)
         x = int(x0 + i * bar)
-        color = _THINK if i == n - 1 else tuple(int(c * 0.55) for c in _THINK)
+        color = _THINK if i == len(shown) - 1 else tuple(int(c * 0.55) for c in _THINK)
         cv2.line(canvas, (x, y0), (int(x + bar) - 1, y0), (60, 64, 74), 1)
         if h > 0:
             cv2.rectangle(canvas, (x, y0 - h), (max(x, int(x + bar) - 2), y0), color, -1)

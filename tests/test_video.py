@@ -130,6 +130,19 @@ def test_overlay_panel_and_banner():
     assert lost[banner, :, 0].mean() > lost[banner, :, 1].mean()  # red
 
 
+@pytest.mark.parametrize("frames", [3, 2000])
+def test_think_strip_highlights_the_current_frame(frames):
+    """The current frame's bar is drawn in the bright colour, also once the episode has more
+    frames than the strip has room for (then only the latest ones are shown)."""
+    from agent.video import _THINK
+
+    scene = np.full((128, 128, 3), 90, np.uint8)
+    layout = PanelLayout(shown=False, said=False, status=False, strip=True)
+    text = FrameText(header="", think=2, think_history=(2,) * frames, think_max=2)
+    panel = compose_frame(scene, text, layout=layout)[128:]
+    assert (panel == np.array(_THINK, np.uint8)).all(axis=-1).any()
+
+
 def test_frame_texts_follow_the_record():
     result = evaluate(make_policy("expert"), "mindloop/CountAnswer-v0", 1, seed=0,
                       env_kwargs={"watch_steps": 30, "max_events": 2}, record=True)  # fmt: skip
