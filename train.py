@@ -16,7 +16,6 @@ Imports stay inside ``main`` because async env workers re-import this module whe
 
 from __future__ import annotations
 
-import os
 import sys
 
 
@@ -89,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         run = (config and (config.resume or config.run.dir)) or "RUN_DIR (printed above)"
         print(f"\ninterrupted; continue from the latest checkpoint: python train.py --resume {run}")
         return 130
-    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports for all
+    from agent.distributed import launch_rank
+
+    if launch_rank() != 0:  # under torchrun, rank 0 reports for all
         return 0
     if result.success_rate is not None:
         print(f"success rate: {100 * result.success_rate:.1f}% ({config.env.id}, {config.algo})")

@@ -42,6 +42,11 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def launch_rank() -> int:
+    """This process's rank as torchrun set it (0 when not launched by torchrun)."""
+    return int(os.environ["RANK"]) if launched_by_torchrun() else 0
+
+
 def resolve_device(device: str, option: str = "run.device") -> torch.device:
     """``auto`` (CUDA when available), ``cpu`` or ``cuda`` as a torch device; a one-line
     ``ValueError`` naming ``option`` (the flag the user set) for an unknown name or for
@@ -62,7 +67,7 @@ def init_distributed(device: str = "auto") -> tuple[DistInfo, torch.device]:
     use_cuda = resolve_device(device).type == "cuda"
     if not launched_by_torchrun():
         return DistInfo(), torch.device("cuda" if use_cuda else "cpu")
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    rank, world = launch_rank(), int(os.environ["WORLD_SIZE"])
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if use_cuda:
         torch.cuda.set_device(local)
