@@ -35,6 +35,7 @@ from agent.agent import MindloopAgent
 from agent.memory import OP_GET, OP_NAMES, OP_NONE, OP_SET
 from agent.vector import (
     call_if_every_env_has,
+    episode_quota,
     every_env_has,
     expert_actions,
     expert_latents,
@@ -157,7 +158,7 @@ def collect_episodes(
         seed: seeds the mixture draws.
     """
     n = envs.num_envs
-    quota = [(episodes + i) // n for i in range(n)]  # per env, sums to episodes
+    quota = episode_quota(episodes, n)  # per env, sums to episodes
     obs, _ = envs.reset(seed=seeds)
     buffers: list[list[tuple[dict, dict, float, int, np.ndarray | None]]] = [[] for _ in range(n)]
     out: list[Episode] = []

@@ -19,7 +19,7 @@ from gymnasium.vector import VectorEnv
 from agent.agent import MindloopAgent
 from agent.policy import StepInfo
 from agent.state import State
-from agent.vector import VectorStep, step_vector_env
+from agent.vector import VectorStep, episode_quota, step_vector_env
 
 
 @dataclass
@@ -183,7 +183,7 @@ def run_episodes(
     tasks the short episodes are the successes.
     """
     n = runner.num_envs
-    targets = [(episodes + i) // n for i in range(n)]
+    targets = episode_quota(episodes, n)
     counts = [0] * n
     done = EpisodeLog()
     runner.drain()

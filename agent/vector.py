@@ -202,6 +202,14 @@ def expert_latents(envs: VectorEnv, probe: bool = True) -> np.ndarray | None:
     return None if latents is None else np.stack([np.asarray(x, np.float32) for x in latents])
 
 
+def episode_quota(episodes: int, num_envs: int) -> list[int]:
+    """How many episodes each env of a vector env contributes to a sample of ``episodes``:
+    env i its first ``(episodes + i) // num_envs`` (SB3's ``evaluate_policy`` rule). Taking
+    whichever episodes finish first instead would favour short ones (in reaching tasks, the
+    successes)."""
+    return [(episodes + i) // num_envs for i in range(num_envs)]
+
+
 def every_env_has(envs: VectorEnv, *names: str) -> bool:
     """Whether every sub-env (through its wrappers) has all of ``names``.
 
@@ -358,6 +366,7 @@ __all__ = [
     "VectorStep",
     "check_env_id",
     "env_seeds",
+    "episode_quota",
     "expert_actions",
     "expert_latents",
     "make_env",
