@@ -411,8 +411,9 @@ class TwoTierMemory(nn.Module):
         new["mem/hit"] = state["mem/hit"].index_copy(0, rows, found[:, None].to(got.dtype))
         new["mem/score"] = state["mem/score"].index_copy(0, rows, score[:, :1])
         if c.eviction == "lru" and bool(found.any()):
-            hit_rows = found.nonzero().squeeze(1)
-            new.update(ms.touch(store, rows[hit_rows], idx[hit_rows, 0], clock[rows[hit_rows]]))
+            # every item the read blended was used, not only the nearest (get_topk > 1)
+            r, j = valid.nonzero(as_tuple=True)  # (n,) each: env row, rank among its k
+            new.update(ms.touch(store, rows[r], idx[r, j], clock[rows[r]]))
         return new, found
 
     # ----------------------------------------------------------------- naps
@@ -445,10 +446,14 @@ class TwoTierMemory(nn.Module):
             merge = found[:, 0] & (score[:, 0] >= self.config.nap_merge_threshold)
             index = torch.where(merge, idx[:, 0], torch.full_like(idx[:, 0], -1))
             state, ev = self._store_item(state, rows, slots[rows, i], key, clock, index)
+            # each napped item its own tick, after the last step's and before the next set's:
+            # FIFO then evicts napped items in the order they were written, never on a tie
+            clock = clock.index_add(0, rows, torch.ones_like(rows, dtype=clock.dtype))
             napped[rows] += 1.0
             merged[rows] += merge.float()
             evicted[rows] += ev.float()
-        return state, {"napped": napped, "merged": merged, "evicted": evicted}
+        stats = {"napped": napped, "merged": merged, "evicted": evicted}
+        return {**state, "mem/clock": clock}, stats
 
 
 __all__ = [

@@ -13,9 +13,11 @@ episode start clears a whole store), so the held items are always the prefix
 ``[0, count)``: no per-slot "used" flag is needed and a get scores only that prefix.
 
 Eviction when full (a ``set`` with no free slot): the item with the smallest stamp goes.
-With ``lru`` the stamp is refreshed on every ``get`` that returns the item (least recently
-used goes), with ``fifo`` it is the insertion time (oldest goes). The store never exceeds
-its capacity.
+With ``lru`` the stamp is refreshed on every ``get`` that returns the item (with
+``get_topk`` > 1, every item the read blends; least recently used goes), with ``fifo`` it is
+the insertion time (oldest goes). Each write (a ``set``, each item of a nap) has its own
+clock tick, so insertion stamps never tie.
+The store never exceeds its capacity.
 """
 
 from __future__ import annotations

@@ -282,9 +282,11 @@ class MindloopPolicy(nn.Module):
                 dist, recorded_op.clamp_min(0) if recorded_op is not None else None
             )
             log_prob, entropy = dist.log_prob(op), dist.entropy()
-            mem_new, stats = self.memory.apply(h, op, mem_state)
-            new.update(mem_new)
+            # Envs that stopped thinking make no call: their state is kept below anyway, and
+            # the store work and a traced set (memory.tracing) would be for a step not taken.
             op = torch.where(active, op, -1)
+            mem_new, stats = self.memory.apply(h, op.clamp_min(0), mem_state)  # 0: none
+            new.update(mem_new)
             log_prob, entropy = log_prob * active, entropy * active
             stats = {k: torch.where(active, v, torch.zeros_like(v)) for k, v in stats.items()}
         new = _where_rows(active, new, state)

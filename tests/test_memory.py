@@ -399,3 +399,29 @@ def test_works_with_every_registered_core(core_name):
         assert grads and all(torch.isfinite(g).all() for g in grads), name
         assert sum(g.abs().sum() for g in grads) > 0, name
     assert index_state(mem_state, slice(0, 1))["mem/store_codes"].shape[:2] == (1, 6)
+
+
+def test_lru_refreshes_every_item_a_topk_get_blends():
+    mem = make(eviction="lru", capacity=3, get_topk=2)
+    h = torch.eye(HIDDEN)[:3] * 3.0
+    state, _ = run_ops(mem, [h[0:1], h[1:2], h[2:3], h[0:1]], [OP_SET, OP_SET, OP_SET, OP_GET])
+    query = F.normalize(mem.proj(mem.norm(h[0:1]))[:, 32:40], dim=-1)  # the get's key
+    idx, _, valid = ms.lookup(state, torch.tensor([0]), query, 2)
+    assert bool(valid.all())
+    refreshed = (state["mem/store_stamp"][0] == 3).nonzero().squeeze(1)  # the get ran at clock 3
+    assert sorted(refreshed.tolist()) == sorted(idx[0].tolist())
+
+
+@pytest.mark.parametrize("eviction", ["lru", "fifo"])
+def test_nap_stamps_each_item_in_write_order_before_the_next_set(eviction):
+    mem = make(eviction=eviction, capacity=5, write_gate_bias=4.0)
+    h = torch.eye(HIDDEN)[:2] * 3.0
+    state, _ = run_ops(mem, [h[0:1], h[1:2]], [OP_SET, OP_NONE])  # clock 2, one item (stamp 0)
+    # three workable slots with distinct contents and keys: three new items
+    state["mem/slots"] = torch.eye(32)[None, :3] * 0.5
+    state["mem/slot_keys"] = torch.eye(8)[None, :3]
+    state, stats = mem.nap(state)
+    assert stats["napped"].item() == 3 and stats["merged"].item() == 0
+    state, _ = run_ops(mem, [h[1:2]], [OP_SET], state)
+    stamps = state["mem/store_stamp"][0, :5].tolist()
+    assert stamps == [0, 2, 3, 4, 5]  # the napped items 2, 3, 4 in order, then the set's 5

@@ -21,10 +21,18 @@ def make_policy(core: str, seed: int = 0, **mem_kw) -> MindloopPolicy:
         core=CoreConfig(name=core, hidden_dim=HIDDEN, num_heads=2, max_context=16),
         think=ThinkConfig(k_max=K),
     )
-    mem_cfg = dict(slot_dim=HIDDEN, num_slots=2, code_dim=4, key_dim=4, capacity=5, get_topk=2)
+    # uniform op logits (unless given) so that set and get are both sampled in a short rollout
+    mem_cfg = dict(
+        slot_dim=HIDDEN,
+        num_slots=2,
+        code_dim=4,
+        key_dim=4,
+        capacity=5,
+        get_topk=2,
+        op_init_logits=(0.0, 0.0, 0.0),
+    )
     mem_cfg.update(mem_kw)
-    # uniform op logits so that set and get are both sampled in a short rollout
-    memory = build_memory(MemoryConfig(**mem_cfg, op_init_logits=(0.0, 0.0, 0.0)), HIDDEN)
+    memory = build_memory(MemoryConfig(**mem_cfg), HIDDEN)
     return MindloopPolicy(OBS, ACTION_SPACE, cfg, memory=memory)
 
 
@@ -77,3 +85,25 @@ def test_persistent_store_survives_the_policy_reset():
     state = policy.reset_state(final, torch.ones(B, dtype=torch.bool))
     assert torch.equal(state["mem/store_count"], before)
     assert state["mem/slots"].abs().sum() == 0
+
+
+def test_envs_that_stopped_thinking_make_no_memory_call():
+    # a policy that sets at nearly every step: a stopped env's call would show as a set
+    policy = make_policy("gru", op_init_logits=(-8.0, 8.0, -8.0))
+    g = torch.Generator().manual_seed(1)
+    state = policy.initial_state(B)
+    stopped_calls = 0
+    with torch.no_grad(), policy.memory.tracing() as trace:
+        for t in range(8):
+            before = len(trace)
+            _, state, info = policy.act(
+                torch.randn(B, OBS, generator=g), state, torch.full((B,), t == 0)
+            )
+            ops = info.decisions.mem_ops  # (B, K+1), -1 where the env took no step
+            ran = int((ops >= 0).any(0).sum())  # steps some env took: one apply call each
+            traced = torch.stack([op for _, op in trace[before:]], dim=1)  # (B, ran)
+            assert traced.shape == (B, ran)
+            assert torch.equal(traced, ops[:, :ran].clamp_min(0))  # stopped envs: none (0)
+            stopped_calls += int((ops[:, :ran] < 0).sum())
+    assert stopped_calls > 0  # some env stopped while another thought on
+    assert int(state["mem/store_count"].max()) <= 5
