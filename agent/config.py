@@ -310,9 +310,11 @@ class RunConfig:
     tensorboard: bool = True
     """Write TensorBoard logs under <dir>/tb."""
     max_env_steps: int | None = None
-    """Env-step budget of the whole run (expert demonstrations, DAgger rollouts and PPO
-    together, all ranks): PPO runs ``ppo.total_steps`` or what the earlier phases left, if
-    less (whole updates). For budget-matched comparisons (``benchmarks/learning.py``)."""
+    """Env-step budget of the whole run (expert demonstrations, recorded by the run or given
+    as ``bc.dataset``, DAgger rollouts and PPO together, all ranks; every step a vector env
+    takes, also those of envs idling until a collection's last episode ends): PPO runs
+    ``ppo.total_steps`` or what the earlier phases left, if less (whole updates). For
+    budget-matched comparisons (``benchmarks/learning.py``)."""
 
     def __post_init__(self) -> None:
         _check_choice("run.device", self.device, DEVICES)

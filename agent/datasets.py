@@ -78,7 +78,11 @@ def collect_expert_dataset(
             f"{episodes} episodes of the scripted {policy} on {env_id} "
             f"(success {100 * result.success_rate:.0f}%), seeds {seed}..{seed + episodes - 1}"
         ),
-        extra_metadata={"seed": seed, "success_rate": result.success_rate},
+        extra_metadata={
+            "seed": seed,
+            "success_rate": result.success_rate,
+            "env_steps_simulated": result.env_steps_simulated,
+        },
         overwrite=overwrite,
     )
 
@@ -187,6 +191,15 @@ def load_demonstrations(path: str | os.PathLike, *, only_success: bool = False) 
     return _flatten_records(records, meta, dataset.observation_space, dataset.action_space)
 
 
+def recording_env_steps(path: str | os.PathLike) -> int | None:
+    """Env steps it took to record the dataset at ``path`` (None if it does not say: written
+    by ``eval.py --record`` or an earlier version). A vector env steps every env until the
+    last episode ends, so this is more than the episodes' frames; a run that trains on the
+    dataset counts it against its env-step budget."""
+    steps = record_metadata(path).get("env_steps_simulated")
+    return None if steps is None else int(steps)
+
+
 def _flatten_records(
     records: Sequence[EpisodeRecord],
     meta: Mapping[str, Any],
@@ -218,4 +231,9 @@ def _flatten_records(
     )
 
 
-__all__ = ["Demonstrations", "collect_expert_dataset", "load_demonstrations"]
+__all__ = [
+    "Demonstrations",
+    "collect_expert_dataset",
+    "load_demonstrations",
+    "recording_env_steps",
+]

@@ -140,8 +140,12 @@ def collect_episodes(
     deterministic: bool = False,
     beta: float = 0.0,
     seed: int = 0,
-) -> list[Episode]:
+) -> tuple[list[Episode], int]:
     """Run ``envs`` until ``episodes`` complete episodes, every frame labelled by the expert.
+
+    Returns the episodes and the env steps taken: vector steps x ``N``, more than the
+    episodes' frames, because envs past their quota keep stepping until the last one is done
+    and the episodes they are in are dropped (what a budget must count).
 
     Args:
         envs: a ``SAME_STEP`` vector env of a task with ``expert_action()``.
@@ -168,6 +172,7 @@ def collect_episodes(
     # optional expert outputs: probed once (each probe is a round trip to every worker)
     with_ops = every_env_has(envs, "expert_memory_op")
     with_latents = every_env_has(envs, "expert_latent")
+    vector_steps = 0
     while len(out) < episodes:  # envs past their quota keep stepping (one vector step)
         labels = expert_actions(envs)  # (N, ...) per key
         op_labels = expert_memory_ops(envs, probe=False) if with_ops else None  # (N,)
@@ -183,6 +188,7 @@ def collect_episodes(
                     for k, v in actions.items()
                 }
         step = step_vector_env(envs, actions)
+        vector_steps += 1
         for i in range(n):
             frame_obs = {k: np.array(v[i], copy=True) for k, v in obs.items()}
             frame_act = {k: np.array(v[i], copy=True) for k, v in labels.items()}
@@ -210,7 +216,7 @@ def collect_episodes(
             )
         obs = step.obs
         start = torch.as_tensor(step.done)
-    return out
+    return out, vector_steps * n
 
 
 @dataclass

@@ -489,6 +489,10 @@ class EvalResult:
     observation_space: gym.Space | None = field(default=None, repr=False)
     """The single env's observation space (what records of this evaluation hold)."""
     action_space: gym.Space | None = field(default=None, repr=False)
+    env_steps_simulated: int = 0
+    """Every env step the evaluation took (vector steps x ``num_envs``): the episodes' own
+    plus those of envs idling after the last episode was handed out, which a vector env
+    steps too. What recording these episodes cost in env steps."""
 
     @property
     def success_rate(self) -> float:
@@ -861,11 +865,13 @@ def _run(
     finished: list[EpisodeStats] = []
     records: list[EpisodeRecord] = []
     state_bytes = None
+    vector_steps = 0
 
     while any(ep is not None for ep in running):
         step = policy.act(obs, episode_start, vec)
         state_bytes = step.state_bytes if step.state_bytes is not None else state_bytes
         obs, reward, terminated, truncated, info = vec.step(_env_actions(step.actions))
+        vector_steps += 1
         done = np.logical_or(terminated, truncated)
         for i, ep in enumerate(running):
             if ep is not None:
@@ -909,6 +915,7 @@ def _run(
         records=records,
         observation_space=vec.single_observation_space,
         action_space=vec.single_action_space,
+        env_steps_simulated=vector_steps * B,
     )
 
 

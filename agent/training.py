@@ -250,10 +250,10 @@ def bc_phase(run: Run) -> None:
                 dagger_seed = derived_seed(cfg.run.seed, SEED_DAGGER, r)
                 seeds = env_seeds(dagger_seed, cfg.env.num_envs, run.dist.rank)
                 beta = bc.dagger_beta * 0.5 ** (r - 1)  # Ross et al.'s decaying mixture
-                new = collect_episodes(
+                new, steps = collect_episodes(
                     envs, bc.dagger_episodes, seeds=seeds, agent=agent, beta=beta, seed=seeds[0]
                 )
-                run.env_step += sum(len(e) for e in new) * run.dist.world_size
+                run.env_step += steps * run.dist.world_size  # dropped episodes' steps too
                 sampler.add(new)
                 run.log(
                     f"bc: DAgger round {r}: rollouts (learner, expert mixed in at beta={beta:g}) "
@@ -282,26 +282,32 @@ def demonstration_seed(run_seed: int, rank: int = 0) -> int:
 
 def _demonstrations(run: Run) -> list[Episode]:
     """The BC data: the dataset given in ``bc.dataset``, or expert episodes recorded into
-    ``<run>/demos`` (a Minari dataset, one per rank) and read back."""
+    ``<run>/demos`` (a Minari dataset, one per rank) and read back. Either way the env steps
+    of the recording count towards ``run.max_env_steps``."""
+    from agent.datasets import collect_expert_dataset, recording_env_steps
+
     cfg = run.config
     if cfg.bc.dataset is not None:
-        return load_episodes(cfg.bc.dataset)
-    from agent.datasets import collect_expert_dataset
-
-    path = run.run_dir / ("demos" if not run.dist.enabled else f"demos_rank{run.dist.rank}")
-    if not (path / "data").exists():
-        collect_expert_dataset(
-            cfg.env.id,
-            cfg.bc.episodes,
-            seed=demonstration_seed(cfg.run.seed, run.dist.rank),
-            path=path,
-            env_kwargs=cfg.env.make_kwargs(),
-            num_envs=min(cfg.env.num_envs, cfg.bc.episodes),
-            vectorization=cfg.env.vectorization,
-            overwrite=True,
-        )
+        path, copies = Path(cfg.bc.dataset), 1  # one dataset, shared by every rank
+    else:
+        path = run.run_dir / ("demos" if not run.dist.enabled else f"demos_rank{run.dist.rank}")
+        copies = run.dist.world_size  # each rank records its own
+        if not (path / "data").exists():
+            collect_expert_dataset(
+                cfg.env.id,
+                cfg.bc.episodes,
+                seed=demonstration_seed(cfg.run.seed, run.dist.rank),
+                path=path,
+                env_kwargs=cfg.env.make_kwargs(),
+                num_envs=min(cfg.env.num_envs, cfg.bc.episodes),
+                vectorization=cfg.env.vectorization,
+                overwrite=True,
+            )
     episodes = load_episodes(path)
-    run.env_step += sum(len(e) for e in episodes) * run.dist.world_size
+    # what recording took, envs idling after their last episode included (the dataset's
+    # metadata); a dataset that does not say counts its frames
+    recorded = recording_env_steps(path)
+    run.env_step += (sum(len(e) for e in episodes) if recorded is None else recorded) * copies
     return episodes
 
 

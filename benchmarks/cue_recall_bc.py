@@ -226,7 +226,7 @@ def main() -> None:
     import torch
 
     from agent.bc import BCTrainer, action_agreement, fit_normalization
-    from agent.datasets import collect_expert_dataset
+    from agent.datasets import collect_expert_dataset, recording_env_steps
     from agent.demonstrations import (
         SequenceSampler,
         collect_episodes,
@@ -251,7 +251,8 @@ def main() -> None:
             overwrite=True,
         )  # fmt: skip
         episodes = load_episodes(demos)
-    env_steps = sum(len(e) for e in episodes)
+    # what recording took (idle envs' steps included); a cache from before that was kept: frames
+    env_steps = recording_env_steps(demos) or sum(len(e) for e in episodes)
     seed_everything(a.seed)
     agent, cfg = build_agent(
         kwargs, not a.no_memory, a.k_max, a.think, a.think_input, a.halting, a.image_pool
@@ -269,12 +270,12 @@ def main() -> None:
     for r in range(1, a.dagger + 1):
         envs = make_vector_env(cfg.env)
         beta = cfg.bc.dagger_beta * 0.5 ** (r - 1)
-        new = collect_episodes(
+        new, steps = collect_episodes(
             envs, a.dagger_episodes, seeds=env_seeds(a.seed + 7919 * r, 8), agent=agent,
             beta=beta, seed=r,
         )  # fmt: skip
         envs.close()
-        env_steps += sum(len(e) for e in new)
+        env_steps += steps  # the dropped episodes of envs past their quota too
         sampler.add(new)
         trainer.train(sampler, a.dagger_updates, total_updates=total)
     agreement = action_agreement(agent, held_out[:20])

@@ -9,7 +9,8 @@ seeded episodes, deterministic policy, through :func:`agent.evaluation.evaluate`
   then recurrent PPO with the default KL anchor to the cloned policy, ``ppo.anchor_coef``
   1.0) with think steps and the memory tool, sized to the budget: 35% of it
   for expert demonstrations, 15% for the DAgger rollouts, and PPO gets what is left
-  (``run.max_env_steps``: **every env step counted**, demonstrations and DAgger included). Where
+  (``run.max_env_steps``: **every env step counted**, demonstrations and DAgger included,
+  with the steps of envs that idle while the last episode of a collection finishes). Where
   the expert labels its memory calls (CueRecall: set on the cue, get when the balls show),
   BC clones them (``agent/bc.py``); the memory reads fetched items in the codec's
   standardized units (``memory.standardized_read``). On text tasks BC weighs the expert's
@@ -39,8 +40,12 @@ env steps). Results are written to JSON after every run, and a rerun with the sa
 skips the runs already there (so a long run can be continued); runs of an earlier, wider
 plan in that file are kept in it (the printed table shows this run's plan).
 
-    python benchmarks/learning.py --quick                   # minutes: 1 seed, tiny budgets
+    python benchmarks/learning.py --quick                   # < 1 min: the headline task only
     nice -n 5 python benchmarks/learning.py --jobs 2        # the full run in RESULTS.md
+
+``--quick`` checks that the pipeline runs, not what it learns: the headline task only
+(CueRecall, delay 200) with mindloop, PPO and the two references, seed 1, 1,024 env steps,
+4 BC updates, 4 evaluation episodes, two runs at once. ``--tasks`` / ``--contenders`` widen it.
 
 The last line is ``headline: cuerecall200_mindloop_success=<rate> (target >=0.9)``.
 """
@@ -81,6 +86,10 @@ FULL_BUDGET = 20_000
 SLOW_TASK_BUDGET = 6_000
 """MyoElbowReach renders MyoSuite's bone meshes (~40 steps/s here): a smaller budget."""
 QUICK_BUDGET = 1_024
+QUICK_TASKS = ("mindloop/CueRecall-v0",)
+"""``--quick``'s default tasks: the headline's."""
+QUICK_CONTENDERS = ("mindloop", "sb3-ppo", "random", "expert")
+"""``--quick``'s default contenders: the headline target's pair and the references."""
 BC_UPDATES = 1000
 """Behaviour-cloning steps of the mindloop contenders (train.py's default)."""
 SB3_LR = 3e-4
@@ -197,7 +206,9 @@ than the expert's, and what they take is counted: PPO gets the rest)."""
 
 
 # "+latent": BC also regresses the expert's latent (bc.expert_latent_coef, train.py's default)
-MINDLOOP_RECIPE = f"demos{DEMO_SHARE}+dagger{DAGGER_SHARE}+ppo-rest+latent"
+# "+counted": the demonstrations count towards run.max_env_steps, and demonstrations and DAgger
+# count every env step taken (results before it gave mindloop its demonstrations for free)
+MINDLOOP_RECIPE = f"demos{DEMO_SHARE}+dagger{DAGGER_SHARE}+ppo-rest+latent+counted"
 """The mindloop contenders' recipe, as it appears in the result keys."""
 
 
@@ -205,8 +216,7 @@ def run_mindloop(spec: RunSpec, run_dir: Path) -> RunResult:
     """mindloop's pipeline (``--algo bc+ppo``, memory on, train.py's recipe): expert
     demonstrations recorded first (a Minari dataset, the trainer's own ``bc.dataset``
     option), DAgger rounds, then PPO on what ``run.max_env_steps`` leaves."""
-    from agent.datasets import collect_expert_dataset
-    from agent.demonstrations import load_episodes
+    from agent.datasets import collect_expert_dataset, recording_env_steps
     from agent.training import demonstration_seed, train
 
     t0 = time.perf_counter()
@@ -239,7 +249,7 @@ def run_mindloop(spec: RunSpec, run_dir: Path) -> RunResult:
         num_envs=min(spec.num_envs, episodes),
         overwrite=True,
     )
-    demo_steps = sum(len(e) for e in load_episodes(demos))
+    demo_steps = recording_env_steps(demos)  # what the trainer counts for them
     config.bc.dataset = str(demos)
     config.bc.episodes = episodes
     config.bc.updates = spec.bc_updates
@@ -524,14 +534,19 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--quick", action="store_true", help="1 seed, ~1k-step budgets, 4 eval episodes"
+        "--quick",
+        action="store_true",
+        help="under a minute: the headline task, 4 contenders, 1 seed, 1k steps, 2 jobs",
     )
-    parser.add_argument("--tasks", nargs="+", default=list(envs.TASK_IDS))
+    parser.add_argument(
+        "--tasks", nargs="+", default=None, help="default every task (quick: CueRecall)"
+    )
     parser.add_argument(
         "--contenders",
         nargs="+",
-        default=list(CONTENDERS),
+        default=None,
         choices=CONTENDERS + EXTRA_CONTENDERS,
+        help=f"default {' '.join(CONTENDERS)} (quick: {' '.join(QUICK_CONTENDERS)})",
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="default 1 2 (quick: 1)")
     parser.add_argument("--budget", type=int, default=None, help="env steps per run, every task")
@@ -541,7 +556,7 @@ def main(argv: list[str] | None = None) -> None:
         "--bc-updates",
         type=int,
         default=None,
-        help=f"mindloop's BC steps (default {BC_UPDATES}; quick 20)",
+        help=f"mindloop's BC steps (default {BC_UPDATES}; quick 4)",
     )
     parser.add_argument(
         "--think-cost",
@@ -555,19 +570,24 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="ppo.anchor_coef of the mindloop contenders (default: train.py's)",
     )
-    parser.add_argument("--jobs", type=int, default=1, help="runs at once (processes)")
+    parser.add_argument(
+        "--jobs", type=int, default=None, help="runs at once (processes; default 1, quick 2)"
+    )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument(
         "--runs-dir", type=Path, default=None, help="run directories (default: a temp dir)"
     )
     args = parser.parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])
+    args.tasks = args.tasks or list(QUICK_TASKS if args.quick else envs.TASK_IDS)
+    args.contenders = args.contenders or list(QUICK_CONTENDERS if args.quick else CONTENDERS)
+    args.jobs = args.jobs or (2 if args.quick else 1)
     for task in args.tasks:
         if task not in envs.TASK_IDS:
             parser.error(f"unknown task {task!r}; choose from: {', '.join(envs.TASK_IDS)}")
     args.seeds = args.seeds or ([1] if args.quick else [1, 2])
     args.eval_episodes = args.eval_episodes or (4 if args.quick else 20)
-    args.bc_updates = args.bc_updates or (20 if args.quick else BC_UPDATES)
+    args.bc_updates = args.bc_updates or (4 if args.quick else BC_UPDATES)
     out = args.out or (OUT.with_name("learning_quick.json") if args.quick else OUT)
 
     import tempfile

@@ -82,7 +82,7 @@ def test_label_smoothing_spreads_mass():
 def test_sequence_sampler_lanes_follow_episodes():
     envs, _ = make("mindloop_test/TinyAnswer-v0")
     try:
-        episodes = collect_episodes(envs, 10, seeds=env_seeds(0, 8))
+        episodes, _ = collect_episodes(envs, 10, seeds=env_seeds(0, 8))
     finally:
         envs.close()
     sampler = SequenceSampler(episodes, lanes=3, seq_len=7, gamma=0.9, seed=0)
@@ -102,7 +102,7 @@ def test_bc_reaches_high_agreement_with_the_expert(think):
     the held-out answers right; the recurrent core has to carry the token over the wait."""
     envs, agent = make("mindloop_test/TinyAnswer-v0", k_max=1)
     try:
-        episodes = collect_episodes(envs, 120, seeds=env_seeds(0, 8))
+        episodes, _ = collect_episodes(envs, 120, seeds=env_seeds(0, 8))
     finally:
         envs.close()
     train, held = split_episodes(episodes, 0.2, seed=0)
@@ -146,7 +146,7 @@ def test_bc_learns_to_read_the_expert_latent_from_the_state(think, frames):
     and with the weight at 0 there is no readout and no loss."""
     envs, agent = make("mindloop_test/TinyAnswer-v0", k_max=1)
     try:
-        episodes = collect_episodes(envs, 60, seeds=env_seeds(0, 8))
+        episodes, _ = collect_episodes(envs, 60, seeds=env_seeds(0, 8))
     finally:
         envs.close()
     assert all(e.expert_latents.shape == (len(e), 3) for e in episodes)
@@ -172,7 +172,7 @@ def test_bc_continuous_agreement():
     """Muscle-style Beta heads: deterministic actions match the expert's closely."""
     envs, agent = make("mindloop_test/TinyReach-v0", k_max=0)
     try:
-        episodes = collect_episodes(envs, 150, seeds=env_seeds(0, 8))
+        episodes, _ = collect_episodes(envs, 150, seeds=env_seeds(0, 8))
     finally:
         envs.close()
     train, held = split_episodes(episodes, 0.2, seed=0)
@@ -188,7 +188,7 @@ def test_bc_continuous_agreement():
 def test_dagger_collects_learner_states_with_expert_labels():
     envs, agent = make("mindloop_test/TinyReach-v0", k_max=0, num_envs=2)
     try:
-        episodes = collect_episodes(envs, 4, seeds=[0, 1], agent=agent)
+        episodes, _ = collect_episodes(envs, 4, seeds=[0, 1], agent=agent)
     finally:
         envs.close()
     ep = episodes[0]
@@ -198,7 +198,8 @@ def test_dagger_collects_learner_states_with_expert_labels():
 
 def test_dagger_takes_each_envs_share_not_the_first_finished():
     """Each env gives its first (episodes + i) // N episodes: an env whose episodes are long
-    (the learner failing until the time limit) is not crowded out by a fast one."""
+    (the learner failing until the time limit) is not crowded out by a fast one. The env
+    steps returned are every env's, the dropped episodes' too."""
     from gymnasium.vector import SyncVectorEnv
 
     from agent.vector import AUTORESET_MODE
@@ -211,18 +212,21 @@ def test_dagger_takes_each_envs_share_not_the_first_finished():
     )
     _, agent = make("mindloop_test/TinyReach-v0", k_max=0, num_envs=1)
     try:
-        episodes = collect_episodes(envs, 4, seeds=[0, 1], agent=agent)
+        episodes, steps = collect_episodes(envs, 4, seeds=[0, 1], agent=agent)
     finally:
         envs.close()
     assert sorted(len(e) for e in episodes) == [3, 3, 12, 12]
+    # the cost: both envs stepped until the slow one's 2nd episode ended (24 vector steps),
+    # the fast one's 6 further episodes dropped
+    assert steps == 2 * 24
 
 
 def test_dagger_mixture_beta_one_is_the_expert():
     """beta = 1: every executed action is the expert's, whatever the learner would do."""
     envs, agent = make("mindloop_test/TinyReach-v0", k_max=0, num_envs=4)
     try:
-        mixed = collect_episodes(envs, 8, seeds=[0, 1, 2, 3], agent=agent, beta=1.0)
-        expert = collect_episodes(envs, 8, seeds=[0, 1, 2, 3])
+        mixed, _ = collect_episodes(envs, 8, seeds=[0, 1, 2, 3], agent=agent, beta=1.0)
+        expert, _ = collect_episodes(envs, 8, seeds=[0, 1, 2, 3])
     finally:
         envs.close()
     assert all(e.success for e in mixed)

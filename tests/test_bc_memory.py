@@ -143,7 +143,7 @@ def test_expert_memory_ops_are_recorded_and_absent_for_other_tasks():
         EnvConfig(id="mindloop_test/TinyRecall-v0", num_envs=2, vectorization="sync")
     )
     try:
-        episodes = collect_episodes(envs, 2, seeds=[0, 1])
+        episodes, _ = collect_episodes(envs, 2, seeds=[0, 1])
     finally:
         envs.close()
     ops = episodes[0].memory_ops
@@ -165,7 +165,7 @@ def test_tasks_without_memory_labels_collect_without_them(vectorization):
         assert every_env_has(reach, "expert_action", "get_state")
         assert not every_env_has(reach, "expert_action", "expert_memory_op")
         assert expert_memory_ops(reach) is None
-        episodes = collect_episodes(reach, 2, seeds=[0, 1])
+        episodes, _ = collect_episodes(reach, 2, seeds=[0, 1])
         assert all(e.memory_ops is None for e in episodes)
     finally:
         reach.close()
@@ -178,8 +178,8 @@ def train_recall(updates: int, think: str = "ponder"):
     envs = make_vector_env(cfg)
     try:
         agent = make_agent(envs)
-        train_eps = collect_episodes(envs, 160, seeds=env_seeds(0, 8))
-        held_out = collect_episodes(envs, 48, seeds=env_seeds(500, 8))
+        train_eps, _ = collect_episodes(envs, 160, seeds=env_seeds(0, 8))
+        held_out, _ = collect_episodes(envs, 48, seeds=env_seeds(500, 8))
     finally:
         envs.close()
     bc = BCConfig(updates=updates, batch_envs=16, seq_len=8, lr=3e-3, warmup=0, think=think)

@@ -105,6 +105,24 @@ def test_max_env_steps_budgets_the_whole_run(tmp_path):
     assert spent.env_steps == bc_steps and spent.success_rate is not None
 
 
+def test_demonstrations_count_alike_recorded_here_or_given_as_bc_dataset(tmp_path):
+    """The BC data's env steps count towards the run whether the run recorded it or was
+    handed it (``bc.dataset``), and they are what recording took: every env of the vector env
+    steps until the last episode is done, so more than the episodes' frames."""
+    from agent.datasets import recording_env_steps
+    from agent.demonstrations import load_episodes
+
+    recorded_here = train(tiny_config(tmp_path / "here"))
+    demos = recorded_here.run_dir / "demos"
+    steps = recording_env_steps(demos)
+    frames = sum(len(e) for e in load_episodes(demos))
+    assert steps is not None and steps >= frames and steps % 4 == 0  # 4 envs step together
+    cfg = tiny_config(tmp_path / "given")
+    cfg.bc.dataset = str(demos)
+    given = train(cfg)
+    assert given.env_steps == recorded_here.env_steps  # same seeds: same DAgger and PPO
+
+
 @pytest.mark.parametrize("algo", BASELINE_ALGOS)
 def test_baseline_algos_run_end_to_end(algo, tmp_path):
     cfg = tiny_config(tmp_path / "run", algo)
