@@ -16,8 +16,7 @@ Eviction when full (a ``set`` with no free slot): the item with the smallest sta
 With ``lru`` the stamp is refreshed on every ``get`` that returns the item (with
 ``get_topk`` > 1, every item the read blends; least recently used goes), with ``fifo`` it is
 the insertion time (oldest goes). Each write (a ``set``, each item of a nap) has its own
-clock tick, so insertion stamps never tie.
-The store never exceeds its capacity.
+clock tick, so insertion stamps never tie. The store never exceeds its capacity.
 """
 
 from __future__ import annotations
