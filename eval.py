@@ -61,7 +61,7 @@ class EvalConfig:
     overwrite: bool = False
     """Replace an existing --record directory."""
     device: str = "cpu"
-    """Torch device for a checkpoint's agent (auto, cpu, cuda)."""
+    """Torch device for a checkpoint's agent (auto, cpu, cuda, cuda:N)."""
 
     def __post_init__(self) -> None:
         if self.checkpoint is not None and self.policy is not None:

@@ -224,7 +224,7 @@ def sb3_algo_kwargs(config: TrainConfig) -> dict[str, Any]:
         target_kl=ppo.target_kl,
         # SB3 reseeds the VecEnv with this (seed + i per env): the run's env block
         seed=derived_seed(config.run.seed, SEED_ENVS),
-        device=config.run.device,  # auto, cpu, cuda: the same names in SB3
+        device=config.run.device,  # auto, cpu, cuda, cuda:N: the same names in SB3
         verbose=0,
     )
 

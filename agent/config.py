@@ -14,6 +14,7 @@ The core, think and memory configs are the ones their modules define (``agent.co
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -35,7 +36,17 @@ audio net cost ~40% of the encoders' defaults per trained frame (measured, 1 thr
 is what lets ``python train.py`` finish in 10 minutes on 2 cores."""
 VECTORIZATIONS = ("async", "sync")
 START_METHODS = ("forkserver", "spawn", "fork")
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda", "cuda:N")
+"""Device names: auto (CUDA when available), cpu, cuda, or one CUDA device by index."""
+
+
+def check_device_name(option: str, device: str) -> None:
+    """One-line ``ValueError`` naming ``option`` unless ``device`` is one of :data:`DEVICES`
+    (``cuda:N`` with a number N). Whether the machine has it is checked where it is used."""
+    if device not in DEVICES[:-1] and re.fullmatch(r"cuda:\d+", device) is None:
+        raise ValueError(f"unknown {option} {device!r}; choose from: {', '.join(DEVICES)}")
+
+
 LR_SCHEDULES = ("linear", "constant")
 BC_THINK_MODES = ("ponder", "sampled")
 LATENT_FRAMES = ("all", "onset")
@@ -289,7 +300,8 @@ class RunConfig:
     """Seed of torch, numpy and python; the envs, demonstrations and DAgger rollouts draw from
     blocks derived from it (``agent.vector.derived_seed``: seeds 1 and 2 share no episode)."""
     device: str = "auto"
-    """auto (cuda if available), cpu or cuda."""
+    """auto (cuda if available), cpu, cuda, or cuda:N (one GPU; under torchrun each rank
+    takes cuda:LOCAL_RANK, so give cuda)."""
     threads: int = 1
     """torch intra-op threads (0: torch's default). 1 by default: with env workers on the same
     cores, 2 threads ran BC ~20x slower on a busy 2-core machine (measured)."""
@@ -317,7 +329,7 @@ class RunConfig:
     budget-matched comparisons (``benchmarks/learning.py``)."""
 
     def __post_init__(self) -> None:
-        _check_choice("run.device", self.device, DEVICES)
+        check_device_name("run.device", self.device)
         _check_min("run", self, ("threads", "eval_episodes", "eval_every"), 0)
         _check_min("run", self, ("checkpoint_every", "keep_checkpoints"), 1)
         if self.max_env_steps is not None and self.max_env_steps < 1:

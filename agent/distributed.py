@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from agent.config import DEVICES
+from agent.config import check_device_name
 
 
 @dataclass(frozen=True)
@@ -48,25 +48,41 @@ def launch_rank() -> int:
 
 
 def resolve_device(device: str, option: str = "run.device") -> torch.device:
-    """``auto`` (CUDA when available), ``cpu`` or ``cuda`` as a torch device; a one-line
-    ``ValueError`` naming ``option`` (the flag the user set) for an unknown name or for
-    ``cuda`` on a machine without one. Shared by train.py and eval.py so both say the same."""
-    if device not in DEVICES:
-        raise ValueError(f"unknown {option} {device!r}; choose from: {', '.join(DEVICES)}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"{option} is cuda but no CUDA device is available; use cpu or auto")
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    return torch.device("cuda" if use_cuda else "cpu")
+    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N`` as a torch device; a
+    one-line ``ValueError`` naming ``option`` (the flag the user set) for an unknown name, for
+    CUDA on a machine without it, or for a GPU index it does not have. Shared by train.py and
+    eval.py so both say the same."""
+    check_device_name(option, device)
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"{option} is {device} but no CUDA device is available; use cpu or auto"
+            )
+        index = int(device.split(":")[1]) if ":" in device else None
+        if index is not None and index >= torch.cuda.device_count():
+            raise ValueError(
+                f"{option} is {device} but this machine has {torch.cuda.device_count()} CUDA "
+                f"device(s): cuda:0..cuda:{torch.cuda.device_count() - 1}"
+            )
+        return torch.device(device)
+    return torch.device("cuda" if device == "auto" and torch.cuda.is_available() else "cpu")
 
 
 def init_distributed(device: str = "auto") -> tuple[DistInfo, torch.device]:
     """Join the torchrun process group if launched by torchrun; pick this rank's device.
 
-    ``device``: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+    ``device``: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N`` (one process
+    only: under torchrun each rank takes ``cuda:LOCAL_RANK``).
     """
-    use_cuda = resolve_device(device).type == "cuda"
+    resolved = resolve_device(device)
     if not launched_by_torchrun():
-        return DistInfo(), torch.device("cuda" if use_cuda else "cpu")
+        return DistInfo(), resolved
+    if ":" in device:
+        raise ValueError(
+            f"run.device is {device}, but under torchrun each rank takes cuda:LOCAL_RANK; "
+            "use --run.device cuda (or auto) and choose GPUs with CUDA_VISIBLE_DEVICES"
+        )
+    use_cuda = resolved.type == "cuda"
     rank, world = launch_rank(), int(os.environ["WORLD_SIZE"])
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if use_cuda:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -84,3 +85,44 @@ def test_all_gather_cat_single_process_is_identity():
     x = torch.arange(6.0).reshape(3, 2)
     assert torch.equal(all_gather_cat(x, DistInfo()), x)
     assert all_reduce_mean(2.5, DistInfo()) == 2.5
+
+
+@pytest.mark.parametrize(
+    ("device", "cuda_devices", "expected"),
+    [
+        ("cpu", 2, "cpu"),
+        ("auto", 0, "cpu"),
+        ("auto", 2, "cuda"),
+        ("cuda", 2, "cuda"),
+        ("cuda:1", 2, "cuda:1"),  # one GPU by index, as in SB3 and LeRobot
+        ("cuda:2", 2, "this machine has 2 CUDA device(s): cuda:0..cuda:1"),
+        ("cuda:0", 0, "run.device is cuda:0 but no CUDA device is available; use cpu or auto"),
+        ("gpu", 2, "unknown run.device 'gpu'; choose from: auto, cpu, cuda, cuda:N"),
+        ("cuda:x", 2, "unknown run.device 'cuda:x'"),
+    ],
+)
+def test_device_names_resolve_or_fail_in_one_line(device, cuda_devices, expected, monkeypatch):
+    from agent.config import RunConfig
+    from agent.distributed import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda_devices > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: cuda_devices)
+    if " " in expected:  # an error message
+        with pytest.raises(ValueError, match=re.escape(expected)):
+            resolve_device(device)
+    else:
+        assert resolve_device(device) == torch.device(expected)
+    if expected.startswith("unknown"):  # the config says it too, before anything runs
+        with pytest.raises(ValueError, match=re.escape(expected)):
+            RunConfig(device=device)
+
+
+def test_cuda_index_under_torchrun_is_one_line_error(monkeypatch):
+    from agent.distributed import init_distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=r"each rank takes cuda:LOCAL_RANK; use --run.device cuda"):
+        init_distributed("cuda:1")

@@ -246,7 +246,7 @@ def test_cli_checkpoint(tmp_path, capsys):
         (["--checkpoint", "/no/such/run"], "no checkpoint at '/no/such/run'"),
         (  # checked before the checkpoint is read (train.py's check, named for eval.py)
             ["--checkpoint", "/no/such/run", "--device", "foo"],
-            "unknown --device 'foo'; choose from: auto, cpu, cuda",
+            "unknown --device 'foo'; choose from: auto, cpu, cuda, cuda:N",
         ),
         (["--policy", "expert", "--video", "out.avi"], "video path must end in .mp4"),
         (["replay", "/no/such/record"], "record /no/such/record does not exist"),
