@@ -193,9 +193,9 @@ def load_demonstrations(path: str | os.PathLike, *, only_success: bool = False) 
 
 def recording_env_steps(path: str | os.PathLike) -> int | None:
     """Env steps it took to record the dataset at ``path`` (None if it does not say: written
-    by ``eval.py --record`` or an earlier version). A vector env steps every env until the
-    last episode ends, so this is more than the episodes' frames; a run that trains on the
-    dataset counts it against its env-step budget."""
+    by an earlier version). A vector env steps every env until the last episode ends, so
+    this is more than the episodes' frames; a run that trains on the dataset counts it
+    against its env-step budget."""
     steps = record_metadata(path).get("env_steps_simulated")
     return None if steps is None else int(steps)
 

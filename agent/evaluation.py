@@ -757,6 +757,8 @@ def evaluate_and_save(
             result.observation_space,
             result.action_space,
             policy=result.policy,
+            # what recording took: a run training on the record counts it (as for demos)
+            extra_metadata={"env_steps_simulated": result.env_steps_simulated},
             overwrite=overwrite,
         )
         log(

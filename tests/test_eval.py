@@ -214,6 +214,10 @@ def test_cli_expert_video_record_json_and_replay(tmp_path, capsys):
     assert "success 100.0%" in out and f"video: {video}" in out and f"record: {rec}" in out
     assert video.stat().st_size > 0 and (rec / "data" / "metadata.json").is_file()
     assert json.loads(js.read_text())["summary"]["episodes"] == 2
+    # a run given the record as bc.dataset counts the env steps it took (1 env: its frames)
+    from agent.datasets import load_demonstrations, recording_env_steps
+
+    assert recording_env_steps(rec) == len(load_demonstrations(rec))
     code, out, _ = run_cli(["replay", rec, "--video", tmp_path / "r.mp4", "--size", 128], capsys)
     assert code == 0 and (tmp_path / "r.mp4").stat().st_size > 0
 
