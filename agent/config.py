@@ -43,7 +43,7 @@ DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 def check_device_name(option: str, device: str) -> None:
     """One-line ``ValueError`` naming ``option`` unless ``device`` is one of :data:`DEVICES`
     (``cuda:N`` with a number N). Whether the machine has it is checked where it is used."""
-    if device not in DEVICES[:-1] and re.fullmatch(r"cuda:\d+", device) is None:
+    if device not in ("auto", "cpu", "cuda") and re.fullmatch(r"cuda:\d+", device) is None:
         raise ValueError(f"unknown {option} {device!r}; choose from: {', '.join(DEVICES)}")
 
 

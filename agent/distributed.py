@@ -58,11 +58,11 @@ def resolve_device(device: str, option: str = "run.device") -> torch.device:
             raise ValueError(
                 f"{option} is {device} but no CUDA device is available; use cpu or auto"
             )
-        index = int(device.split(":")[1]) if ":" in device else None
-        if index is not None and index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        if ":" in device and int(device.split(":")[1]) >= count:
             raise ValueError(
-                f"{option} is {device} but this machine has {torch.cuda.device_count()} CUDA "
-                f"device(s): cuda:0..cuda:{torch.cuda.device_count() - 1}"
+                f"{option} is {device} but this machine has {count} CUDA device(s): "
+                f"cuda:0..cuda:{count - 1}"
             )
         return torch.device(device)
     return torch.device("cuda" if device == "auto" and torch.cuda.is_available() else "cpu")
