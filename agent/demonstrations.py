@@ -35,7 +35,6 @@ from agent.agent import MindloopAgent
 from agent.memory import OP_GET, OP_NAMES, OP_NONE, OP_SET
 from agent.vector import (
     call_if_every_env_has,
-    episode_quota,
     every_env_has,
     expert_actions,
     expert_latents,
@@ -143,15 +142,22 @@ def collect_episodes(
 ) -> tuple[list[Episode], int]:
     """Run ``envs`` until ``episodes`` complete episodes, every frame labelled by the expert.
 
-    Returns the episodes and the env steps taken: vector steps x ``N``, more than the
-    episodes' frames, because envs past their quota keep stepping until the last one is done
-    and the episodes they are in are dropped (what a budget must count).
+    Episodes are handed out in the order they start: the first ``episodes`` episodes to
+    start are the ones returned, each run to its end, whichever env runs it. Which episodes
+    are kept is decided before anything about them is known, so with i.i.d. episodes the
+    sample is unbiased; taking whichever *finish* first instead would favour short episodes,
+    and the long ones, often failures, are what DAgger needs. Unlike a fixed quota per env
+    (SB3's ``evaluate_policy`` rule, which :func:`agent.rollout.run_episodes` keeps for
+    evaluation), an env never waits for the others while it has episodes left to run: only
+    the last episodes' tail is stepped for nothing.
+
+    Returns the episodes and the env steps taken: vector steps x ``N``, a little more than
+    the episodes' frames, because the envs whose last episode is done keep stepping until
+    every kept episode is (what a budget must count).
 
     Args:
         envs: a ``SAME_STEP`` vector env of a task with ``expert_action()``.
-        episodes: complete episodes to return: env i's first ``(episodes + i) // N`` (the
-            rule of :func:`agent.rollout.run_episodes`; taking whichever finish first would
-            favour short episodes, and the long ones, often failures, are what DAgger needs).
+        episodes: complete episodes to return.
         seeds: per-env seeds for the first reset (None: continue from the envs' RNGs).
         agent: None: the expert acts (demonstrations). An agent: it acts and the expert
             only labels (DAgger), so the data covers the states the learner really visits.
@@ -162,7 +168,10 @@ def collect_episodes(
         seed: seeds the mixture draws.
     """
     n = envs.num_envs
-    quota = episode_quota(episodes, n)  # per env, sums to episodes
+    # (N,) whether the episode env i is in is one of those returned; the first ``episodes``
+    # to start are, so with fewer episodes than envs the last envs run none
+    kept = np.arange(n) < episodes
+    started = int(kept.sum())
     obs, _ = envs.reset(seed=seeds)
     buffers: list[list[tuple[dict, dict, float, int, np.ndarray | None]]] = [[] for _ in range(n)]
     out: list[Episode] = []
@@ -173,7 +182,7 @@ def collect_episodes(
     with_ops = every_env_has(envs, "expert_memory_op")
     with_latents = every_env_has(envs, "expert_latent")
     vector_steps = 0
-    while len(out) < episodes:  # envs past their quota keep stepping (one vector step)
+    while len(out) < episodes:  # envs with no kept episode keep stepping (one vector step)
         labels = expert_actions(envs)  # (N, ...) per key
         op_labels = expert_memory_ops(envs, probe=False) if with_ops else None  # (N,)
         latents = expert_latents(envs, probe=False) if with_latents else None  # (N, d)
@@ -189,7 +198,7 @@ def collect_episodes(
                 }
         step = step_vector_env(envs, actions)
         vector_steps += 1
-        for i in range(n):
+        for i in np.flatnonzero(kept):
             frame_obs = {k: np.array(v[i], copy=True) for k, v in obs.items()}
             frame_act = {k: np.array(v[i], copy=True) for k, v in labels.items()}
             op = -1 if op_labels is None else int(op_labels[i])
@@ -197,9 +206,12 @@ def collect_episodes(
             buffers[i].append((frame_obs, frame_act, float(step.reward[i]), op, latent))
         for i in np.flatnonzero(step.done):
             frames, buffers[i] = buffers[i], []
-            if quota[i] == 0:
+            was_kept = kept[i]
+            # env i's next episode (autoreset: it starts now) is kept if any are left to hand out
+            kept[i] = started < episodes
+            started += int(kept[i])
+            if not was_kept:
                 continue
-            quota[i] -= 1
             out.append(
                 Episode(
                     obs={k: np.stack([f[0][k] for f in frames]) for k in frames[0][0]},

@@ -275,7 +275,7 @@ def main() -> None:
             beta=beta, seed=r,
         )  # fmt: skip
         envs.close()
-        env_steps += steps  # the dropped episodes of envs past their quota too
+        env_steps += steps  # every env's steps, those past the last kept episode too
         sampler.add(new)
         trainer.train(sampler, a.dagger_updates, total_updates=total)
     agreement = action_agreement(agent, held_out[:20])

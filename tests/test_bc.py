@@ -196,29 +196,40 @@ def test_dagger_collects_learner_states_with_expert_labels():
     np.testing.assert_allclose(ep.actions["muscles"], ep.obs["proprio"][:, :2], atol=1e-6)
 
 
-def test_dagger_takes_each_envs_share_not_the_first_finished():
-    """Each env gives its first (episodes + i) // N episodes: an env whose episodes are long
-    (the learner failing until the time limit) is not crowded out by a fast one. The env
-    steps returned are every env's, the dropped episodes' too."""
+@pytest.mark.parametrize(
+    ("lengths", "episodes", "kept_lengths", "vector_steps"),
+    [
+        # the fast env runs the 2nd-4th episodes to start while the slow one runs the 1st,
+        # which is kept though four short ones finish before it (12 vector steps, not 24)
+        ((3, 12), 4, [3, 3, 3, 12], 12),
+        # fewer episodes than envs: the first env's episode is the one, the fast env's
+        # episodes that finish first are not
+        ((12, 3), 1, [12], 12),
+    ],
+)
+def test_dagger_keeps_the_first_episodes_to_start_not_the_first_to_finish(
+    lengths: tuple[int, int], episodes: int, kept_lengths: list[int], vector_steps: int
+):
+    """The episodes returned are the first to start, each run to its end: the sample does not
+    favour short episodes (the learner's long failures are what DAgger needs), and no env
+    idles while episodes are left to run. The env steps returned are every env's."""
     from gymnasium.vector import SyncVectorEnv
 
     from agent.vector import AUTORESET_MODE
     from tests.tiny_envs import TinyReachEnv
 
-    lengths = (3, 12)  # gain 0: the hand never moves, every episode ends at its time limit
+    # gain 0: the hand never moves, every episode ends at its time limit
     envs = SyncVectorEnv(
         [lambda n=n: TinyReachEnv(max_steps=n, gain=0.0) for n in lengths],
         autoreset_mode=AUTORESET_MODE,
     )
     _, agent = make("mindloop_test/TinyReach-v0", k_max=0, num_envs=1)
     try:
-        episodes, steps = collect_episodes(envs, 4, seeds=[0, 1], agent=agent)
+        out, steps = collect_episodes(envs, episodes, seeds=[0, 1], agent=agent)
     finally:
         envs.close()
-    assert sorted(len(e) for e in episodes) == [3, 3, 12, 12]
-    # the cost: both envs stepped until the slow one's 2nd episode ended (24 vector steps),
-    # the fast one's 6 further episodes dropped
-    assert steps == 2 * 24
+    assert sorted(len(e) for e in out) == kept_lengths
+    assert steps == len(lengths) * vector_steps
 
 
 def test_dagger_mixture_beta_one_is_the_expert():
