@@ -32,7 +32,7 @@ thread per run; ``--jobs`` runs that many runs at once, each in its own process.
 runs with ``delay_steps=200`` (the issue's target setting).
 
 The budget is that of ``python train.py``'s default run (MuscleReach: 500 demonstrations, 2
-DAgger rounds and 8k PPO steps, 18.4k env steps in all, 100% success): 20k env steps per run
+DAgger rounds and 8k PPO steps, 18.2k env steps in all, 100% success): 20k env steps per run
 (6k on MyoElbowReach, whose bone meshes render at ~40 steps/s), 20 evaluation episodes, seeds
 1 and 2: 6 tasks x 4 trained contenders x 2 seeds = 48 runs, ~1.5 hours on the 2 shared
 cores of the development machine with ``--jobs 2`` (behaviour cloning costs wall time, not
@@ -199,7 +199,7 @@ still learns where thinking does not lower the loss."""
 
 DEMO_SHARE = 0.35
 """Share of a mindloop run's budget spent on expert demonstrations (train.py's default run
-on MuscleReach: 6.9k of 18.4k env steps)."""
+on MuscleReach: 6.9k of 18.2k env steps)."""
 DAGGER_SHARE = 0.15
 """Share planned for the DAgger rollouts (2 rounds; the learner's episodes can run longer
 than the expert's, and what they take is counted: PPO gets the rest)."""
