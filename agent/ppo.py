@@ -232,7 +232,7 @@ class PPOTrainer:
             )
         calls = memory_calls(info).float().cpu()
         think = info.think_steps.float().cpu()
-        reward = env_r - self.cfg.think_cost * think - self.memory_cost * calls
+        reward = env_r - self.costs(think, calls)
         buf.rewards.append(reward + self._truncation_bootstrap(step, new_state))
         buf.env_rewards.append(env_r)
         buf.actions.append({k: v.cpu() for k, v in actions.items()})
@@ -422,6 +422,10 @@ class PPOTrainer:
 
     # ------------------------------------------------------------------ one iteration
 
+    def costs(self, think_steps: torch.Tensor, memory_calls: torch.Tensor) -> torch.Tensor:
+        """What thinking and memory calls cost, subtracted from the env reward (same shape)."""
+        return self.cfg.think_cost * think_steps + self.memory_cost * memory_calls
+
     def iterate(self) -> dict[str, float]:
         """Collect one rollout and update; returns rollout + loss metrics."""
         t0 = time.perf_counter()
@@ -433,7 +437,11 @@ class PPOTrainer:
             think_steps=float(rollout.think_steps.mean()),
             memory_calls=float(rollout.memory_calls.mean()),
             reward=float(rollout.env_rewards.mean()),
-            reward_shaped=float(rollout.rewards.mean()),
+            # what PPO maximizes, without the truncation bootstrap that ``rewards`` also
+            # holds (a critic value, not a reward)
+            reward_shaped=float(
+                (rollout.env_rewards - self.costs(rollout.think_steps, rollout.memory_calls)).mean()
+            ),
             rollout_seconds=t1 - t0,
             update_seconds=t2 - t1,
             fps=rollout.num_steps / max(t2 - t0, 1e-9),

@@ -203,6 +203,19 @@ def test_rollout_metrics_are_reported():
         assert key in m and np.isfinite(m[key]), key
 
 
+
+def test_reported_reward_with_costs_is_the_env_reward_minus_costs_only():
+    """The ``reward_shaped`` metric (``charts/reward_with_costs``) is what thinking costs the
+    reward, not the truncation bootstrap (a critic value) that the rollout's rewards hold."""
+    ppo = PPOConfig(total_steps=256, rollout_steps=32, bptt_steps=8, think_cost=0.25)
+    trainer, envs = make_trainer("mindloop_test/TinyReach-v0", ppo, k_max=2, num_envs=2)
+    try:
+        m = trainer.iterate()
+    finally:
+        envs.close()
+    assert m["think_steps"] > 0
+    assert m["reward_shaped"] == pytest.approx(m["reward"] - 0.25 * m["think_steps"], abs=1e-6)
+
 def _anchor_ppo(anchor: float) -> PPOConfig:
     return PPOConfig(
         total_steps=8 * 32 * 6, rollout_steps=32, bptt_steps=8, lr=3e-3, think_cost=0.0,
