@@ -330,7 +330,13 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         check_device_name("run.device", self.device)
-        _check_min("run", self, ("threads", "eval_episodes", "eval_every"), 0)
+        _check_min("run", self, ("seed", "threads", "eval_episodes", "eval_every"), 0)
+        if self.eval_every and not self.eval_episodes:
+            raise ValueError(
+                f"run.eval_every={self.eval_every} evaluates during training, but "
+                "run.eval_episodes=0 asks for no episodes; give --run.eval-episodes N >= 1, "
+                "or --run.eval-every 0"
+            )
         _check_min("run", self, ("checkpoint_every", "keep_checkpoints"), 1)
         if self.max_env_steps is not None and self.max_env_steps < 1:
             raise ValueError(

@@ -227,6 +227,11 @@ BAD_INPUT = [
     (["--ppo.bptt-steps", "7"], ["bptt_steps=7"]),
     (["--bc.expert-latent-frames", "last"], ["last", "all", "onset"]),
     (["--ppo.clip", "-0.1"], ["ppo.clip", "-0.1"]),
+    (["--run.seed", "-1"], ["run.seed", "-1"]),
+    (
+        ["--run.eval-every", "2", "--run.eval-episodes", "0"],
+        ["run.eval_episodes=0", "eval-every 0"],
+    ),
     (["--algo", "sb3-ppo", "--agent.core.name", "transformer"], ["sb3-ppo", "agent.core.name"]),
     (["--algo", "sft-rl"], ["sft-rl", "text", "muscles"]),  # MuscleReach answers with muscles
     (["--bc.dataset", "/nonexistent/demos"], ["/nonexistent/demos", "does not exist"]),
