@@ -193,6 +193,7 @@ def check_config(config: TrainConfig) -> Baseline:
             f"--algo {config.algo} uses SB3's own networks and ignores {', '.join(ignored)}; "
             "drop them (only agent.encoders and agent.core.hidden_dim apply to the baselines)"
         )
+    sb3_algo_kwargs(config)  # its one-line errors too, before anything is written
     return baseline
 
 

@@ -233,6 +233,7 @@ BAD_INPUT = [
         ["run.eval_episodes=0", "eval-every 0"],
     ),
     (["--algo", "sb3-ppo", "--agent.core.name", "transformer"], ["sb3-ppo", "agent.core.name"]),
+    (["--algo", "sb3-ppo", "--ppo.minibatches", "3"], ["ppo.minibatches=3", "must divide"]),
     (["--algo", "sft-rl"], ["sft-rl", "text", "muscles"]),  # MuscleReach answers with muscles
     (["--bc.dataset", "/nonexistent/demos"], ["/nonexistent/demos", "does not exist"]),
     (["--env.kwargs", "bogus", "1"], ["'bogus'", "arm", "max_steps"]),
