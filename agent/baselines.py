@@ -90,7 +90,7 @@ from agent.config import (
 )
 from agent.distributed import resolve_device
 from agent.evaluation import EvalResult, SB3Policy, evaluate
-from agent.training import EVAL_SEED_OFFSET, evaluate_trained
+from agent.training import EVAL_SEED_OFFSET, check_budget_fits_an_update, evaluate_trained
 from agent.vector import SEED_ENVS, check_env_id, derived_seed
 from encoders.registry import Registry
 from encoders.sb3 import sb3_policy_kwargs
@@ -194,6 +194,7 @@ def check_config(config: TrainConfig) -> Baseline:
             "drop them (only agent.encoders and agent.core.hidden_dim apply to the baselines)"
         )
     sb3_algo_kwargs(config)  # its one-line errors too, before anything is written
+    check_budget_fits_an_update(config)
     return baseline
 
 
@@ -880,10 +881,14 @@ def default_run_dir(config: TrainConfig) -> Path:
 
 
 def baseline_steps(config: TrainConfig) -> int:
-    """Env steps an SB3 baseline trains for: ``ppo.total_steps``, capped by the run's
-    ``run.max_env_steps`` budget (the whole run is RL here)."""
+    """Env steps an SB3 baseline trains for, in whole rollouts of ``num_envs x
+    rollout_steps`` as mindloop's PPO counts its updates: ``ppo.total_steps`` worth (at least
+    one), or the whole rollouts within ``run.max_env_steps`` if fewer (SB3 would finish the
+    rollout that crosses ``total_timesteps``, past the budget)."""
+    per_rollout = config.ppo.rollout_steps * config.env.num_envs
+    steps = max(1, config.ppo.total_steps // per_rollout) * per_rollout
     budget = config.run.max_env_steps
-    return config.ppo.total_steps if budget is None else min(config.ppo.total_steps, budget)
+    return steps if budget is None else min(steps, budget // per_rollout * per_rollout)
 
 
 def train_sb3(

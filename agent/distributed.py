@@ -47,6 +47,11 @@ def launch_rank() -> int:
     return int(os.environ["RANK"]) if launched_by_torchrun() else 0
 
 
+def launch_world_size() -> int:
+    """Processes torchrun launched (1 when not launched by torchrun)."""
+    return int(os.environ["WORLD_SIZE"]) if launched_by_torchrun() else 1
+
+
 def resolve_device(device: str, option: str = "run.device") -> torch.device:
     """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N`` as a torch device; a
     one-line ``ValueError`` naming ``option`` (the flag the user set) for an unknown name, for

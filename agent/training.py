@@ -61,6 +61,7 @@ from agent.distributed import (
     broadcast_object,
     gather_objects,
     init_distributed,
+    launch_world_size,
     shutdown,
     wrap_model,
 )
@@ -311,6 +312,22 @@ def _demonstrations(run: Run) -> list[Episode]:
     return episodes
 
 
+def check_budget_fits_an_update(config: TrainConfig, world_size: int = 1) -> None:
+    """A one-line error when ``run.max_env_steps`` is less than one PPO update of a run that
+    starts with RL: it would train nothing (mindloop's PPO and the SB3 baselines alike step
+    in whole updates, so neither goes past the budget)."""
+    budget = config.run.max_env_steps
+    per_update = config.ppo.rollout_steps * config.env.num_envs * world_size
+    if budget is not None and budget < per_update:
+        ranks = f" x {world_size} processes" if world_size > 1 else ""
+        raise ValueError(
+            f"run.max_env_steps={budget} is less than one PPO update ({config.env.num_envs} "
+            f"envs x {config.ppo.rollout_steps} rollout steps{ranks} = {per_update} env "
+            "steps), so nothing would train; raise it, or lower --ppo.rollout-steps or "
+            "--env.num-envs"
+        )
+
+
 def ppo_updates(config: TrainConfig, phase_start_step: int, steps_per_update: int) -> int:
     """PPO updates of a phase that starts at env step ``phase_start_step``: ``ppo.total_steps``
     worth (at least one), or the whole updates left of ``run.max_env_steps`` if fewer."""
@@ -540,6 +557,8 @@ def check_before_writing(config: TrainConfig, algorithm: Algorithm) -> None:
             f"run.dir {str(run_dir)!r} already holds a run; continue it with --resume "
             f"{run_dir}, or choose a new --run.dir (or delete that one)"
         )
+    if algorithm.phases and algorithm.phases[0] in ("ppo", "sft-rl"):
+        check_budget_fits_an_update(config, launch_world_size())
     needs_dataset = "bc" in algorithm.phases and config.bc.dataset is not None
     if "sft-rl" not in algorithm.phases and not needs_dataset:
         return

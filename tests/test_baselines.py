@@ -339,6 +339,22 @@ def test_resume_continues_from_the_latest_checkpoint(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("total_steps", "budget", "steps"),
+    [(64, None, 64), (70, None, 64), (10, None, 32), (64, 50, 32), (64, 1000, 64)],
+)
+def test_baselines_train_whole_rollouts_within_the_budget(
+    total_steps: int, budget: int | None, steps: int, tmp_path: Path
+) -> None:
+    """As mindloop's PPO counts whole updates: ``ppo.total_steps`` worth of rollouts (2 envs x
+    16 steps here; at least one), never past ``run.max_env_steps`` (SB3 alone would finish
+    the rollout that crosses it)."""
+    from agent.baselines import baseline_steps
+
+    config = tiny_config("sb3-ppo", tmp_path, total_steps=total_steps, max_env_steps=budget)
+    assert baseline_steps(config) == steps
+
+
+@pytest.mark.parametrize(
     ("change", "match"),
     [
         ({"algo": "sb3-a2c"}, "unknown baseline 'sb3-a2c'"),

@@ -203,7 +203,6 @@ def test_rollout_metrics_are_reported():
         assert key in m and np.isfinite(m[key]), key
 
 
-
 def test_reported_reward_with_costs_is_the_env_reward_minus_costs_only():
     """The ``reward_shaped`` metric (``charts/reward_with_costs``) is what thinking costs the
     reward, not the truncation bootstrap (a critic value) that the rollout's rewards hold."""
@@ -215,6 +214,7 @@ def test_reported_reward_with_costs_is_the_env_reward_minus_costs_only():
         envs.close()
     assert m["think_steps"] > 0
     assert m["reward_shaped"] == pytest.approx(m["reward"] - 0.25 * m["think_steps"], abs=1e-6)
+
 
 def _anchor_ppo(anchor: float) -> PPOConfig:
     return PPOConfig(

@@ -228,6 +228,8 @@ BAD_INPUT = [
     (["--bc.expert-latent-frames", "last"], ["last", "all", "onset"]),
     (["--ppo.clip", "-0.1"], ["ppo.clip", "-0.1"]),
     (["--run.seed", "-1"], ["run.seed", "-1"]),
+    (["--algo", "ppo", "--run.max-env-steps", "10"], ["run.max_env_steps=10", "one PPO update"]),
+    (["--algo", "sb3-ppo", "--run.max-env-steps", "10"], ["run.max_env_steps=10", "8 envs"]),
     (
         ["--run.eval-every", "2", "--run.eval-episodes", "0"],
         ["run.eval_episodes=0", "eval-every 0"],
