@@ -70,6 +70,7 @@ from agent.checkpoint import (
     beats_best,
     checkpoint_root,
     evaluation_record,
+    load_tensors,
     load_trainer_state,
     optimizer_from_state,
     optimizer_to_state,
@@ -561,8 +562,6 @@ def load_sb3_policy(
     Returns ``(policy, train_config, sb3_meta)``; the policy is in eval mode and has SB3's
     ``predict(obs, state, episode_start, deterministic)``.
     """
-    from safetensors.torch import load_file
-
     ckpt = resolve_checkpoint(path)
     meta = read_checkpoint_meta(ckpt)
     sb3 = meta.get("sb3")
@@ -581,7 +580,7 @@ def load_sb3_policy(
         _ConstantSchedule(0.0),  # the optimizer is built but unused for evaluation
         **baseline.policy_kwargs(config.agent),
     )
-    load_policy_state_dict(policy, load_file(str(ckpt / "model.safetensors"), device="cpu"))
+    load_policy_state_dict(policy, load_tensors(ckpt / "model.safetensors"))
     policy.set_training_mode(False)
     return policy.to(device), config, sb3
 
@@ -971,9 +970,7 @@ def restore_sb3_checkpoint(
 ) -> int:
     """Load weights, optimizer state and counters from ``checkpoint`` into ``model``;
     returns the env step it was saved at."""
-    from safetensors.torch import load_file
-
-    load_policy_state_dict(model.policy, load_file(str(checkpoint / "model.safetensors")))
+    load_policy_state_dict(model.policy, load_tensors(checkpoint / "model.safetensors"))
     trainer = load_trainer_state(checkpoint)
     optimizer_from_state(model.policy.optimizer, trainer)
     model.num_timesteps = int(trainer.meta["num_timesteps"])

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 from gymnasium import spaces
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from agent.agent import MindloopAgent
@@ -407,11 +408,38 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     )
 
 
+def _corrupt(path: Path, why: object) -> ValueError:
+    return ValueError(
+        f"{path} is corrupt ({why}); copy the checkpoint again, or use an older one "
+        f"({path.parent.parent}/step_*)"
+    )
+
+
+def read_json_file(path: Path) -> Any:
+    """A checkpoint's JSON file; a corrupt one is a one-line error naming it."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise _corrupt(path, err) from None
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's safetensors file on the CPU; a corrupt one is a one-line error naming it
+    (a truncated copy fails in the header)."""
+    try:
+        return load_file(str(path), device="cpu")
+    except SafetensorError as err:
+        raise _corrupt(path, err) from None
+
+
 def read_checkpoint_meta(path: str | os.PathLike) -> dict[str, Any]:
     """The parsed config.json of the checkpoint at ``path``."""
     ckpt = resolve_checkpoint(path)
-    with open(ckpt / "config.json") as f:
-        return json.load(f)
+    meta = read_json_file(ckpt / "config.json")
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        raise _corrupt(ckpt / "config.json", "no config object in it")
+    return meta
 
 
 def load_agent(
@@ -435,7 +463,7 @@ def load_agent(
         space_from_dict(meta["action_space"]),
         config.agent,
     )
-    state = load_file(str(ckpt / "model.safetensors"), device="cpu")
+    state = load_tensors(ckpt / "model.safetensors")
     agent.load_state_dict(state, strict=True)
     return agent.to(device).eval(), config
 
@@ -480,9 +508,10 @@ def load_trainer_state(path: str | os.PathLike) -> TrainerState:
             f"checkpoint {str(ckpt)!r} holds weights only (no trainer state); it can be "
             "evaluated or fine-tuned but not resumed"
         )
-    tensors = load_file(str(ckpt / "trainer.safetensors"), device="cpu")
-    with open(ckpt / "trainer.json") as f:
-        meta = json.load(f)
+    tensors = load_tensors(ckpt / "trainer.safetensors")
+    meta = read_json_file(ckpt / "trainer.json")
+    if not isinstance(meta, dict):
+        raise _corrupt(ckpt / "trainer.json", "not a JSON object")
     return TrainerState(tensors, meta)
 
 
@@ -494,11 +523,13 @@ __all__ = [
     "checkpoint_root",
     "evaluation_record",
     "load_agent",
+    "load_tensors",
     "load_trainer_state",
     "optimizer_from_state",
     "optimizer_to_state",
     "pack",
     "read_checkpoint_meta",
+    "read_json_file",
     "resolve_checkpoint",
     "save_checkpoint",
     "space_from_dict",

@@ -38,6 +38,7 @@ from agent.checkpoint import (
     beats_best,
     checkpoint_root,
     evaluation_record,
+    load_tensors,
     load_trainer_state,
     optimizer_from_state,
     optimizer_to_state,
@@ -697,9 +698,7 @@ def final_evaluation(run: Run) -> float:
 
 def _restore(run: Run, checkpoint: Path) -> None:
     """Weights, phases done, env step and the trainer state of the checkpoint."""
-    from safetensors.torch import load_file
-
-    run.agent.load_state_dict(load_file(str(checkpoint / "model.safetensors")))
+    run.agent.load_state_dict(load_tensors(checkpoint / "model.safetensors"))
     state = load_trainer_state(checkpoint)
     run.resume = state
     run.env_step = int(state.meta["env_step"])

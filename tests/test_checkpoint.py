@@ -252,6 +252,34 @@ def test_missing_checkpoint_is_one_line_error(tmp_path):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("model.safetensors", None),  # truncated: a copy cut short
+        ("trainer.safetensors", None),
+        ("config.json", "{bad"),
+        ("config.json", "[]"),
+        ("trainer.json", "{bad"),
+    ],
+)
+def test_corrupt_checkpoint_is_one_line_error_naming_the_file(tmp_path, name, content):
+    """A damaged file of a checkpoint (a truncated copy, an edited JSON) is named in a one-line
+    error that says what to do, for evaluation (load_agent) and --resume (trainer state)."""
+    agent, cfg = tiny_agent()
+    trainer = ckpt_mod.TrainerState({"t": torch.zeros(2)}, {"k": 1})
+    path = save_checkpoint(tmp_path, agent, cfg, step=1, trainer=trainer)
+    target = path / name
+    if content is None:
+        target.write_bytes(target.read_bytes()[:20])
+    else:
+        target.write_text(content)
+    load = ckpt_mod.load_trainer_state if name.startswith("trainer") else load_agent
+    with pytest.raises(ValueError) as err:
+        load(path)
+    message = str(err.value)
+    assert "\n" not in message and name in message and "corrupt" in message, message
+
+
 def test_env_snapshots_continue_exactly_through_files(tmp_path):
     """A mindloop task's resume_state, written as safetensors + JSON and read back into a
     fresh vector env, continues bit for bit: images, stereo audio (impact tails included),
