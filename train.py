@@ -23,7 +23,7 @@ def parse_config(argv: list[str]):
     """The :class:`agent.config.TrainConfig` of the command line.
 
     With ``--resume DIR`` the run's saved config is the default, so ``--resume DIR`` alone
-    continues it; an option that would change anything but the resume-free fields (device,
+    continues it (a run stopped before its first checkpoint starts again); an option that would change anything but the resume-free fields (device,
     threads, progress bar) is a one-line error naming the field.
     """
     from agent.cli import cli
@@ -46,9 +46,9 @@ def parse_config(argv: list[str]):
         config = cli(TrainConfig, args=argv, default=default, description=__doc__.split("\n")[0])
         config.agent.encoders.options = {**LIGHT_ENCODERS, **config.agent.encoders.options}
         return config
-    from agent.checkpoint import read_checkpoint_meta
+    from agent.checkpoint import read_run_config
 
-    saved = config_from_dict(TrainConfig, read_checkpoint_meta(resume)["config"])
+    saved = config_from_dict(TrainConfig, read_run_config(resume))
     config = cli(TrainConfig, args=argv, default=saved)
     config.resume = resume
     diff = [
@@ -85,9 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:  # a user mistake: one line, no traceback
         sys.exit(f"error: {err}")
     except KeyboardInterrupt:  # Ctrl-C: the latest checkpoint is complete (atomic writes)
-        run = (config and (config.resume or config.run.dir)) or "RUN_DIR (printed above)"
-        print(f"\ninterrupted; continue from the latest checkpoint: python train.py --resume {run}")
-        return 130
+        return _interrupted(config)
+    except Exception as err:
+        # Ctrl-C inside a ctypes call (e.g. an EGL render) surfaces as that call's error
+        if isinstance(err.__context__, KeyboardInterrupt):
+            return _interrupted(config)
+        raise
     from agent.distributed import launch_rank
 
     if launch_rank() != 0:  # under torchrun, rank 0 reports for all
@@ -101,6 +104,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"video: {video}")
     print(f"run: {result.run_dir} ({result.wall_seconds:.0f} s)")
     return 0
+
+
+def _interrupted(config) -> int:
+    run = (config and (config.resume or config.run.dir)) or "RUN_DIR (printed above)"
+    print(
+        f"\ninterrupted; continue with: python train.py --resume {run} (from its latest "
+        "checkpoint, or from the start if it has none yet)"
+    )
+    return 130
 
 
 if __name__ == "__main__":

@@ -79,6 +79,7 @@ from agent.checkpoint import (
     save_checkpoint,
     space_from_dict,
     space_to_dict,
+    unstarted_run,
 )
 from agent.config import (
     RESUME_FREE_FIELDS,
@@ -909,13 +910,17 @@ def train_sb3(
         torch.set_num_threads(config.run.threads)
     start_step = 0
     resume_from: Path | None = None
-    if config.resume is not None:
+    if config.resume is not None and not unstarted_run(config.resume):
         resume_from = resolve_checkpoint(config.resume)
         run_dir = Path(config.resume)
         run_dir = run_dir if (run_dir / "checkpoints").is_dir() else resume_from.parent.parent
         check_resume_config(resume_from, config)
-    else:
-        run_dir = Path(config.run.dir) if config.run.dir else default_run_dir(config)
+    else:  # a new run, or one stopped before its first checkpoint (it starts again)
+        if config.resume is not None:
+            run_dir = Path(config.resume)
+            log(f"resume: {run_dir} has no checkpoint yet; its run starts again")
+        else:
+            run_dir = Path(config.run.dir) if config.run.dir else default_run_dir(config)
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_json(run_dir / "config.json", config_to_dict(config))
 

@@ -433,6 +433,36 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise _corrupt(path, err) from None
 
 
+def unstarted_run(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a run directory stopped before its first checkpoint (its
+    config.json written, no checkpoints folder yet): ``--resume`` starts it again from its
+    beginning, with that config."""
+    p = Path(path)
+    return (
+        (p / "config.json").is_file()
+        and not (p / CHECKPOINTS).exists()
+        and not (p / "model.safetensors").exists()  # a checkpoint directory itself
+    )
+
+
+def read_run_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The config (as a dict) that ``--resume path`` continues: that of the latest checkpoint,
+    or of the run directory's config.json for a run stopped before its first checkpoint."""
+    if unstarted_run(path):
+        config_file = Path(path) / "config.json"
+        try:
+            data = json.loads(config_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            data = err
+        if not isinstance(data, dict):
+            raise ValueError(
+                f"{config_file} is not a run's config ({data}); the run has no checkpoint "
+                "to fall back on: start it again with a new --run.dir"
+            )
+        return data
+    return read_checkpoint_meta(path)["config"]
+
+
 def read_checkpoint_meta(path: str | os.PathLike) -> dict[str, Any]:
     """The parsed config.json of the checkpoint at ``path``."""
     ckpt = resolve_checkpoint(path)
@@ -530,9 +560,11 @@ __all__ = [
     "pack",
     "read_checkpoint_meta",
     "read_json_file",
+    "read_run_config",
     "resolve_checkpoint",
     "save_checkpoint",
     "space_from_dict",
     "space_to_dict",
     "unpack",
+    "unstarted_run",
 ]

@@ -46,6 +46,7 @@ from agent.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
     unpack,
+    unstarted_run,
 )
 from agent.config import TrainConfig, config_to_dict
 from agent.demonstrations import (
@@ -581,7 +582,7 @@ def _train_mindloop(config: TrainConfig, algorithm: Algorithm) -> TrainResult:
     try:
         if config.run.threads:
             torch.set_num_threads(config.run.threads)
-        resume_from = resolve_checkpoint(config.resume) if config.resume else None
+        resume_from = resume_checkpoint(config)
         # every rank builds the same initial weights (DDP also broadcasts rank 0's); the agent
         # is built before anything is written, so a bad encoder name leaves no run behind
         torch.manual_seed(config.run.seed)
@@ -605,6 +606,8 @@ def _train_mindloop(config: TrainConfig, algorithm: Algorithm) -> TrainResult:
         )
         if resume_from is not None:
             _restore(run, resume_from)
+        elif config.resume is not None:
+            run.log(f"resume: {run_dir} has no checkpoint yet; its run starts again")
         run.model = wrap_model(agent, info, device)
         run.logger.log_config(config_to_dict(config))
         run.log(
@@ -709,11 +712,21 @@ def _restore(run: Run, checkpoint: Path) -> None:
     run.log(f"resumed from {checkpoint} (phases done: {', '.join(run.phases_done) or 'none'})")
 
 
+def resume_checkpoint(config: TrainConfig) -> Path | None:
+    """The checkpoint ``config.resume`` continues from; None for a new run, and for a run
+    directory stopped before its first checkpoint (it starts again, in that directory)."""
+    if config.resume is None or unstarted_run(config.resume):
+        return None
+    return resolve_checkpoint(config.resume)
+
+
 def _run_dir(config: TrainConfig, resume_from: Path | None) -> Path:
     if resume_from is not None:
         # <run>/checkpoints/step_x -> <run>
         return resume_from.parent.parent
-    if config.run.dir:
+    if config.resume is not None:  # stopped before its first checkpoint: start it again
+        path = Path(config.resume)
+    elif config.run.dir:
         path = Path(config.run.dir)
     else:
         task = config.env.id.split("/")[-1]

@@ -362,6 +362,56 @@ def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch, capsys):
     assert f"python train.py --resume {run_dir}" in capsys.readouterr().out
 
 
+def test_ctrl_c_inside_a_ctypes_call_is_an_interrupt_too(tmp_path, monkeypatch, capsys):
+    """Ctrl-C while a ctypes call runs (an EGL render) surfaces as that call's error, with the
+    KeyboardInterrupt as its context: the same clean stop, not a traceback."""
+    import ctypes
+
+    import agent.training
+    import train as train_script
+
+    def interrupted_in_ctypes(config):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise ctypes.ArgumentError("argument 1: KeyboardInterrupt:") from None
+
+    monkeypatch.setattr(agent.training, "train", interrupted_in_ctypes)
+    run_dir = tmp_path / "r"
+    assert train_script.main(["--run.dir", str(run_dir)]) == 130
+    assert f"python train.py --resume {run_dir}" in capsys.readouterr().out
+
+
+def test_a_run_stopped_before_its_first_checkpoint_resumes_from_its_start(tmp_path, monkeypatch):
+    """Ctrl-C during behaviour cloning leaves config.json and the recorded demonstrations but
+    no checkpoint: ``--resume DIR`` (what the interrupt message says) starts that run again
+    in its directory, reusing the demonstrations, and ends with the weights of a run never
+    stopped. The directory is not a dead end (``--run.dir`` refuses it, it holds a run)."""
+    import agent.training
+    import train as train_script
+
+    whole = train(tiny_config(tmp_path / "whole", "bc"))
+    real = agent.training.collect_episodes
+
+    def ctrl_c_in_dagger(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(agent.training, "collect_episodes", ctrl_c_in_dagger)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(tmp_path / "stopped", "bc"))
+    stopped = tmp_path / "stopped"
+    assert (stopped / "config.json").is_file() and (stopped / "demos").is_dir()
+    assert not (stopped / "checkpoints").exists()
+    monkeypatch.setattr(agent.training, "collect_episodes", real)
+    config = train_script.parse_config(["--resume", str(stopped)])
+    again = train(config)
+    assert again.run_dir == stopped
+    assert again.env_steps == whole.env_steps
+    expected = whole.agent.state_dict()
+    for name, value in again.agent.state_dict().items():
+        torch.testing.assert_close(value, expected[name], rtol=0, atol=0, msg=name)
+
+
 def test_encoder_options_from_the_command_line_add_to_the_light_defaults():
     """``--agent.encoders.options KEY.FIELD VALUE ...`` takes any encoder field (not only the
     keys the defaults name), and the light defaults stay beneath what is given."""
