@@ -153,15 +153,21 @@ def check_dataset_spaces(
     observation_space: gym.spaces.Dict,
     action_space: gym.spaces.Dict,
 ) -> None:
-    """A one-line ``ValueError`` when the dataset at ``path`` lacks an observation or action
-    key of ``env_id``'s spaces or stores it with another shape or dtype (behaviour cloning
-    from another task's demonstrations). Keys the task does not have are fine."""
+    """A one-line ``ValueError`` when the dataset at ``path`` was recorded on another task
+    than ``env_id``, or lacks an observation or action key of its spaces or stores it with
+    another shape or dtype (behaviour cloning from another task's demonstrations). Keys the
+    task does not have are fine."""
     record = (
         f"record demonstrations of this task with `python eval.py --policy expert --env "
         f"{env_id} --episodes N --record DIR`"
     )
     if not Path(path).exists():
         raise ValueError(f"dataset {str(path)!r} does not exist; {record}")
+    recorded_on = record_metadata(path)["env_id"]
+    if _task_name(recorded_on) != _task_name(env_id):  # e.g. MuscleReach data for SoundReach
+        raise ValueError(
+            f"dataset {str(path)!r} was recorded on {recorded_on}, not on {env_id}; {record}"
+        )
     dataset = open_dataset(path)
     for what, stored, needed in (
         ("observation", dataset.observation_space, observation_space),
@@ -169,11 +175,15 @@ def check_dataset_spaces(
     ):
         problem = dict_space_mismatch(stored, needed, "the dataset", "the task")
         if problem is not None:
-            recorded_on = record_metadata(path)["env_id"]
             raise ValueError(
                 f"dataset {str(path)!r} (recorded on {recorded_on}) does not fit {env_id}: "
                 f"{what} {problem}; {record}"
             )
+
+
+def _task_name(env_id: str) -> str:
+    """``env_id`` without Gymnasium's ``module:`` prefix (the same task either way)."""
+    return env_id.rsplit(":", 1)[-1]
 
 
 def load_demonstrations(path: str | os.PathLike, *, only_success: bool = False) -> Demonstrations:

@@ -328,8 +328,8 @@ def test_a_run_directory_holding_a_run_is_not_reused(tmp_path):
 
 
 def test_bc_dataset_of_another_task_is_one_line_error(tmp_path):
-    """BC from demonstrations whose observations the task does not have: one line naming the
-    missing key and the dataset's task, before anything is written."""
+    """BC from another task's demonstrations: one line naming both tasks, before anything is
+    written (MuscleReach data fits SoundReach's spaces, so the spaces alone cannot tell)."""
     from agent.datasets import collect_expert_dataset
 
     demos = collect_expert_dataset(TINY_ANSWER, 2, seed=0, path=tmp_path / "answer_demos")
@@ -338,7 +338,26 @@ def test_bc_dataset_of_another_task_is_one_line_error(tmp_path):
     with pytest.raises(ValueError) as err:
         train(cfg)
     message = str(err.value)
-    assert "\n" not in message and "'proprio' missing" in message and TINY_ANSWER in message
+    assert "\n" not in message
+    assert f"recorded on {TINY_ANSWER}, not on {TINY_REACH}" in message
+    assert not (tmp_path / "run").exists()
+
+
+def test_bc_dataset_of_other_observations_is_one_line_error(tmp_path):
+    """The same task recorded with other observations (here state only): one line naming the
+    missing key."""
+    from agent.datasets import collect_expert_dataset
+
+    task = "mindloop/MuscleReach-v0"
+    demos = collect_expert_dataset(
+        task, 1, seed=0, path=tmp_path / "demos", env_kwargs={"obs_keys": ("proprio",)}
+    )
+    cfg = tiny_config(tmp_path / "run", "bc", task)
+    cfg.bc.dataset = str(demos)
+    with pytest.raises(ValueError) as err:
+        train(cfg)
+    message = str(err.value)
+    assert "\n" not in message and "'image'" in message and "missing" in message, message
     assert not (tmp_path / "run").exists()
 
 
