@@ -100,7 +100,9 @@ class Run:
     """``agent`` or its DDP wrapper: training forwards go through it."""
     logger: RunLogger
     env_step: int = 0
-    """Env steps of the whole job (all ranks) so far, the x-axis of every chart."""
+    """Env steps of the whole job (all ranks) so far, the x-axis of every chart but behaviour
+    cloning's curves (``losses/bc_*``, ``charts/bc_think_steps``): BC steps no env, so their x
+    is the frames trained on."""
     phases_done: list[str] = field(default_factory=list)
     resume: TrainerState | None = None
     """The checkpoint's trainer state when resuming (consumed by the phase it belongs to)."""
@@ -232,6 +234,7 @@ def bc_phase(run: Run) -> None:
     frames_per_update = bc.batch_envs * bc.seq_len * run.dist.world_size
 
     def on_update(u: int, m: Any) -> None:
+        # x: frames trained on (BC steps no env; env steps would stack every point at one x)
         if u % 10 == 0 or u == total:
             run.logger.scalars(
                 "losses",
