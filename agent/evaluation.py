@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import multiprocessing
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -407,9 +408,11 @@ def make_eval_env(
     num_envs: int = 1,
     env_kwargs: Mapping[str, Any] | None = None,
     vectorization: str = "sync",
+    start_method: str = "forkserver",
 ) -> VectorEnv:
     """A vector env of ``num_envs`` copies with autoreset disabled (``evaluate`` resets each
-    env itself, with episode ``k`` on seed ``seed + k``)."""
+    env itself, with episode ``k`` on seed ``seed + k``). Async workers start with
+    ``start_method`` (forkserver, as training's :func:`agent.vector.make_vector_env`)."""
     check_env_id(env_id)
     if vectorization not in VECTORIZATIONS:
         raise ValueError(
@@ -422,9 +425,24 @@ def make_eval_env(
         env_id,
         num_envs=num_envs,
         vectorization_mode=vectorization,
-        vector_kwargs={"autoreset_mode": AutoresetMode.DISABLED},
+        vector_kwargs=_vector_kwargs(vectorization, start_method),
         **dict(env_kwargs or {}),
     )
+
+
+def _vector_kwargs(vectorization: str, start_method: str) -> dict[str, Any]:
+    """The vector env's own arguments: autoreset disabled, and for async a start method.
+    Linux's default ``fork`` would copy a GL context the caller made by rendering (an image
+    observation is a render) into each worker, which then hangs in ``mjr_readPixels``."""
+    kwargs: dict[str, Any] = {"autoreset_mode": AutoresetMode.DISABLED}
+    if vectorization == "async":
+        methods = multiprocessing.get_all_start_methods()
+        if start_method not in methods:
+            raise ValueError(
+                f"unknown start_method {start_method!r}; allowed here: {', '.join(methods)}"
+            )
+        kwargs["context"] = start_method
+    return kwargs
 
 
 def accepts_kwarg(env_id: str, name: str) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -21,6 +22,7 @@ from agent.evaluation import (
 )
 
 REACH = "mindloop/MuscleReach-v0"
+ROOT = Path(__file__).resolve().parents[1]
 # A fast body-only variant for agents: no image, so no CNN and no rendering per step.
 BODY_ONLY = {"obs_keys": ["proprio", "touch"], "max_steps": 8}
 
@@ -361,3 +363,45 @@ def test_agent_on_another_tasks_env_names_every_difference_before_a_step():
     assert "'image' is (32, 32, 3) uint8 in this env, (64, 64, 3) uint8 in training" in str(
         err.value
     )
+
+
+ASYNC_AFTER_RENDER = """
+import gymnasium as gym
+import envs
+from agent.evaluation import evaluate, make_policy
+
+if __name__ == "__main__":
+    env = gym.make("mindloop/MuscleReach-v0")
+    env.reset(seed=0)  # renders the image observation: this process now holds a GL context
+    result = evaluate(make_policy("expert"), env.spec.id, 2, num_envs=2, vectorization="async")
+    print("episodes", len(result.episodes))
+"""
+
+
+def test_async_eval_after_the_caller_rendered_finishes(tmp_path):
+    """Async workers must not be forked from a process holding a GL context (they hung in
+    mjr_readPixels); a subprocess with a timeout, so a hang fails instead of blocking."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "async_after_render.py"
+    script.write_text(ASYNC_AFTER_RENDER)
+    # its own session: on a hang the workers are killed with it, not left orphaned
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=150)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("async evaluation hung after the calling process rendered")
+    assert proc.returncode == 0, err[-2000:]
+    assert "episodes 2" in out
