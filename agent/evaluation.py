@@ -729,13 +729,15 @@ def evaluate_and_save(
     This is what ``eval.py`` runs and what ``train.py`` calls at the end of training.
     Output paths are checked before the episodes run, so a mistake costs no time.
     """
-    from agent.recording import write_records
+    from agent.recording import check_overwritable, write_records
     from agent.video import write_episodes_video
 
-    if record_dir is not None and Path(record_dir).exists() and not overwrite:
-        raise ValueError(
-            f"record {record_dir} already exists; choose another path or overwrite it (--overwrite)"
-        )
+    if record_dir is not None and Path(record_dir).exists():
+        if not overwrite:
+            raise ValueError(
+                f"record {record_dir} already exists; choose another path or overwrite it (--overwrite)"
+            )
+        check_overwritable(record_dir)  # before the episodes, not after
     if video is not None and Path(video).suffix.lower() != ".mp4":
         raise ValueError(f"video path must end in .mp4, got {str(video)!r}")
     if video is not None and video_episodes < 1:

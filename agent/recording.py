@@ -267,6 +267,8 @@ def write_records(
     path = Path(path).absolute()
     if path.exists() and not overwrite:
         raise ValueError(f"{path} already exists; choose another path or pass overwrite=True")
+    if path.exists():
+        check_overwritable(path)
     first = records[0]
     for r in records[1:]:
         if (r.env_id, r.env_kwargs) != (first.env_id, first.env_kwargs):
@@ -331,6 +333,24 @@ def write_records(
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
     return path
+
+
+def check_overwritable(path: str | os.PathLike) -> None:
+    """A one-line ``ValueError`` unless the existing ``path`` is an earlier mindloop record
+    (or an empty directory): an overwrite deletes what is there, and a mistyped path (a run
+    directory with its checkpoints) must not go with it."""
+    p = Path(path)
+    if p.is_dir() and not p.is_symlink() and not any(p.iterdir()):
+        return
+    try:
+        if not (p / "data" / "metadata.json").is_file():  # the layout write_records makes
+            raise ValueError("no data/metadata.json")
+        record_metadata(p)
+    except ValueError:
+        raise ValueError(
+            f"{p} exists and is not a mindloop record, so overwrite will not delete it; "
+            "choose another path"
+        ) from None
 
 
 def default_dataset_id(env_id: str, kind: str) -> str:
@@ -607,6 +627,7 @@ __all__ = [
     "RECORD_FORMAT",
     "EpisodeRecord",
     "EpisodeRecorder",
+    "check_overwritable",
     "default_dataset_id",
     "num_episodes",
     "open_dataset",

@@ -293,6 +293,20 @@ def test_cli_not_a_record(tmp_path, capsys):
     assert code == 2 and "not a mindloop record" in err and err.count("\n") == 1
 
 
+def test_cli_overwrite_refuses_a_directory_that_is_not_a_record(tmp_path, capsys):
+    """--record RUN_DIR --overwrite: one line before any episode, and the run dir is kept."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "latest.pt").write_text("weights")
+    code, out, err = run_cli(
+        ["--policy", "expert", "--episodes", 1, "--record", run, "--overwrite"], capsys
+    )
+    assert code == 2 and err.count("\n") == 1
+    assert f"{run} exists and is not a mindloop record, so overwrite will not delete it" in err
+    assert "success" not in out  # refused before the episodes ran
+    assert (run / "checkpoints" / "latest.pt").read_text() == "weights"
+
+
 def test_cli_config_errors_exit_nonzero(capsys):
     """A config the dataclass rejects is one line on stderr and exit code 2 (not tyro's box)."""
     import eval as eval_cli

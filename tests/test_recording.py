@@ -272,3 +272,24 @@ def test_expert_dataset_for_behaviour_cloning(tmp_path):
         assert np.array_equal(ep.expert_latents, rec.expert_latent)
     with pytest.raises(ValueError, match="already exists"):
         collect_expert_dataset("mindloop/InstructedReach-v0", 1, seed=0, path=path)
+
+
+def test_overwrite_replaces_only_a_record(tmp_path):
+    """overwrite=True deletes an earlier record, never another directory (a mistyped path to
+    a run directory took its checkpoints with it)."""
+    result = expert_records("mindloop/MuscleReach-v0", {}, 1)
+    spaces = (result.observation_space, result.action_space)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "latest.pt").write_text("weights")
+    plain = tmp_path / "notes.txt"
+    plain.write_text("notes")
+    for target in (run, plain):
+        with pytest.raises(ValueError, match="is not a mindloop record, so overwrite") as e:
+            write_records(target, result.records, *spaces, overwrite=True)
+        assert str(target) in str(e.value) and "\n" not in str(e.value)
+    assert (run / "checkpoints" / "latest.pt").read_text() == "weights"
+    assert plain.read_text() == "notes"
+    empty = tmp_path / "empty"
+    empty.mkdir()  # nothing to lose: an empty directory may be replaced
+    assert num_episodes(write_records(empty, result.records, *spaces, overwrite=True)) == 1
