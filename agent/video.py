@@ -129,12 +129,16 @@ class Mp4Writer:
         if self.frames == 0:
             self.abort()
             raise ValueError(f"no frames were written to {self.path}; nothing to save")
-        self._mux(self._video.encode(None))
-        if self._audio is not None:
-            self._mux(self._audio.encode(None))
-        self._out.close()
-        self._out = None
-        os.replace(self._tmp, self.path)
+        try:
+            self._mux(self._video.encode(None))
+            if self._audio is not None:
+                self._mux(self._audio.encode(None))
+            self._out.close()
+            self._out = None
+            os.replace(self._tmp, self.path)
+        except BaseException:  # e.g. path is a directory: no temp file is left behind
+            self.abort()
+            raise
         return self.path
 
     def abort(self) -> None:

@@ -81,6 +81,15 @@ def test_writer_is_atomic_and_checks_input(tmp_path):
     assert not (tmp_path / "empty.mp4").exists()
 
 
+def test_a_failed_move_into_place_leaves_no_temp_file(tmp_path):
+    """The finished file cannot replace a directory: the error surfaces and the temporary
+    file goes (it stayed, as .d.mp4.tmp-..., next to the directory)."""
+    (tmp_path / "d.mp4").mkdir()
+    with pytest.raises(OSError), Mp4Writer(tmp_path / "d.mp4", 64, 64, 25) as w:
+        w.write(np.zeros((64, 64, 3), np.uint8))
+    assert [p.name for p in tmp_path.iterdir()] == ["d.mp4"]
+
+
 def test_episode_video_frames_duration_and_impact_sound(tmp_path):
     """Balls hitting the bin make sound: the video's audio track carries it, in sync."""
     kwargs = {"min_events": 2, "max_events": 3, "watch_steps": 30, "answer_steps": 3}
