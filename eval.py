@@ -156,7 +156,24 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:  # a user mistake: one line, no traceback
         print(f"eval.py: error: {e}", file=sys.stderr)
         return 2
+    except _io_errors() as e:  # the last resort for a path the checks did not foresee
+        print(f"eval.py: error: {_io_error_line(e)}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _io_errors() -> tuple[type[Exception], ...]:
+    """OSError, and PyAV's errors (only some of which subclass OSError)."""
+    import av
+
+    return (OSError, av.error.FFmpegError)
+
+
+def _io_error_line(e: Exception) -> str:
+    """``<path>: <reason>`` on one line (the path is what the user can act on)."""
+    path = getattr(e, "filename", None)
+    reason = getattr(e, "strerror", None) or str(e).splitlines()[0]
+    return f"{path}: {reason}" if path else reason
 
 
 if __name__ == "__main__":

@@ -729,7 +729,7 @@ def evaluate_and_save(
     This is what ``eval.py`` runs and what ``train.py`` calls at the end of training.
     Output paths are checked before the episodes run, so a mistake costs no time.
     """
-    from agent.recording import check_overwritable, write_records
+    from agent.recording import check_output_path, check_overwritable, write_records
     from agent.video import write_episodes_video
 
     if record_dir is not None and Path(record_dir).exists():
@@ -742,6 +742,9 @@ def evaluate_and_save(
         raise ValueError(f"video path must end in .mp4, got {str(video)!r}")
     if video is not None and video_episodes < 1:
         raise ValueError(f"video_episodes must be >= 1, got {video_episodes}")
+    for option, path in (("--json", json_path), ("--video", video), ("--record", record_dir)):
+        if path is not None:
+            check_output_path(option, path, directory=option == "--record")
     n_record = episodes if record_dir is not None else (video_episodes if video else 0)
     bar = _ProgressBar(episodes) if progress else None
     try:

@@ -353,6 +353,30 @@ def check_overwritable(path: str | os.PathLike) -> None:
         ) from None
 
 
+def check_output_path(option: str, path: str | os.PathLike, *, directory: bool = False) -> None:
+    """A one-line ``ValueError`` naming ``option`` and ``path`` unless a file (or, with
+    ``directory``, a directory) can be written there; creates missing parent directories.
+    Called before the episodes run, so a bad path costs no time and gives no traceback."""
+    p = Path(path)
+    if not directory and p.is_dir():
+        raise ValueError(f"{option} {p} is a directory; give a file path")
+    parent = p.absolute().parent
+    blocker = _first_existing(parent)
+    if blocker is not None and not blocker.is_dir():
+        raise ValueError(f"{option} {p}: {blocker} is a file, not a directory; choose another path")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        # a real write finds what permissions alone miss (read-only mounts, /proc)
+        tempfile.NamedTemporaryFile(dir=parent, prefix=f".{p.name}.check-").close()
+    except OSError as e:
+        raise ValueError(f"{option} {p}: cannot write in {parent} ({e.strerror or e})") from None
+
+
+def _first_existing(path: Path) -> Path | None:
+    """``path`` or its nearest ancestor that exists (file or directory)."""
+    return next((a for a in (path, *path.parents) if a.exists()), None)
+
+
 def default_dataset_id(env_id: str, kind: str) -> str:
     """``mindloop/MuscleReach/expert-v0`` for ``mindloop/MuscleReach-v0`` and ``expert``."""
     name = env_id.split("/")[-1].split(":")[-1]
@@ -627,6 +651,7 @@ __all__ = [
     "RECORD_FORMAT",
     "EpisodeRecord",
     "EpisodeRecorder",
+    "check_output_path",
     "check_overwritable",
     "default_dataset_id",
     "num_episodes",

@@ -520,10 +520,11 @@ def replay_to_video(
 ) -> VideoInfo:
     """Re-render episodes of a saved record (all, or those indexed by ``episodes``) to an
     MP4 with their sound, from the recorded physics states: no model involved."""
-    from agent.recording import read_records, record_metadata
+    from agent.recording import check_output_path, read_records, record_metadata
 
     if Path(video).suffix.lower() != ".mp4":
         raise ValueError(f"video path must end in .mp4, got {str(video)!r}")
+    check_output_path("--video", video)
     meta = record_metadata(record)
     records = read_records(record, episodes)
     return write_episodes_video(

@@ -307,6 +307,51 @@ def test_cli_overwrite_refuses_a_directory_that_is_not_a_record(tmp_path, capsys
     assert (run / "checkpoints" / "latest.pt").read_text() == "weights"
 
 
+@pytest.mark.parametrize(
+    ("option", "where", "message"),
+    [
+        ("--json", "afile/x.json", "afile is a file, not a directory"),
+        ("--json", "adir", "is a directory; give a file path"),
+        ("--video", "d.mp4", "is a directory; give a file path"),
+        ("--video", "afile/sub/v.mp4", "afile is a file, not a directory"),
+        ("--record", "afile/rec", "afile is a file, not a directory"),
+        ("--video", "/proc/x.mp4", "cannot write in /proc"),
+    ],
+)
+def test_cli_output_paths_checked_before_the_episodes(option, where, message, tmp_path, capsys):
+    """A path that cannot be written: one line naming the option and the path, before any
+    episode (they failed after every episode, with a traceback)."""
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "d.mp4").mkdir()
+    path = tmp_path / where
+    code, out, err = run_cli(["--policy", "expert", "--episodes", 1, option, path], capsys)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err + out
+    assert f"{option} {path}" in err and message in err
+    assert "success" not in out  # no episode ran
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "afile", "d.mp4"]
+
+
+def test_cli_replay_video_path_checked_before_rendering(tmp_path, capsys):
+    rec = tmp_path / "rec"
+    assert run_cli(["--policy", "expert", "--episodes", 1, "--record", rec], capsys)[0] == 0
+    code, out, err = run_cli(["replay", rec, "--video", "/proc/x.mp4"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err + out
+    assert "--video /proc/x.mp4: cannot write in /proc" in err
+
+
+def test_cli_os_error_is_one_line_naming_the_path(monkeypatch, capsys):
+    """The last resort: an OSError the checks did not foresee is `error: <path>: <reason>`."""
+    import agent.evaluation as evaluation
+
+    def fail(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", "/somewhere/out.json")
+
+    monkeypatch.setattr(evaluation, "evaluate_and_save", fail)
+    code, _, err = run_cli(["--policy", "expert", "--episodes", 1], capsys)
+    assert code == 1 and err == "eval.py: error: /somewhere/out.json: Permission denied\n"
+
+
 def test_cli_config_errors_exit_nonzero(capsys):
     """A config the dataclass rejects is one line on stderr and exit code 2 (not tyro's box)."""
     import eval as eval_cli
