@@ -45,8 +45,9 @@ class MujocoSensesWrapper(gym.ObservationWrapper, gym.utils.RecordConstructorArg
       Shadows and multisampling are off for this camera only (they cost ~20 ms a frame in
       software GL); the env's own ``render()`` is unchanged.
     * ``audio`` ``Box(-1, 1, (2, 16 kHz x dt), float32)``: an impact sound at every contact
-      onset (a foot hitting the floor, a finger hitting the target), loudness following the
-      impulse, heard by two ears on that camera. To see every contact onset, the wrapper
+      onset (a foot hitting the floor, a ball bouncing), loudness following the impulse, heard
+      by two ears on that camera; silence (exact zeros) in a model whose geoms cannot collide
+      (Reacher's all have ``contype=0``). To see every contact onset, the wrapper
       steps the physics one substep at a time through the env's own
       ``_step_mujoco_simulation`` (same result, a little slower); it restores it on close.
     """
@@ -70,6 +71,8 @@ class MujocoSensesWrapper(gym.ObservationWrapper, gym.utils.RecordConstructorArg
                     f"MujocoSensesWrapper needs a Gymnasium MujocoEnv; {type(base).__name__} "
                     f"has no {attr!r}"
                 )
+        if isinstance(keys, str):  # "image" would be read as the keys "i", "m", ...
+            keys = tuple(k.strip() for k in keys.split(","))
         for key in keys:
             check_choice("sense key", key, SENSE_KEYS)
         check_positive("image_size", image_size)
@@ -83,6 +86,9 @@ class MujocoSensesWrapper(gym.ObservationWrapper, gym.utils.RecordConstructorArg
         self._cam_scene = mujoco.MjvScene(self.model, maxgeom=1)
         self._synth = AudioSynth(audio or AudioConfig(), base.dt)
         self._contacts = ContactTracker(self.model)
+        # impact noise draws from the wrapper's own stream (seeded by reset's seed), never from
+        # the env's np_random: adding senses must not change the env's episodes
+        self._noise_seeds = np.random.SeedSequence()
         self._rng = np.random.default_rng(0)
         self._original_step = None
         if "audio" in self.keys:
@@ -135,8 +141,9 @@ class MujocoSensesWrapper(gym.ObservationWrapper, gym.utils.RecordConstructorArg
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         obs, info = self.env.reset(seed=seed, options=options)
-        # Impact noise is seeded from the episode seed, so audio is reproducible.
-        self._rng = np.random.default_rng(int(self.np_random.integers(2**63)))
+        if seed is not None:  # the same seeds give the same sounds
+            self._noise_seeds = np.random.SeedSequence(seed)
+        self._rng = np.random.default_rng(self._noise_seeds.spawn(1)[0])
         self._contacts.reset()
         self._contacts.prime(self.data)
         self._synth.reset()

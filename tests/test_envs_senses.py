@@ -278,6 +278,33 @@ def test_senses_wrapper_gives_gymnasium_mujoco_envs_eyes_and_ears() -> None:
     assert "_step_mujoco_simulation" not in vars(env.unwrapped)
 
 
+@pytest.mark.parametrize("keys", [("image", "audio"), "image"])
+def test_senses_wrapper_leaves_the_envs_episodes_as_they_are(keys) -> None:
+    """The wrapped env starts every episode where the bare one does (the impact noise draws
+    from the wrapper's own stream, not the env's), and the same seed gives the same sound.
+    A plain string names one key (it was split into letters)."""
+    bare = gym.make("Hopper-v5")
+    starts = [bare.reset(seed=0)[0], bare.reset()[0], bare.reset()[0]]
+    bare.close()
+    with MujocoSensesWrapper(gym.make("Hopper-v5"), keys=keys) as env:
+        assert env.keys == ((keys,) if isinstance(keys, str) else keys)
+        wrapped = [env.reset(seed=0)[0], env.reset()[0], env.reset()[0]]
+    for a, b in zip(starts, wrapped, strict=True):
+        np.testing.assert_array_equal(a, b["proprio"])
+    if "audio" not in keys:
+        return
+    sounds = []
+    for _ in range(2):
+        with MujocoSensesWrapper(gym.make("Hopper-v5"), keys=keys) as env:
+            env.reset(seed=3)
+            env.action_space.seed(3)
+            sounds.append(
+                np.stack([env.step(env.action_space.sample())[0]["audio"] for _ in range(60)])
+            )
+    assert energy(sounds[0]).sum() > 0
+    np.testing.assert_array_equal(sounds[0], sounds[1])
+
+
 def test_senses_wrapper_rejects_non_mujoco_envs() -> None:
     with pytest.raises(ValueError, match="MujocoEnv"):
         MujocoSensesWrapper(gym.make("CartPole-v1"))
