@@ -189,7 +189,8 @@ class TimmImageConfig(EncoderConfig):
     model_name: str = "resnet10t"
     """Any timm model name (``timm.list_models()``), e.g. resnet18, mobilenetv3_small_050."""
     pretrained: bool = False
-    """Load pretrained weights; if they cannot be had (no hub), warn and use random init."""
+    """Load pretrained weights; if they cannot be had (no hub), warn and use random init (an
+    error with ``freeze``: a frozen random backbone is no feature extractor)."""
     pretrained_file: str | None = None
     """A local weights file (.safetensors or .pth) to load instead of downloading."""
     freeze: bool = False
@@ -234,6 +235,13 @@ def create_timm_backbone(cfg: TimmImageConfig, in_chans: int) -> nn.Module:
             return timm.create_model(cfg.model_name, pretrained=True, **kwargs)
         except Exception as err:  # no hub, no weights for this tag, ...: many exception types
             first = str(err).splitlines()[0] if str(err) else ""
+            if cfg.freeze:  # a frozen random backbone only adds noise: never train on one
+                raise ValueError(
+                    f"timm could not load pretrained weights for {cfg.model_name!r} "
+                    f"({type(err).__name__}: {first[:160]}), and freeze=True would freeze a "
+                    "random backbone; give pretrained_file= a local weights file, or drop "
+                    "freeze"
+                ) from None
             warnings.warn(
                 f"timm could not load pretrained weights for {cfg.model_name!r} "
                 f"({type(err).__name__}: {first[:160]}); continuing with RANDOM initialization. "
@@ -280,7 +288,8 @@ class TimmImageEncoder(Encoder):
         in_shape = (c, size or self.layout.height, size or self.layout.width)
         try:
             n_features = output_numel(self.backbone, in_shape)
-        except RuntimeError as err:  # e.g. a ViT with a fixed input size, or images too small
+        # e.g. images too small (RuntimeError), or a ViT with a fixed input size (timm asserts)
+        except (RuntimeError, AssertionError) as err:
             raise ValueError(
                 f"timm model {cfg.model_name!r} cannot encode {in_shape[1]}x{in_shape[2]} "
                 f"images ({str(err).splitlines()[0][:120]}); set image_size= to a size it accepts"

@@ -379,6 +379,24 @@ def test_timm_pretrained_without_hub_warns_and_continues(monkeypatch) -> None:
     assert enc(sample_batch(IMG32, 2)).shape == (2, enc.embed_dim)
 
 
+def test_timm_pretrained_without_hub_and_frozen_is_one_line(monkeypatch) -> None:
+    """Frozen, a random backbone would be a fixed random projection: refuse, don't warn."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ValueError) as err:
+        build_encoder("timm", IMG32, TimmImageConfig(model_name=TINY, pretrained=True, freeze=True))
+    assert "freeze" in assert_one_line(err) and "pretrained_file" in str(err.value)
+
+
+def test_timm_fixed_input_size_is_one_line() -> None:
+    """A ViT built for 224 x 224 inputs (timm asserts the size): the one-line error says to
+    set image_size."""
+    with pytest.raises(ValueError) as err:
+        build_encoder("timm/vit_tiny_patch16_224", IMG32)
+    assert "image_size" in assert_one_line(err)
+
+
 def test_timm_pretrained_file_is_loaded(tmp_path) -> None:
     import timm
 
