@@ -32,7 +32,9 @@ from torch import nn
 from agent.state import State
 from encoders.registry import Registry
 
-CORES: Registry[type[nn.Module]] = Registry("core", entry_point_group="mindloop.cores")
+CORES: Registry[type[nn.Module]] = Registry(
+    "core", entry_point_group="mindloop.cores", plugin_base=lambda: nn.Module
+)
 
 
 @dataclass

@@ -51,7 +51,9 @@ from agent.codec import STORE_DTYPES, Codec
 from agent.state import State, reset_where
 from encoders.registry import Registry
 
-MEMORIES: Registry[type[nn.Module]] = Registry("memory", entry_point_group="mindloop.memories")
+MEMORIES: Registry[type[nn.Module]] = Registry(
+    "memory", entry_point_group="mindloop.memories", plugin_base=lambda: nn.Module
+)
 
 OP_NONE, OP_SET, OP_GET = 0, 1, 2
 OP_NAMES = ("none", "set", "get")

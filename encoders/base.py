@@ -27,7 +27,9 @@ from torch import nn
 
 from encoders.registry import Registry
 
-ENCODERS: Registry[type[Encoder]] = Registry("encoder", entry_point_group="mindloop.encoders")
+ENCODERS: Registry[type[Encoder]] = Registry(
+    "encoder", entry_point_group="mindloop.encoders", plugin_base=lambda: Encoder
+)
 """Every encoder by name: built-ins register on import of ``encoders``, plug-ins on first use."""
 
 

@@ -26,9 +26,17 @@ class Registry(Generic[T]):
     True
     """
 
-    def __init__(self, kind: str, entry_point_group: str | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        entry_point_group: str | None = None,
+        plugin_base: Callable[[], type] | None = None,
+    ) -> None:
+        """``plugin_base`` returns the class a plug-in's object must subclass (a function, so
+        a registry can be made before its base class); None: anything goes."""
         self.kind = kind
         self.entry_point_group = entry_point_group
+        self.plugin_base = plugin_base
         self._items: dict[str, T] = {}
         self._broken: dict[str, str] = {}  # plug-in name -> why it failed to load
         self._plugins_loaded = entry_point_group is None
@@ -56,6 +64,7 @@ class Registry(Generic[T]):
             # loaded object directly so that `[project.entry-points]` alone is enough.
             try:
                 obj = ep.load()
+                self._check_plugin(ep.name, obj)
             except Exception as err:  # one broken plug-in must not break every lookup
                 first = str(err).splitlines()[0] if str(err) else ""
                 self._broken[ep.name] = f"{ep.value}: {type(err).__name__}: {first}"
@@ -67,6 +76,15 @@ class Registry(Generic[T]):
                 continue
             if ep.name not in self._items:
                 self._items[ep.name] = obj
+
+    def _check_plugin(self, name: str, obj: object) -> None:
+        """A plug-in whose object is not a subclass of ``plugin_base`` would fail later, at
+        build time, with an error naming neither it nor the fix."""
+        if self.plugin_base is None or self._items.get(name) is not None:
+            return  # its module registered something under the name itself
+        base = self.plugin_base()
+        if not (isinstance(obj, type) and issubclass(obj, base)):
+            raise TypeError(f"{obj!r} is not a subclass of {base.__module__}.{base.__qualname__}")
 
     def get(self, name: str) -> T:
         """The entry named ``name``; an unknown name raises a one-line error listing choices."""

@@ -596,6 +596,28 @@ def test_a_broken_plugin_does_not_break_the_registry(monkeypatch) -> None:
     assert "failed to load" in assert_one_line(err)
 
 
+def test_a_plugin_that_is_not_an_encoder_is_reported_not_registered(monkeypatch) -> None:
+    """An entry point naming a plain function (not an ``Encoder`` subclass) would be listed and
+    then fail at build time naming neither it nor the fix; it is a broken plug-in instead,
+    and the registry-wide tests never see it."""
+    from importlib.metadata import EntryPoint
+
+    import envs.registry as registry_module
+    from encoders.base import Encoder
+
+    fake = [
+        EntryPoint("notenc", "os.path:join", "mindloop.test"),
+        EntryPoint("enc", "encoders.image:CNNImageEncoder", "mindloop.test"),
+    ]
+    monkeypatch.setattr(registry_module, "entry_points", lambda group: fake)
+    reg = registry_module.Registry("thing", "mindloop.test", plugin_base=lambda: Encoder)
+    with pytest.warns(RuntimeWarning, match="not a subclass of encoders.base.Encoder"):
+        assert reg.names() == ["enc"]
+    with pytest.raises(ValueError) as err:
+        reg.get("notenc")
+    assert "failed to load" in assert_one_line(err) and "os.path:join" in str(err.value)
+
+
 def test_fused_command_line_options_and_tyro() -> None:
     import tyro
 
