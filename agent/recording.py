@@ -535,21 +535,43 @@ def open_dataset(path: str | os.PathLike) -> Any:
 def record_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The ``mindloop`` metadata of the record at ``path``; a one-line ``ValueError`` if
     ``path`` is not a mindloop record."""
-    data = _data_dir(path)
-    with open(data / "metadata.json") as f:
-        meta = json.load(f)
+    file = _data_dir(path) / "metadata.json"
+    meta = _read_json(file)
     mind = meta.get("mindloop")
     if not isinstance(mind, dict) or mind.get("format") != RECORD_FORMAT:
         raise ValueError(
             f"{path} is a Minari dataset but not a mindloop record (no 'mindloop' metadata); "
             "record episodes with `python eval.py --record DIR`"
         )
-    if int(mind.get("version", 0)) > RECORD_VERSION:
+    version = mind.get("version", 0)
+    if not isinstance(version, int):
+        raise ValueError(f"{file}: mindloop.version must be an integer, got {version!r}")
+    if version > RECORD_VERSION:
         raise ValueError(
-            f"{path} is a mindloop record of version {mind['version']}, newer than this "
+            f"{path} is a mindloop record of version {version}, newer than this "
             f"mindloop reads ({RECORD_VERSION}); upgrade mindloop"
         )
+    # what readers index without looking (a KeyError or TypeError deep inside otherwise)
+    env_id, env_kwargs = mind.get("env_id"), mind.get("env_kwargs")
+    if not isinstance(env_id, str) or not env_id:
+        raise ValueError(f"{file}: mindloop.env_id must be a task id, got {env_id!r}")
+    if env_kwargs is not None and not isinstance(env_kwargs, dict):
+        raise ValueError(f"{file}: mindloop.env_kwargs must be a JSON object, got {env_kwargs!r}")
     return mind
+
+
+def _read_json(file: Path) -> dict[str, Any]:
+    """``file``'s JSON object; a one-line ``ValueError`` naming the file if it is not one."""
+    try:
+        with open(file, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{file} is not valid JSON ({e}); the record is damaged") from None
+    if not isinstance(meta, dict):
+        raise ValueError(
+            f"{file} holds a JSON {type(meta).__name__}, not an object; the record is damaged"
+        )
+    return meta
 
 
 def _data_dir(path: str | os.PathLike) -> Path:
@@ -581,10 +603,17 @@ def read_records(
     for i in indices:
         if not 0 <= i < total:
             raise ValueError(f"episode {i} is not in {path}: it has episodes 0..{total - 1}")
-    storage = dataset.storage
-    seeds = [m.get("seed") for m in storage.get_episode_metadata(indices)]
-    episodes_data = dataset.iterate_episodes(indices)
-    return [_from_episode(ep, meta, s) for s, ep in zip(seeds, episodes_data, strict=True)]
+    # Minari reads the HDF5 file lazily: a truncated or edited one fails here, deep in h5py
+    try:
+        seeds = [m.get("seed") for m in dataset.storage.get_episode_metadata(indices)]
+        episodes_data = list(dataset.iterate_episodes(indices))
+        return [_from_episode(ep, meta, s) for s, ep in zip(seeds, episodes_data, strict=True)]
+    except (OSError, KeyError, TypeError, ValueError) as e:
+        data = _data_dir(path) / "main_data.hdf5"
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(
+            f"cannot read the episodes in {data} ({reason}); the record is damaged"
+        ) from None
 
 
 def _from_episode(ep: Any, meta: dict[str, Any], seed: Any) -> EpisodeRecord:

@@ -33,8 +33,9 @@ import cv2
 import gymnasium as gym
 import numpy as np
 
-import envs  # noqa: F401  (registers the mindloop/ ids; picks the GL backend first)
+import envs  # registers the mindloop/ ids; picks the GL backend first
 from agent.recording import EpisodeRecord
+from agent.vector import check_env_id
 
 DEFAULT_SAMPLE_RATE = 16_000
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -378,11 +379,8 @@ class EpisodeRenderer:
     def env_for(self, record: EpisodeRecord) -> gym.Env:
         key = json.dumps([record.env_id, record.env_kwargs], sort_keys=True)
         if key not in self._envs:
-            kwargs = {
-                k: v
-                for k, v in record.env_kwargs.items()
-                if k not in ("render_mode", "render_size", "audio_info")
-            }
+            kwargs = replay_kwargs(record.env_kwargs)
+            check_replay_env(record.env_id, kwargs)
             env = gym.make(record.env_id, render_mode="rgb_array", render_size=self.size, **kwargs)
             env.reset(seed=record.seed)  # Gymnasium wants a reset before render()
             self._envs[key] = env
@@ -412,6 +410,21 @@ class EpisodeRenderer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def replay_kwargs(env_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A record's env kwargs without those replay sets itself (rendering, sound info)."""
+    return {
+        k: v for k, v in env_kwargs.items() if k not in ("render_mode", "render_size", "audio_info")
+    }
+
+
+def check_replay_env(env_id: str, env_kwargs: dict[str, Any]) -> None:
+    """A one-line ``ValueError`` unless the env a record names can be made: a registered id
+    and constructor arguments it takes (a record is a file anyone may have edited; gym.make
+    would fail with NameNotFound or a TypeError from the constructor)."""
+    check_env_id(env_id)
+    envs.check_env_kwargs(env_id, env_kwargs)
 
 
 def frame_texts(record: EpisodeRecord, title: str, episode_label: str = "") -> list[FrameText]:
@@ -526,6 +539,10 @@ def replay_to_video(
         raise ValueError(f"video path must end in .mp4, got {str(video)!r}")
     check_output_path("--video", video)
     meta = record_metadata(record)
+    try:  # before the episodes are read: a damaged record fails fast
+        check_replay_env(meta["env_id"], replay_kwargs(meta.get("env_kwargs") or {}))
+    except ValueError as e:
+        raise ValueError(f"record {record}: {e}") from None
     records = read_records(record, episodes)
     return write_episodes_video(
         video,

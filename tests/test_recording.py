@@ -293,3 +293,74 @@ def test_overwrite_replaces_only_a_record(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()  # nothing to lose: an empty directory may be replaced
     assert num_episodes(write_records(empty, result.records, *spaces, overwrite=True)) == 1
+
+
+@pytest.fixture(scope="module")
+def good_record(tmp_path_factory):
+    result = expert_records("mindloop/MuscleReach-v0", {"max_steps": 4}, 1)
+    path = tmp_path_factory.mktemp("good") / "rec"
+    return write_records(path, result.records, result.observation_space, result.action_space)
+
+
+def _damaged(good, tmp_path, edit_meta=None, raw=None, truncate=False):
+    import shutil
+
+    path = tmp_path / "rec"
+    shutil.copytree(good, path)
+    meta_file = path / "data" / "metadata.json"
+    if raw is not None:
+        meta_file.write_text(raw)
+    if edit_meta is not None:
+        meta = json.loads(meta_file.read_text())
+        edit_meta(meta["mindloop"])
+        meta_file.write_text(json.dumps(meta))
+    if truncate:
+        h5 = path / "data" / "main_data.hdf5"
+        h5.write_bytes(h5.read_bytes()[:1000])
+    return path
+
+
+DAMAGE = {
+    "truncated hdf5": ({"truncate": True}, "main_data.hdf5 (", True),
+    "metadata a list": ({"raw": "[1, 2]"}, "metadata.json holds a JSON list", True),
+    "invalid json": ({"raw": "{nope"}, "metadata.json is not valid JSON", True),
+    "no env_id": (
+        {"edit_meta": lambda m: m.pop("env_id")},
+        "metadata.json: mindloop.env_id must be a task id, got None",
+        True,
+    ),
+    "env_kwargs a list": (
+        {"edit_meta": lambda m: m.update(env_kwargs=[1])},
+        "mindloop.env_kwargs must be a JSON object",
+        True,
+    ),
+    "unregistered env": (
+        {"edit_meta": lambda m: m.update(env_id="mindloop/Nope-v0")},
+        "unknown task 'mindloop/Nope-v0'",
+        False,  # reading needs no env; replay does
+    ),
+    "bogus env kwarg": (
+        {"edit_meta": lambda m: m.update(env_kwargs={"bogus": 1})},
+        "has no constructor argument 'bogus'",
+        False,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGE))
+def test_damaged_record_is_one_line_naming_it(case, good_record, tmp_path):
+    """Replay and BC's loader fail in one line naming the record (were tracebacks: OSError,
+    AttributeError, KeyError, NameNotFound, TypeError)."""
+    from agent.video import replay_to_video
+
+    damage, message, reading_fails = DAMAGE[case]
+    path = _damaged(good_record, tmp_path, **damage)
+    readers = [lambda: replay_to_video(path, tmp_path / "r.mp4", size=64)]
+    if reading_fails:
+        readers += [lambda: read_records(path), lambda: load_demonstrations(path)]
+    for read in readers:
+        with pytest.raises(ValueError) as e:
+            read()
+        assert message in str(e.value) and str(path) in str(e.value)
+        assert "\n" not in str(e.value)
+    assert not (tmp_path / "r.mp4").exists()
