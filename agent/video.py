@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -422,7 +423,17 @@ def replay_kwargs(env_kwargs: dict[str, Any]) -> dict[str, Any]:
 def check_replay_env(env_id: str, env_kwargs: dict[str, Any]) -> None:
     """A one-line ``ValueError`` unless the env a record names can be made: a registered id
     and constructor arguments it takes (a record is a file anyone may have edited; gym.make
-    would fail with NameNotFound or a TypeError from the constructor)."""
+    would fail with NameNotFound or a TypeError from the constructor).
+
+    Gymnasium's ``module:id`` imports ``module``, i.e. runs its code: a record must never
+    make replay do that, so only a module the user already imported is accepted."""
+    module = env_id.rpartition(":")[0]
+    if module and module not in sys.modules:
+        raise ValueError(
+            f"the recorded task {env_id!r} would import module {module!r}, which replay never "
+            f"does for a record; import {module} yourself first (your own script) or register "
+            "the task, then replay"
+        )
     check_env_id(env_id)
     envs.check_env_kwargs(env_id, env_kwargs)
 

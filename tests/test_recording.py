@@ -364,3 +364,25 @@ def test_damaged_record_is_one_line_naming_it(case, good_record, tmp_path):
         assert message in str(e.value) and str(path) in str(e.value)
         assert "\n" not in str(e.value)
     assert not (tmp_path / "r.mp4").exists()
+
+
+def test_replay_never_imports_a_module_a_record_names(good_record, tmp_path, monkeypatch):
+    """Gymnasium's "module:id" imports the module: from a record that is code execution, so
+    replay refuses a module that is not imported yet, and accepts one that is."""
+    import sys
+
+    from agent.video import replay_to_video
+
+    (tmp_path / "evil_mod.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').close()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    env_id = "evil_mod:mindloop/MuscleReach-v0"
+    path = _damaged(good_record, tmp_path, edit_meta=lambda m: m.update(env_id=env_id))
+    with pytest.raises(ValueError, match="would import module 'evil_mod', which replay never"):
+        replay_to_video(path, tmp_path / "r.mp4", size=64)
+    [record] = read_records(path)  # reading runs nothing either
+    with pytest.raises(ValueError, match="import evil_mod yourself first"):
+        EpisodeRenderer(64).env_for(record)
+    assert not (tmp_path / "ran").exists() and "evil_mod" not in sys.modules
+    record.env_id = "envs:mindloop/MuscleReach-v0"  # imported already: fine
+    with EpisodeRenderer(64) as renderer:
+        assert renderer.env_for(record).spec.id == "mindloop/MuscleReach-v0"
