@@ -69,6 +69,15 @@ def check_choice(name: str, value: object, choices: Sequence[object]) -> None:
         raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(map(str, choices))}")
 
 
+def _obs_key_tuple(obs_keys: str | Sequence[str]) -> tuple[str, ...]:
+    """``obs_keys`` as a tuple. A str is one key, or several separated by commas
+    (``"proprio,touch"``): the CLI's ``--env-kwargs obs_keys proprio`` passes a str, which
+    ``tuple()`` would split into letters."""
+    if isinstance(obs_keys, str):
+        return tuple(k.strip() for k in obs_keys.split(","))
+    return tuple(obs_keys)
+
+
 class MindloopEnv(gym.Env[Obs, Action]):
     """Shared machinery of the mindloop tasks (see the module docstring)."""
 
@@ -99,7 +108,7 @@ class MindloopEnv(gym.Env[Obs, Action]):
         check_positive("max_steps", max_steps)
         if render_mode is not None:
             check_choice("render_mode", render_mode, self.metadata["render_modes"])
-        keys = tuple(self.OBS_KEYS if obs_keys is None else obs_keys)
+        keys = _obs_key_tuple(self.OBS_KEYS if obs_keys is None else obs_keys)
         for key in keys:
             check_choice("observation key", key, self.OBS_KEYS)
         if not keys:

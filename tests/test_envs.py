@@ -298,3 +298,13 @@ def test_flattened_expert_action_matches_the_dict_one() -> None:
         np.testing.assert_allclose(
             env.action(flat)["muscles"], env.unwrapped.expert_action()["muscles"], atol=1e-6
         )
+
+
+def test_obs_keys_as_a_string_is_one_key_or_a_comma_list() -> None:
+    """--env-kwargs obs_keys proprio passes a str: one key, not the letters p, r, o..."""
+    with make("mindloop/MuscleReach-v0", obs_keys="proprio") as env:
+        assert tuple(env.observation_space.spaces) == ("proprio",)
+    with make("mindloop/MuscleReach-v0", obs_keys="proprio, touch") as env:
+        assert set(env.observation_space.spaces) == {"proprio", "touch"}
+    with pytest.raises(ValueError, match="observation key 'nope'"):
+        make("mindloop/MuscleReach-v0", obs_keys="proprio,nope")
