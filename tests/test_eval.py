@@ -400,6 +400,7 @@ def test_sb3_baseline_matches_its_own_predict(algo):
 def test_accepts_kwarg_reads_module_colon_id():
     """``module:id`` (Gymnasium's form for an env registered on import) is read like a plain
     id; it raised NamespaceNotFound when a run of such an env reached its final evaluation."""
+    import tests.tiny_envs  # noqa: F401  (registers the ids; passed only after other files did)
     from agent.evaluation import accepts_kwarg
 
     assert accepts_kwarg("tests.tiny_envs:mindloop_test/TinyReach-v0", "max_steps")
