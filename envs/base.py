@@ -337,7 +337,12 @@ class MindloopEnv(gym.Env[Obs, Action]):
 
     # ----------------------------------------------------------------- replay
     def get_state(self) -> dict[str, np.ndarray]:
-        """Everything needed to re-render this moment or resume the episode from it.
+        """Everything needed to re-render this moment (what replay to video uses).
+
+        Stepping on from a restored snapshot is not the episode's own continuation: the env's
+        random streams (later distractors, targets, impact noise) and the sound still ringing
+        from earlier impacts are not in it. :class:`agent.vector.ResumableEnv`'s
+        ``resume_state`` adds them, and continues an episode exactly (what ``--resume`` uses).
 
         ``physics`` is MuJoCo's integration state (``mjSTATE_INTEGRATION``: time, qpos, qvel,
         activations, controls, mocap poses, ...), ``geom_rgba`` the per-episode colours,
