@@ -23,8 +23,9 @@ def parse_config(argv: list[str]):
     """The :class:`agent.config.TrainConfig` of the command line.
 
     With ``--resume DIR`` the run's saved config is the default, so ``--resume DIR`` alone
-    continues it (a run stopped before its first checkpoint starts again); an option that would change anything but the resume-free fields (device,
-    threads, progress bar) is a one-line error naming the field.
+    continues it (a run stopped before its first checkpoint starts again); an option that
+    would change anything but the resume-free fields (device, threads, progress bar) is a
+    one-line error naming the field.
     """
     from agent.cli import cli
     from agent.config import (
