@@ -43,6 +43,7 @@ from agent.checkpoint import (
     optimizer_from_state,
     optimizer_to_state,
     pack,
+    read_checkpoint_meta,
     resolve_checkpoint,
     save_checkpoint,
     unpack,
@@ -703,12 +704,14 @@ def final_evaluation(run: Run) -> float:
 
 
 def _restore(run: Run, checkpoint: Path) -> None:
-    """Weights, phases done, env step and the trainer state of the checkpoint."""
+    """Weights, phases done, results, env step and the trainer state of the checkpoint."""
     run.agent.load_state_dict(load_tensors(checkpoint / "model.safetensors"))
     state = load_trainer_state(checkpoint)
     run.resume = state
     run.env_step = int(state.meta["env_step"])
     run.phases_done = list(state.meta["phases_done"])
+    # what the phases done reported (e.g. BC's held-out agreement), for the final checkpoint
+    run.results = dict(read_checkpoint_meta(checkpoint).get("results") or {})
     random.setstate(_random_state_from_json(state.meta["python_random"]))
     _set_numpy_state(state.meta)
     torch.set_rng_state(state.tensors["rng/torch"])

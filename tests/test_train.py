@@ -171,6 +171,9 @@ def test_resume_continues_exactly(anchor, tmp_path, monkeypatch):
     for key in expected:
         assert torch.equal(got[key], expected[key]), key
     assert resumed.success_rate == full.success_rate
+    # what the phases before the stop reported (BC's held-out agreement) is kept too
+    assert resumed.results == full.results and "bc" in resumed.results
+    assert read_checkpoint_meta(resumed.run_dir)["results"] == full.results
 
 
 def test_numpy_global_rng_state_survives_json():
