@@ -415,13 +415,20 @@ def _corrupt(path: Path, why: object) -> ValueError:
     )
 
 
-def read_json_file(path: Path) -> Any:
-    """A checkpoint's JSON file; a corrupt one is a one-line error naming it."""
+def _read_json_object(path: Path, fix: str | None = None) -> dict[str, Any]:
+    """The JSON object in ``path``; anything else is a one-line error naming the file and
+    ``fix`` (default: a checkpoint file's)."""
     try:
         with open(path) as f:
-            return json.load(f)
+            data = json.load(f)
+        why = None if isinstance(data, dict) else "not a JSON object"
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise _corrupt(path, err) from None
+        why = err
+    if why is None:
+        return data
+    if fix is None:
+        raise _corrupt(path, why)
+    raise ValueError(f"{path} is corrupt ({why}); {fix}")
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -449,25 +456,18 @@ def read_run_config(path: str | os.PathLike) -> dict[str, Any]:
     """The config (as a dict) that ``--resume path`` continues: that of the latest checkpoint,
     or of the run directory's config.json for a run stopped before its first checkpoint."""
     if unstarted_run(path):
-        config_file = Path(path) / "config.json"
-        try:
-            data = json.loads(config_file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            data = err
-        if not isinstance(data, dict):
-            raise ValueError(
-                f"{config_file} is not a run's config ({data}); the run has no checkpoint "
-                "to fall back on: start it again with a new --run.dir"
-            )
-        return data
+        return _read_json_object(
+            Path(path) / "config.json",
+            "the run has no checkpoint to fall back on: start it again with a new --run.dir",
+        )
     return read_checkpoint_meta(path)["config"]
 
 
 def read_checkpoint_meta(path: str | os.PathLike) -> dict[str, Any]:
     """The parsed config.json of the checkpoint at ``path``."""
     ckpt = resolve_checkpoint(path)
-    meta = read_json_file(ckpt / "config.json")
-    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+    meta = _read_json_object(ckpt / "config.json")
+    if not isinstance(meta.get("config"), dict):
         raise _corrupt(ckpt / "config.json", "no config object in it")
     return meta
 
@@ -539,10 +539,7 @@ def load_trainer_state(path: str | os.PathLike) -> TrainerState:
             "evaluated or fine-tuned but not resumed"
         )
     tensors = load_tensors(ckpt / "trainer.safetensors")
-    meta = read_json_file(ckpt / "trainer.json")
-    if not isinstance(meta, dict):
-        raise _corrupt(ckpt / "trainer.json", "not a JSON object")
-    return TrainerState(tensors, meta)
+    return TrainerState(tensors, _read_json_object(ckpt / "trainer.json"))
 
 
 __all__ = [
@@ -559,7 +556,6 @@ __all__ = [
     "optimizer_to_state",
     "pack",
     "read_checkpoint_meta",
-    "read_json_file",
     "read_run_config",
     "resolve_checkpoint",
     "save_checkpoint",
