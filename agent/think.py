@@ -438,7 +438,9 @@ class SampledHalting(Halting):
 
     def deterministic_steps(self, p, lambdas, threshold):
         # the first step whose p(stop) reaches the threshold; step K always stops
-        over = torch.cat([lambdas >= threshold, torch.ones_like(lambdas[:, :1]).bool()], dim=-1)
+        # (B, K+1): the forced stop at K is its own column (K = 0: the only one)
+        forced = torch.ones(lambdas.shape[0], 1, dtype=torch.bool, device=lambdas.device)
+        over = torch.cat([lambdas >= threshold, forced], dim=-1)
         return over.float().argmax(-1)  # (B,) the first True
 
     scores_after_loop = True

@@ -287,6 +287,21 @@ def test_ponder_deterministic_steps_match_act():
     torch.testing.assert_close(pstate["core/h"], astate["core/h"])
 
 
+@pytest.mark.parametrize("core, halting", VARIANTS)
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_ponder_with_k_max_zero_answers_at_the_observe_step(core, halting, deterministic):
+    policy = make_policy(core, halting, k_max=0)
+    obs, start = torch.randn(B, OBS), torch.ones(B, dtype=torch.bool)
+    with torch.no_grad():
+        out, pstate = policy.ponder(obs, None, start, deterministic=deterministic)
+        _, astate, info = policy.act(obs, None, start, deterministic=deterministic)
+    assert (out.think_steps == 0).all() and (info.think_steps == 0).all()
+    assert out.halting.shape == (B, 1)
+    torch.testing.assert_close(out.halting, torch.ones(B, 1))
+    for key in astate:
+        torch.testing.assert_close(pstate[key], astate[key], msg=key)
+
+
 def test_ponder_sequence_shapes():
     policy = make_policy()
     obs = torch.randn(3, B, OBS)
