@@ -65,6 +65,8 @@ class CoreConfig:
         for field in ("hidden_dim", "num_layers", "max_context"):
             if getattr(self, field) < 1:
                 raise ValueError(f"core {field} must be >= 1, got {getattr(self, field)}")
+        if self.name == "transformer" and self.num_heads < 1:
+            raise ValueError(f"core num_heads must be >= 1, got {self.num_heads}")
         if self.name == "transformer" and self.hidden_dim % self.num_heads != 0:
             raise ValueError(
                 f"core num_heads={self.num_heads} must divide hidden_dim={self.hidden_dim}"

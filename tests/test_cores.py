@@ -120,6 +120,8 @@ def test_transformer_window_is_a_sliding_context():
         ({"name": "gru", "hidden_dim": 0}, "hidden_dim must be >= 1"),
         ({"name": "transformer", "hidden_dim": 10, "num_heads": 4}, "must divide hidden_dim"),
         ({"name": "transformer", "max_context": 0}, "max_context must be >= 1"),
+        ({"name": "transformer", "num_heads": 0}, "num_heads must be >= 1, got 0"),
+        ({"name": "transformer", "hidden_dim": 4, "num_heads": -2}, "num_heads must be >= 1"),
     ],
 )
 def test_bad_config_fails_with_one_line(kwargs, match):
