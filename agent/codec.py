@@ -137,8 +137,8 @@ class Codec(nn.Module):
     def decode(self, codes: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
         """codes (..., code_dim) + scale (...,) -> w_hat (..., slot_dim), differentiable in the
         decoder's weights (the task that uses a fetched item trains the decoder too)."""
-        z = dequantize_int8(codes, scale) if self.quantized else codes.to(torch.float32)
-        return self.unstandardize(self.decoder(z))
+        z = dequantize_int8(codes, scale) if self.quantized else codes
+        return self.unstandardize(self.decoder(z.to(self.center.dtype)))  # the codec's dtype
 
     def _roundtrip_standardized(self, u: torch.Tensor) -> torch.Tensor:
         z = self.encoder(u)

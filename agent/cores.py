@@ -82,10 +82,15 @@ def build_core(config: CoreConfig, input_dim: int) -> nn.Module:
     return CORES.get(config.name)(config, input_dim)
 
 
-def _batch_zeros(batch: int, *shape: int, device: torch.device | None) -> torch.Tensor:
+def _batch_zeros(
+    module: nn.Module, batch: int, *shape: int, device: torch.device | None
+) -> torch.Tensor:
+    """Zeros (batch, *shape) in ``module``'s floating dtype, on ``device`` (default: the
+    module's), so a state follows ``.to(device)`` / ``.double()`` of its core."""
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
-    return torch.zeros(batch, *shape, device=device)
+    param = next(module.parameters())
+    return torch.zeros(batch, *shape, dtype=param.dtype, device=device or param.device)
 
 
 def _store_input_major(module: nn.Module) -> None:
@@ -143,7 +148,8 @@ class GRUCore(nn.Module):
         _store_input_major(self)
 
     def initial_state(self, batch: int, device: torch.device | None = None) -> State:
-        return {"core/h": _batch_zeros(batch, len(self.cells), self.hidden_dim, device=device)}
+        h = _batch_zeros(self, batch, len(self.cells), self.hidden_dim, device=device)
+        return {"core/h": h}
 
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         h_prev = state["core/h"]  # (B, L, H)
@@ -175,7 +181,7 @@ class LSTMCore(nn.Module):
         _store_input_major(self)
 
     def initial_state(self, batch: int, device: torch.device | None = None) -> State:
-        zeros = _batch_zeros(batch, len(self.cells), self.hidden_dim, device=device)
+        zeros = _batch_zeros(self, batch, len(self.cells), self.hidden_dim, device=device)
         return {"core/h": zeros, "core/c": zeros.clone()}
 
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
@@ -316,9 +322,10 @@ class TransformerCore(nn.Module):
         state = {}
         for i in range(self.num_layers):
             state[f"core/k{i}"] = _batch_zeros(
-                batch, self.max_context, self.hidden_dim, device=device
+                self, batch, self.max_context, self.hidden_dim, device=device
             )
             state[f"core/v{i}"] = torch.zeros_like(state[f"core/k{i}"])
+        device = state["core/k0"].device
         state["core/pos"] = torch.zeros(batch, dtype=torch.long, device=device)
         return state
 

@@ -256,17 +256,20 @@ class TwoTierMemory(nn.Module):
 
     def _initial_workable(self, batch: int, device: torch.device | None) -> State:
         c = self.config
+        # the module's dtype and (by default) device: the state follows .to() / .double()
+        like = {"dtype": self.proj.weight.dtype, "device": device or self.proj.weight.device}
         return {
-            "mem/slots": torch.zeros(batch, c.num_slots, c.slot_dim, device=device),
-            "mem/slot_keys": torch.zeros(batch, c.num_slots, c.key_dim, device=device),
-            "mem/read": torch.zeros(batch, c.slot_dim, device=device),
-            "mem/got": torch.zeros(batch, c.slot_dim, device=device),
-            "mem/hit": torch.zeros(batch, 1, device=device),
-            "mem/score": torch.zeros(batch, 1, device=device),
+            "mem/slots": torch.zeros(batch, c.num_slots, c.slot_dim, **like),
+            "mem/slot_keys": torch.zeros(batch, c.num_slots, c.key_dim, **like),
+            "mem/read": torch.zeros(batch, c.slot_dim, **like),
+            "mem/got": torch.zeros(batch, c.slot_dim, **like),
+            "mem/hit": torch.zeros(batch, 1, **like),
+            "mem/score": torch.zeros(batch, 1, **like),
         }
 
     def _initial_store(self, batch: int, device: torch.device | None) -> State:
         c = self.config
+        device = device or self.proj.weight.device
         dtype = STORE_DTYPES[c.store_dtype]
         store = ms.empty_store(batch, c.capacity, c.code_dim, c.key_dim, dtype, device)
         store["mem/clock"] = torch.zeros(batch, dtype=torch.int32, device=device)

@@ -431,7 +431,7 @@ class MindloopPolicy(nn.Module):
         Returns: action dict of (B, ...) tensors, the new state, :class:`StepInfo`.
         Wrap in ``torch.no_grad()`` for rollouts.
         """
-        self._check_obs(obs_embedding, 2)
+        obs_embedding, obs_tokens = self._inputs(obs_embedding, obs_tokens, 2)
         if state is None:
             state = self.initial_state(obs_embedding.shape[0], obs_embedding.device)
         state = self.reset_state(state, episode_start)
@@ -467,7 +467,7 @@ class MindloopPolicy(nn.Module):
         Returns: :class:`StepInfo` with (T, B, ...) log-probs, entropies, values and think
         steps (equal to ``act``'s on the same inputs), and the final state.
         """
-        self._check_obs(obs_embedding, 3)
+        obs_embedding, obs_tokens = self._inputs(obs_embedding, obs_tokens, 3)
         if int(decisions.think_steps.max()) > self.k_max:
             raise ValueError(
                 f"recorded think_steps up to {int(decisions.think_steps.max())} exceed "
@@ -516,7 +516,7 @@ class MindloopPolicy(nn.Module):
         calls): where >= 0, the observe step makes that call and the think steps make none;
         where -1 (unlabelled), the ops are chosen as usual.
         """
-        self._check_obs(obs_embedding, 2)
+        obs_embedding, obs_tokens = self._inputs(obs_embedding, obs_tokens, 2)
         if state is None:
             state = self.initial_state(obs_embedding.shape[0], obs_embedding.device)
         state = self.reset_state(state, episode_start)
@@ -538,7 +538,7 @@ class MindloopPolicy(nn.Module):
         ``obs_tokens`` (T, B, N, token_dim) for the ``attend`` and ``scan`` think inputs;
         ``mem_ops`` (T, B) memory calls to teacher-force (-1: not labelled), as for
         :meth:`ponder`."""
-        self._check_obs(obs_embedding, 3)
+        obs_embedding, obs_tokens = self._inputs(obs_embedding, obs_tokens, 3)
         state, outs = initial_state, []
         for t in range(obs_embedding.shape[0]):
             tokens = None if obs_tokens is None else obs_tokens[t]
@@ -606,6 +606,17 @@ class MindloopPolicy(nn.Module):
         """The step act(deterministic=True) stops at (the halting mode's rule: first
         lambda_n >= threshold for sampled halting, the most likely budget otherwise)."""
         return self.halting.deterministic_steps(p, lam, self.config.think.halt_threshold)
+
+    def _inputs(
+        self, obs: torch.Tensor, tokens: torch.Tensor | None, ndim: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The observation embedding (and frame tokens) as tensors in the policy's dtype, on
+        its device (numpy arrays and float64 are converted, as SB3's ``predict`` does), the
+        embedding's shape checked (``ndim`` 2: (B, obs_dim), 3: (T, B, obs_dim))."""
+        like = {"dtype": self.value_head.weight.dtype, "device": self.value_head.weight.device}
+        obs = torch.as_tensor(obs, **like)
+        self._check_obs(obs, ndim)
+        return obs, None if tokens is None else torch.as_tensor(tokens, **like)
 
     def _check_obs(self, obs: torch.Tensor, ndim: int) -> None:
         if obs.dim() != ndim or obs.shape[-1] != self.obs_dim:

@@ -199,3 +199,18 @@ def test_transformer_mixed_depths_match_separate_runs():
         alone = xs[:, row : row + 1]
         expect, _ = run(core, alone[3:] if start[row] else alone)
         torch.testing.assert_close(hs[:, row], expect[-3:, 0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", CORES.names())
+def test_initial_state_follows_the_cores_dtype_and_device(name):
+    """``core.double()`` / ``.to(device)`` carry the state along: ``initial_state(batch)``
+    without a device is made where the core's weights are, in their dtype ("meta" stands in
+    for a GPU here)."""
+    core = make(name).double()
+    state = core.initial_state(B)
+    assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float64}
+    hs, _ = run(core, torch.randn(3, B, IN, dtype=torch.float64), state)
+    assert hs.dtype == torch.float64 and torch.isfinite(hs).all()
+    on_meta = make(name).to("meta").initial_state(B)
+    assert {v.device.type for v in on_meta.values()} == {"meta"}
+    assert {v.device.type for v in make(name).initial_state(B, "meta").values()} == {"meta"}

@@ -425,3 +425,19 @@ def test_nap_stamps_each_item_in_write_order_before_the_next_set(eviction):
     state, _ = run_ops(mem, [h[1:2]], [OP_SET], state)
     stamps = state["mem/store_stamp"][0, :5].tolist()
     assert stamps == [0, 2, 3, 4, 5]  # the napped items 2, 3, 4 in order, then the set's 5
+
+
+def test_state_follows_the_memorys_dtype_and_device():
+    """``memory.double()`` / ``.to(device)``: the workable tier is made in the memory's dtype
+    where its weights are, and a set then a get decode in that dtype ("meta" stands in for a
+    GPU here); the store keeps its own dtype."""
+    mem = make(store_dtype="int8").double()
+    state = mem.initial_state(2)
+    assert state["mem/slots"].dtype == torch.float64
+    assert state["mem/store_codes"].dtype == torch.int8
+    h = torch.randn(2, HIDDEN, dtype=torch.float64)
+    state, stats = run_ops(mem, [h, h], [OP_SET, OP_GET], state)
+    assert state["mem/got"].dtype == torch.float64 and bool((stats[-1]["hit"] == 1).all())
+    assert mem.read(state).dtype == torch.float64
+    on_meta = make().to("meta").initial_state(2)
+    assert {v.device.type for v in on_meta.values()} == {"meta"}

@@ -324,6 +324,38 @@ def test_policy_safetensors_round_trip(core, tmp_path):
     torch.testing.assert_close(i1.value, i2.value)
 
 
+@pytest.mark.parametrize("core", CORES.names())
+def test_policy_follows_its_dtype_and_device_and_converts_inputs(core):
+    """``policy.double()`` acts, replays and ponders in float64 with a state made by
+    ``initial_state(batch)``, whatever the core and with the real memory; float32, float64 and
+    numpy embeddings are converted to the policy's dtype (as SB3's predict does)."""
+    memory_mod = pytest.importorskip("agent.memory")
+
+    def build():
+        torch.manual_seed(0)
+        mem_cfg = memory_mod.MemoryConfig(slot_dim=12, num_slots=2, code_dim=4, key_dim=4)
+        cfg = PolicyConfig(
+            core=CoreConfig(name=core, hidden_dim=12, num_heads=2, max_context=32),
+            think=ThinkConfig(k_max=K, think_input="adapter"),
+        )
+        return MindloopPolicy(OBS, ACTION_SPACE, cfg, memory_mod.build_memory(mem_cfg, 12))
+
+    policy = build().double()
+    obs, state0, starts, acts, info, _ = rollout(policy, T=3)  # float32 embeddings in
+    assert info.log_prob.dtype == torch.float64 and acts["muscles"].dtype == torch.float64
+    assert state0["core/k0" if core == "transformer" else "core/h"].dtype == torch.float64
+    out, _ = policy.evaluate_sequence(obs.double(), state0, starts, acts, info.decisions)
+    torch.testing.assert_close(out.log_prob, info.log_prob)
+    pout, _ = policy.ponder(obs[0].numpy(), None, starts[0])
+    assert pout.halting.dtype == torch.float64
+    with torch.no_grad():
+        a64, _, _ = policy.act(obs[0].double(), None, starts[0], deterministic=True)
+        a_np, _, _ = policy.act(obs[0].numpy(), None, starts[0], deterministic=True)
+    torch.testing.assert_close(a64["muscles"], a_np["muscles"])
+    meta_state = build().to("meta").initial_state(B)  # "meta" stands in for a GPU
+    assert {v.device.type for v in meta_state.values()} == {"meta"}
+
+
 def test_sampling_is_reproducible_with_a_seed():
     policy = make_policy()
     obs, start = torch.randn(B, OBS), torch.ones(B, dtype=torch.bool)
