@@ -161,6 +161,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=OUT)
     a = ap.parse_args()
+    for name in ("train_frames", "test_frames", "steps", "log_every"):
+        if getattr(a, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
     if a.quick:
         a.train_frames, a.test_frames, a.steps, a.log_every = 600, 200, 300, 100
 

@@ -219,6 +219,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", type=Path, default=OUT)
     a = ap.parse_args()
+    lows = {"delay": 0, "episodes": 1, "updates": 1, "k_max": 0, "dagger": 0}
+    lows |= {"dagger_episodes": 1, "dagger_updates": 0, "eval_episodes": 1}
+    for name, low in lows.items():
+        if getattr(a, name) < low:
+            ap.error(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(a, name)}")
+    if min(a.eval_delays) < 0:
+        ap.error(f"--eval-delays must be >= 0, got {a.eval_delays}")
     if a.quick:
         a.delay, a.episodes, a.updates, a.eval_delays, a.eval_episodes = 5, 16, 20, [5], 2
         a.dagger_episodes, a.dagger_updates = 8, 10

@@ -138,6 +138,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads for the encoders")
     parser.add_argument("--env-id", default=ENV_ID, help="the env whose step rate is compared")
     args = parser.parse_args()
+    for name in ("num_envs", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     torch.set_num_threads(args.threads)
     budget = 0.6 if args.quick else 3.0
 

@@ -155,6 +155,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="short rounds (< 1 minute)")
     parser.add_argument("--tasks", nargs="*", default=list(envs.TASK_IDS), help="task ids")
     args = parser.parse_args()
+    if not args.tasks:
+        parser.error("--tasks needs at least one task id")
+    for env_id in args.tasks:
+        if env_id not in gym.registry:
+            parser.error(f"unknown task {env_id!r}; choose from: {', '.join(envs.TASK_IDS)}")
     # Many short rounds: the best of each contender is then likely from a quiet moment.
     seconds, rounds = (0.3, 3) if args.quick else (0.6, 10)
 

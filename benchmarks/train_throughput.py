@@ -51,7 +51,7 @@ from agent.baselines import build_sb3_model, make_logger, make_sb3_vec_env
 from agent.config import AgentConfig, EnvConfig, PPOConfig, RunConfig, TrainConfig
 from agent.ppo import PPOTrainer
 from agent.rollout import EnvRunner
-from agent.vector import env_seeds, make_vector_env
+from agent.vector import check_env_id, env_seeds, make_vector_env
 
 OUT = Path(__file__).resolve().parent / "out" / "train_throughput.json"
 
@@ -262,6 +262,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
+    try:
+        check_env_id(args.env)
+    except ValueError as err:
+        parser.error(str(err))
+    for name in ("num_envs", "rollout_steps", "bptt_steps", "epochs", "minibatches"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    for name in ("rounds", "updates"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.quick:
         # no worker processes to start: their start-up alone would take most of a minute
         args.num_envs, args.rollout_steps = min(args.num_envs, 4), min(args.rollout_steps, 32)

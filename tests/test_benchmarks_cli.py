@@ -1,0 +1,45 @@
+"""The benchmark scripts turn bad arguments into one argparse error line, not a traceback.
+
+Each case fails while parsing, before any env, model or timing is built (a few seconds each:
+one interpreter start and the imports).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CASES = [
+    ("env_throughput.py", ["--tasks", "mindloop/Foo-v0"], "unknown task 'mindloop/Foo-v0'"),
+    ("env_throughput.py", ["--tasks"], "--tasks"),
+    ("encoder_throughput.py", ["--num-envs", "0"], "--num-envs must be >= 1"),
+    ("encoder_throughput.py", ["--threads", "0"], "--threads must be >= 1"),
+    ("train_throughput.py", ["--env", "mindloop/Foo-v0"], "unknown task 'mindloop/Foo-v0'"),
+    ("train_throughput.py", ["--num-envs", "0"], "--num-envs must be >= 1"),
+    ("cue_perception.py", ["--train-frames", "0"], "--train-frames must be >= 1"),
+    ("cue_recall_bc.py", ["--delay", "-1"], "--delay must be >= 0"),
+    ("cue_recall_bc.py", ["--eval-delays", "20", "-5"], "--eval-delays must be >= 0"),
+]
+
+
+@pytest.mark.parametrize(("script", "args", "message"), CASES, ids=lambda c: str(c))
+def test_bad_argument_is_one_error_line(script: str, args: list[str], message: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "error:" in last and message in last, last
