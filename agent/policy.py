@@ -236,9 +236,15 @@ class MindloopPolicy(nn.Module):
         """Reset the envs flagged in ``episode_start`` (B,): the core to its initial state,
         the memory through ``memory.reset`` (it decides what persists across episodes)."""
         episode_start = torch.as_tensor(episode_start, device=_device(state)).bool()
+        batch = next(iter(state.values())).shape[0]
+        if episode_start.numel() != batch:
+            raise ValueError(
+                f"episode_start must hold one flag per env ({batch} in the state), got shape "
+                f"{tuple(episode_start.shape)}"
+            )
+        episode_start = episode_start.reshape(batch)
         if not episode_start.any():
             return state
-        batch = episode_start.shape[0]
         core = {k: state[k] for k in self._core_keys}
         out = dict(state)
         out.update(
@@ -434,6 +440,7 @@ class MindloopPolicy(nn.Module):
         obs_embedding, obs_tokens = self._inputs(obs_embedding, obs_tokens, 2)
         if state is None:
             state = self.initial_state(obs_embedding.shape[0], obs_embedding.device)
+        self._check_state(state, obs_embedding.shape[0])
         state = self.reset_state(state, episode_start)
         choose = Chooser(
             "deterministic" if deterministic else "sample", self.config.think.halt_threshold
@@ -473,6 +480,7 @@ class MindloopPolicy(nn.Module):
                 f"recorded think_steps up to {int(decisions.think_steps.max())} exceed "
                 f"k_max={self.k_max}; replay with the policy that recorded them"
             )
+        self._check_state(initial_state, obs_embedding.shape[1])
         choose = Chooser("replay")
         state, infos, hs, deferred = initial_state, [], [], []
         for t in range(obs_embedding.shape[0]):
@@ -519,6 +527,7 @@ class MindloopPolicy(nn.Module):
         obs_embedding, obs_tokens = self._inputs(obs_embedding, obs_tokens, 2)
         if state is None:
             state = self.initial_state(obs_embedding.shape[0], obs_embedding.device)
+        self._check_state(state, obs_embedding.shape[0])
         state = self.reset_state(state, episode_start)
         choose = Chooser(
             "deterministic" if deterministic else "sample", self.config.think.halt_threshold
@@ -617,6 +626,21 @@ class MindloopPolicy(nn.Module):
         obs = torch.as_tensor(obs, **like)
         self._check_obs(obs, ndim)
         return obs, None if tokens is None else torch.as_tensor(tokens, **like)
+
+    def _check_state(self, state: State, batch: int) -> None:
+        """One-line errors for a state that does not belong to this policy or these envs."""
+        missing = [k for k in (*self._core_keys, *self._mem_keys) if k not in state]
+        if missing:
+            raise ValueError(
+                f"state lacks {', '.join(missing)}: pass the state this policy returned, or "
+                "None (or policy.initial_state(batch)) for fresh envs"
+            )
+        held = next(iter(state.values())).shape[0]
+        if held != batch:
+            raise ValueError(
+                f"state holds {held} envs but obs_embedding has {batch}: pass the state "
+                "returned for these envs, or None for fresh ones"
+            )
 
     def _check_obs(self, obs: torch.Tensor, ndim: int) -> None:
         if obs.dim() != ndim or obs.shape[-1] != self.obs_dim:

@@ -388,6 +388,30 @@ def test_config_round_trips_through_a_dict():
             "no action head for 'm': MultiBinary",
         ),
         (lambda: make_policy().act(torch.zeros(B, OBS + 1), None, torch.ones(B)), "obs_dim=6"),
+        (
+            lambda: make_policy().act(torch.zeros(B, OBS), None, torch.ones(B + 1)),
+            rf"episode_start must hold one flag per env \({B} in the state\), got shape \({B + 1},\)",
+        ),
+        (
+            lambda: make_policy().act(torch.zeros(B, OBS), make_policy().initial_state(2), [0] * B),
+            f"state holds 2 envs but obs_embedding has {B}",
+        ),
+        (
+            lambda: make_policy(memory=True).ponder(
+                torch.zeros(B, OBS), make_policy().initial_state(B), torch.zeros(B)
+            ),
+            "state lacks mem/slot, mem/read, mem/calls: pass the state this policy returned",
+        ),
+        (
+            lambda: make_policy().evaluate_sequence(
+                torch.zeros(2, B, OBS),
+                make_policy().initial_state(B - 1),
+                torch.zeros(2, B),
+                {},
+                Decisions(torch.zeros(2, B, dtype=torch.long), torch.zeros(2, B, K + 1)),
+            ),
+            f"state holds {B - 1} envs but obs_embedding has {B}",
+        ),
     ],
 )
 def test_bad_input_fails_with_one_line(build, match):
