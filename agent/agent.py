@@ -152,6 +152,12 @@ class MindloopAgent(nn.Module):
     ) -> tuple[Action, State, StepInfo]:
         """:meth:`act` with the actions kept as tensors (what training stores)."""
         x, tokens = self.encode_frames(obs)  # (B, embed_dim), (B, N, token_dim) or None
+        if x.dim() != 2:  # the encoders take any lead shape; act takes one frame of B envs
+            raise ValueError(
+                f"act takes one frame of a batch of envs, observations of shape (B, ...) as a "
+                f"vector env returns; these have lead shape {tuple(x.shape[:-1])}: for a single "
+                "env's observation add a batch axis, {k: v[None] for k, v in obs.items()}"
+            )
         start = torch.as_tensor(np.asarray(episode_start), device=x.device).bool()
         return self.policy.act(x, state, start, deterministic, obs_tokens=tokens)
 

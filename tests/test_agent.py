@@ -106,3 +106,15 @@ def test_bad_token_source_is_one_line(tokens_from, expected):
         image_agent("attend", tokens_from=tokens_from)
     msg = str(err.value)
     assert expected in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("think_input", ["token", "attend"])
+@pytest.mark.parametrize("lead", [(), (2, 3)])
+def test_act_on_an_unbatched_or_sequence_observation_is_one_line(think_input, lead):
+    agent = image_agent(think_input, k_max=1)
+    with pytest.raises(ValueError) as err:
+        agent.act(random_obs(lead), None, np.ones(lead[-1] if lead else 1, bool))
+    msg = str(err.value)
+    assert f"lead shape {lead}" in msg and "add a batch axis" in msg and "\n" not in msg
+    actions, _, _ = agent.act(random_obs((1,)), None, np.ones(1, bool))  # a batch of one
+    assert actions["muscles"].shape == (1, 4)
