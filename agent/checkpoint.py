@@ -494,8 +494,35 @@ def load_agent(
         config.agent,
     )
     state = load_tensors(ckpt / "model.safetensors")
+    _check_weights_fit(ckpt / "model.safetensors", state, agent.state_dict())
     agent.load_state_dict(state, strict=True)
     return agent.to(device).eval(), config
+
+
+def _check_weights_fit(
+    path: Path, saved: Mapping[str, torch.Tensor], built: Mapping[str, torch.Tensor]
+) -> None:
+    """A one-line error naming the first differences where the saved weights do not fit the
+    agent that config.json builds (instead of load_state_dict's one line per tensor)."""
+    missing = [k for k in built if k not in saved]
+    unexpected = [k for k in saved if k not in built]
+    shapes = [
+        f"{k} {tuple(saved[k].shape)} vs {tuple(v.shape)}"
+        for k, v in built.items()
+        if k in saved and saved[k].shape != v.shape
+    ]
+    found = [("missing", missing), ("unexpected", unexpected), ("shape saved vs built", shapes)]
+    parts = [f"{what}: {_first_few(names)}" for what, names in found if names]
+    if parts:
+        raise ValueError(
+            f"{path} does not fit the agent its config.json builds ({'; '.join(parts)}); "
+            "was config.json edited, or the checkpoint written by another mindloop version?"
+        )
+
+
+def _first_few(names: list[str], n: int = 3) -> str:
+    more = f" and {len(names) - n} more" if len(names) > n else ""
+    return ", ".join(names[:n]) + more
 
 
 def best_evaluation(root: str | os.PathLike) -> dict[str, Any] | None:

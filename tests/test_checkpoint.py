@@ -253,6 +253,29 @@ def test_missing_checkpoint_is_one_line_error(tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda agent: agent["core"].update(hidden_dim=24), "shape saved vs built: "),
+        (lambda agent: agent.update(use_memory=True), "missing: policy.memory."),
+        (lambda agent: agent["think"].update(halting="fixed"), "unexpected: policy.halting.head"),
+    ],
+)
+def test_weights_that_do_not_fit_the_config_are_one_line(tmp_path, edit, expected):
+    """Weights that config.json does not describe (an edited config, another version's
+    checkpoint) fail in one line naming the file and the first differences."""
+    agent, cfg = tiny_agent()
+    path = save_checkpoint(tmp_path, agent, cfg, step=1)
+    meta = json.loads((path / "config.json").read_text())
+    edit(meta["config"]["agent"])
+    (path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError) as err:
+        load_agent(path)
+    message = str(err.value)
+    assert "\n" not in message and "model.safetensors does not fit" in message, message
+    assert expected in message, message
+
+
+@pytest.mark.parametrize(
     ("name", "content"),
     [
         ("model.safetensors", None),  # truncated: a copy cut short
