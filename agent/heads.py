@@ -46,6 +46,13 @@ class BetaHead(nn.Module):
                 f"a Box action needs finite bounds for the Beta head, got low={space.low.min()} "
                 f"high={space.high.max()}; bound it (muscles use [0, 1])"
             )
+        if not np.all(high > low):
+            i = int(np.argmin((high - low).reshape(-1)))
+            raise ValueError(
+                f"a Box action needs high > low in every dimension for the Beta head, got "
+                f"low={low.reshape(-1)[i]} high={high.reshape(-1)[i]} at flat index {i}; drop "
+                "the fixed dimension or widen it (muscles use [0, 1])"
+            )
         self.shape = tuple(space.shape)
         n = int(np.prod(self.shape))
         self.proj = nn.Linear(hidden_dim, 2 * n)

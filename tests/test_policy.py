@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
@@ -382,6 +383,12 @@ def test_config_round_trips_through_a_dict():
         (
             lambda: MindloopPolicy(OBS, spaces.Dict(m=spaces.Box(-float("inf"), 1.0, (2,)))),
             "needs finite bounds",
+        ),
+        (
+            lambda: MindloopPolicy(
+                OBS, spaces.Dict(m=spaces.Box(0.0, np.array([1.0, 0.0], np.float32)))
+            ),
+            r"needs high > low in every dimension for the Beta head, got low=0.0 high=0.0 at flat",
         ),
         (
             lambda: MindloopPolicy(OBS, spaces.Dict(m=spaces.MultiBinary(2))),
