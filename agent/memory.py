@@ -278,7 +278,7 @@ class TwoTierMemory(nn.Module):
     def reset(self, state: State, episode_start: torch.Tensor) -> State:
         """Clear the workable tier (and the store unless ``persist_store``) where
         ``episode_start`` (B,) is true; with ``nap_on_reset`` nap those envs first."""
-        start = episode_start.to(torch.bool)
+        start = torch.as_tensor(episode_start, device=state["mem/clock"].device).bool()
         if not bool(start.any()):
             return state
         if self.config.nap_on_reset:
@@ -438,7 +438,7 @@ class TwoTierMemory(nn.Module):
         batch = slots.shape[0]
         if mask is None:
             mask = torch.ones(batch, dtype=torch.bool, device=slots.device)
-        mask = mask.to(torch.bool)
+        mask = torch.as_tensor(mask, device=slots.device).bool()
         clock = state["mem/clock"]
         napped = torch.zeros(batch, device=slots.device)
         merged, evicted = torch.zeros_like(napped), torch.zeros_like(napped)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -441,3 +442,20 @@ def test_state_follows_the_memorys_dtype_and_device():
     assert mem.read(state).dtype == torch.float64
     on_meta = make().to("meta").initial_state(2)
     assert {v.device.type for v in on_meta.values()} == {"meta"}
+
+
+@pytest.mark.parametrize("as_flags", [np.array, list, torch.tensor])
+def test_reset_and_nap_take_numpy_or_list_flags_as_the_policy_does(as_flags):
+    """``episode_start`` as a vector env hands it (numpy) or a list works as a tensor does."""
+    mem = make(persist_store=True, nap_on_reset=True)
+    h = torch.randn(2, HIDDEN)
+    state, _ = run_ops(mem, [h], [OP_NONE])
+    expected, _ = mem.nap(state, torch.tensor([True, False]))
+    napped, stats = mem.nap(state, as_flags([True, False]))
+    assert stats["napped"].tolist() == [float(mem.config.num_slots), 0.0]
+    assert torch.equal(napped["mem/store_count"], expected["mem/store_count"])
+    reset = mem.reset(state, as_flags([True, False]))
+    assert torch.equal(reset["mem/store_count"], expected["mem/store_count"])
+    assert reset["mem/slots"][0].abs().sum() == 0 and torch.equal(
+        reset["mem/slots"][1], state["mem/slots"][1]
+    )
