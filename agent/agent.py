@@ -158,7 +158,8 @@ class MindloopAgent(nn.Module):
                 f"vector env returns; these have lead shape {tuple(x.shape[:-1])}: for a single "
                 "env's observation add a batch axis, {k: v[None] for k, v in obs.items()}"
             )
-        start = torch.as_tensor(np.asarray(episode_start), device=x.device).bool()
+        # no numpy round trip: a tensor on a GPU cannot be viewed as a numpy array
+        start = torch.as_tensor(episode_start, device=x.device).bool()
         return self.policy.act(x, state, start, deterministic, obs_tokens=tokens)
 
     def actions_to_numpy(self, actions: Action) -> dict[str, np.ndarray]:

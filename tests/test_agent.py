@@ -118,3 +118,29 @@ def test_act_on_an_unbatched_or_sequence_observation_is_one_line(think_input, le
     assert f"lead shape {lead}" in msg and "add a batch axis" in msg and "\n" not in msg
     actions, _, _ = agent.act(random_obs((1,)), None, np.ones(1, bool))  # a batch of one
     assert actions["muscles"].shape == (1, 4)
+
+
+class _DeviceFlags(torch.Tensor):
+    """Stands in for a tensor on a GPU here: numpy cannot view it."""
+
+    def __array__(self, *args, **kwargs):
+        raise TypeError("can't convert cuda:0 device type tensor to numpy")
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        lambda: np.array([True, False]),
+        lambda: [True, False],
+        lambda: torch.tensor([True, False]),
+        lambda: torch.tensor([True, False]).as_subclass(_DeviceFlags),
+    ],
+)
+def test_act_takes_episode_start_as_numpy_list_or_tensor_on_any_device(flags):
+    agent = image_agent("token", k_max=1)
+    state = agent.initial_state(2)
+    torch.manual_seed(0)
+    expected, _, _ = agent.act(random_obs((2,)), state, np.array([True, False]))
+    torch.manual_seed(0)
+    actions, _, _ = agent.act(random_obs((2,)), state, flags())
+    np.testing.assert_array_equal(actions["muscles"], expected["muscles"])
