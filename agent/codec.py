@@ -101,7 +101,7 @@ class Codec(nn.Module):
     @torch.no_grad()
     def update_statistics(self, w: torch.Tensor) -> None:
         """Move the running center/spread toward those of the batch w (N, slot_dim)."""
-        w = w.reshape(-1, self.slot_dim)
+        w = w.reshape(-1, self.slot_dim).to(self.center)  # keeps the codec's dtype and device
         if w.shape[0] < 2:
             return
         mean, std = w.mean(0), w.std(0).clamp_min(1e-4)
@@ -138,7 +138,7 @@ class Codec(nn.Module):
         """codes (..., code_dim) + scale (...,) -> w_hat (..., slot_dim), differentiable in the
         decoder's weights (the task that uses a fetched item trains the decoder too)."""
         z = dequantize_int8(codes, scale) if self.quantized else codes
-        return self.unstandardize(self.decoder(z.to(self.center.dtype)))  # the codec's dtype
+        return self.unstandardize(self.decoder(z.to(self.center.dtype)))  # in the codec's dtype
 
     def _roundtrip_standardized(self, u: torch.Tensor) -> torch.Tensor:
         z = self.encoder(u)
@@ -196,6 +196,7 @@ def train_codec(
         else:
             idx = torch.randint(0, samples.shape[0], (batch_size,), generator=gen)
             batch = samples[idx]
+        batch = batch.to(codec.center)  # e.g. float64 samples from numpy, a float32 codec
         codec.update_statistics(batch)
         losses, cosines = codec.reconstruction_loss(batch)
         loss, cos = losses.mean(), cosines.mean()

@@ -459,3 +459,16 @@ def test_reset_and_nap_take_numpy_or_list_flags_as_the_policy_does(as_flags):
     assert reset["mem/slots"][0].abs().sum() == 0 and torch.equal(
         reset["mem/slots"][1], state["mem/slots"][1]
     )
+
+
+def test_codec_keeps_its_dtype_when_fitted_on_float64_samples():
+    """Samples from numpy are float64: fitting a float32 codec on them (train_codec or
+    update_statistics) keeps its statistics float32, so the memory still encodes and decodes."""
+    mem = make()
+    samples = torch.from_numpy(np.random.default_rng(0).normal(size=(64, 32)))  # float64
+    train_codec(mem.codec, samples, steps=3)
+    mem.codec.update_statistics(samples)
+    assert mem.codec.center.dtype == mem.codec.spread.dtype == torch.float32
+    h = torch.randn(2, HIDDEN)
+    state, stats = run_ops(mem, [h, h], [OP_SET, OP_GET])
+    assert state["mem/got"].dtype == torch.float32 and bool((stats[-1]["hit"] == 1).all())
