@@ -467,7 +467,7 @@ class MindloopPolicy(nn.Module):
             obs_embedding: (T, B, obs_dim).
             initial_state: the state ``act`` was called with at t = 0 (before its reset).
             episode_starts: (T, B) the ``episode_start`` flags passed to ``act``.
-            actions: dict of (T, B, ...) actions ``act`` returned.
+            actions: dict of (T, B, ...) actions ``act`` returned (tensors or numpy arrays).
             decisions: (T, B, ...) :class:`Decisions` stacked from ``act``'s infos.
             obs_tokens: (T, B, N, token_dim) frame tokens (``attend`` and ``scan`` only).
 
@@ -495,7 +495,12 @@ class MindloopPolicy(nn.Module):
         # small ones (the PPO update's minibatches are only a few sequences wide).
         T, B = obs_embedding.shape[:2]
         dist = self.heads(torch.cat(hs))  # over (T * B, H)
-        flat = {k: v.reshape(T * B, *v.shape[2:]) for k, v in actions.items()}
+        # the actions as act returned them: tensors, or the numpy arrays of MindloopAgent.act
+        device = obs_embedding.device
+        flat = {
+            k: torch.as_tensor(v, device=device).reshape(T * B, *v.shape[2:])
+            for k, v in actions.items()
+        }
         out = StepInfo.stack(infos)
         if deferred[0] is not None:  # value and halting heads: one call over all frames too
             h0s, h_prev = (torch.stack(v) for v in zip(*deferred, strict=True))

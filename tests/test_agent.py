@@ -11,7 +11,7 @@ from gymnasium import spaces
 from agent.agent import MindloopAgent
 from agent.config import AgentConfig
 from agent.cores import CoreConfig
-from agent.policy import Decisions
+from agent.policy import Decisions, StepInfo
 from agent.think import ThinkConfig
 from encoders.fusion import FusedEncoderConfig
 
@@ -144,3 +144,22 @@ def test_act_takes_episode_start_as_numpy_list_or_tensor_on_any_device(flags):
     torch.manual_seed(0)
     actions, _, _ = agent.act(random_obs((2,)), state, flags())
     np.testing.assert_array_equal(actions["muscles"], expected["muscles"])
+
+
+def test_replay_takes_the_numpy_actions_act_returned():
+    """What MindloopAgent.act hands out (numpy actions, numpy episode starts) replays as it is."""
+    agent = image_agent("token", k_max=2)
+    T, B = 3, 2
+    obs = random_obs((T, B))
+    starts = np.zeros((T, B), bool)
+    starts[0] = True
+    state = state0 = agent.initial_state(B)
+    actions, infos = [], []
+    for t in range(T):
+        action, state, info = agent.act({k: v[t] for k, v in obs.items()}, state, starts[t])
+        actions.append(action)
+        infos.append(info)
+    stacked = {k: np.stack([a[k] for a in actions]) for k in actions[0]}
+    info = StepInfo.stack(infos)
+    out, _ = agent.evaluate_sequence(obs, state0, starts, stacked, info.decisions)
+    torch.testing.assert_close(out.log_prob, info.log_prob)
