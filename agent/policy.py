@@ -27,6 +27,8 @@ Envs in a batch halt at different steps: the batch keeps stepping until every en
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
@@ -537,7 +539,8 @@ class MindloopPolicy(nn.Module):
         choose = Chooser(
             "deterministic" if deterministic else "sample", self.config.think.halt_threshold
         )
-        return self._ponder_frame(obs_embedding, state, choose, obs_tokens, mem_ops)
+        with _no_inplace_cache(self.core):
+            return self._ponder_frame(obs_embedding, state, choose, obs_tokens, mem_ops)
 
     def ponder_sequence(
         self,
@@ -672,6 +675,21 @@ class _ForcedOps:
 
     def categorical(self, dist, recorded: torch.Tensor | None) -> torch.Tensor:
         return torch.where(self.ops >= 0, self.ops, self.base.categorical(dist, recorded))
+
+
+@contextmanager
+def _no_inplace_cache(core: nn.Module) -> Iterator[None]:
+    """Turn off a core's in-place KV cache (``CoreConfig.inplace_kv``) for a ponder frame: it
+    keeps the state after every think step to carry on the sampled one, and in-place writes
+    would leave all of them holding the last step's cache."""
+    inplace = getattr(core, "inplace_kv", False)
+    if inplace:
+        core.inplace_kv = False
+    try:
+        yield
+    finally:
+        if inplace:
+            core.inplace_kv = True
 
 
 def _force_last_stop(halt_prob: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:

@@ -303,6 +303,33 @@ def test_ponder_with_k_max_zero_answers_at_the_observe_step(core, halting, deter
         torch.testing.assert_close(pstate[key], astate[key], msg=key)
 
 
+@pytest.mark.parametrize("halting", HALTING.names())
+def test_ponder_with_an_inplace_kv_cache_matches_the_functional_one(halting):
+    """ponder keeps the state after every think step: a transformer's in-place KV cache
+    (inference only, CoreConfig.inplace_kv) must not make them all hold the last step's."""
+    outs = []
+    for inplace in (False, True):
+        torch.manual_seed(0)
+        cfg = PolicyConfig(
+            core=CoreConfig(
+                name="transformer", hidden_dim=12, num_heads=2, max_context=5, inplace_kv=inplace
+            ),
+            think=ThinkConfig(k_max=K, halting=halting),
+        )
+        policy = MindloopPolicy(OBS, ACTION_SPACE, cfg)
+        if hasattr(policy.halting, "head"):
+            nn.init.normal_(policy.halting.head.weight, std=1.0)
+        g, state, hidden = torch.Generator().manual_seed(0), None, []
+        with torch.no_grad():
+            for t in range(6):  # the 5-step window wraps
+                obs = torch.randn(B, OBS, generator=g)
+                out, state = policy.ponder(obs, state, torch.full((B,), t == 0), True)
+                hidden.append(out.hidden)
+        outs.append(torch.stack(hidden))
+        assert policy.core.inplace_kv == inplace
+    torch.testing.assert_close(outs[1], outs[0])
+
+
 def test_ponder_sequence_shapes():
     policy = make_policy()
     obs = torch.randn(3, B, OBS)
