@@ -10,15 +10,37 @@ than drawing it), and must be closed explicitly: ``mujoco.Renderer`` frees its E
 from __future__ import annotations
 
 import atexit
+import os
 import weakref
 
 import mujoco
 import numpy as np
 
-from envs.gl import INSTALL_HINT, gl_context_class
+from envs.gl import INSTALL_HINT, gl_backend, gl_context_class
 
 _LIVE: weakref.WeakSet[OffscreenRenderer] = weakref.WeakSet()
 _atexit_registered = False
+_gl_pid: int | None = None
+"""The process that made a GL context here (a forked child inherits the parent's pid)."""
+_FORK_UNSAFE_BACKENDS = ("egl", "osmesa")
+"""Backends whose first context in a process forked after rendering waits forever (Mesa's
+locks and worker threads do not survive a fork)."""
+
+
+def check_not_forked_after_gl() -> None:
+    """A one-line ``RuntimeError`` in a process forked from one that had already made an
+    EGL/OSMesa context: its first frame would hang forever (Gymnasium's ``AsyncVectorEnv``
+    forks by default on Linux, e.g. after an env was used in the parent)."""
+    backend = gl_backend() or os.environ.get("MUJOCO_GL", "").strip().lower()
+    if _gl_pid is None or _gl_pid == os.getpid() or backend not in _FORK_UNSAFE_BACKENDS:
+        return
+    raise RuntimeError(
+        f"this process was forked from process {_gl_pid} after that one had rendered with "
+        f"MuJoCo ({backend}); rendering after such a fork hangs forever. Start worker "
+        "processes with 'forkserver' or 'spawn': gymnasium.make_vec(..., vectorization_mode="
+        "'async', vector_kwargs={'context': 'forkserver'}), AsyncVectorEnv(fns, context="
+        "'forkserver'), or SB3's SubprocVecEnv (forkserver by default)"
+    )
 
 
 def _close_all() -> None:
@@ -68,6 +90,7 @@ class OffscreenRenderer:
         self._buf = np.empty((self.height, self.width, 3), dtype=np.uint8)
 
         context_class = gl_context_class()
+        check_not_forked_after_gl()
         try:
             self._gl = context_class(self.width, self.height)
             self._gl.make_current()
@@ -88,6 +111,8 @@ class OffscreenRenderer:
             (vis.global_.offwidth, vis.global_.offheight, vis.quality.shadowsize,
              vis.quality.offsamples) = saved  # fmt: skip
         mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN, self._con)
+        global _gl_pid
+        _gl_pid = os.getpid()
         _LIVE.add(self)
         _register_atexit()
 

@@ -387,6 +387,44 @@ def test_async_vector_env_workers_render() -> None:
         vec.close()
 
 
+_FORK_AFTER_RENDER = """
+import os, time, mujoco, envs
+from envs.rendering import OffscreenRenderer
+m = mujoco.MjModel.from_xml_string('<mujoco><worldbody><geom size=".1"/></worldbody></mujoco>')
+d = mujoco.MjData(m)
+with OffscreenRenderer(m, 8, 8) as r:  # the parent has rendered
+    r.render(d)
+pid = os.fork()
+if pid == 0:  # the child's first context: a clear error, not a wait forever
+    try:
+        with OffscreenRenderer(m, 8, 8) as r:
+            r.render(d)
+        print('child rendered', flush=True)
+    except RuntimeError as e:
+        print(e, flush=True)
+    os._exit(0)
+for _ in range(200):  # 20 s
+    if os.waitpid(pid, os.WNOHANG)[0]:
+        break
+    time.sleep(0.1)
+else:
+    os.kill(pid, 9)
+    print('child hung', flush=True)
+"""
+
+
+def test_a_process_forked_after_rendering_gets_a_clear_error_not_a_hang() -> None:
+    # Gymnasium's AsyncVectorEnv forks by default on Linux: an env used in the parent first
+    # left every worker waiting forever at its first frame.
+    out = subprocess.run(
+        [sys.executable, "-c", _FORK_AFTER_RENDER], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    message = out.stdout.strip()
+    assert message.startswith("this process was forked from process"), message
+    assert "forkserver" in message and "\n" not in message
+
+
 # ---------------------------------------------------------------- GL backend
 def test_gl_backend_is_exported_for_subprocesses() -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "PYOPENGL_PLATFORM")}
