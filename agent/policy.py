@@ -633,7 +633,10 @@ class MindloopPolicy(nn.Module):
         like = {"dtype": self.value_head.weight.dtype, "device": self.value_head.weight.device}
         obs = torch.as_tensor(obs, **like)
         self._check_obs(obs, ndim)
-        return obs, None if tokens is None else torch.as_tensor(tokens, **like)
+        tokens = None if tokens is None else torch.as_tensor(tokens, **like)
+        if self.k_max > 0:  # up front: act only reads them once some env thinks
+            self.think_input.check_tokens(tokens if tokens is None or ndim == 2 else tokens[0])
+        return obs, tokens
 
     def _check_state(self, state: State, batch: int) -> None:
         """One-line errors for a state that does not belong to this policy or these envs."""

@@ -126,6 +126,7 @@ class ThinkInput(nn.Module):
         self, input_dim: int, hidden_dim: int, config: ThinkConfig, token_dim: int | None = None
     ) -> None:
         super().__init__()
+        self.mode_name = config.think_input
         self.reinject_obs = config.reinject_obs
         self.step_encoding = config.step_encoding
         n_steps = config.k_max + 1
@@ -137,6 +138,13 @@ class ThinkInput(nn.Module):
     def prepare(self, obs_tokens: torch.Tensor | None) -> Any:
         """Per-frame work shared by its think steps, from the frame's tokens (B, N, token_dim)."""
         return None
+
+    def check_tokens(self, obs_tokens: torch.Tensor | None) -> None:
+        """A one-line error unless ``obs_tokens`` (B, N, token_dim) are what this think input
+        reads; nothing for modes that read no tokens. The policy checks every frame up front,
+        so a missing or wrong input fails whether or not any env goes on to think."""
+        if self.needs_tokens:
+            _check_tokens(obs_tokens, getattr(self, "token_dim", None), self.mode_name)
 
     def _content(self, h: torch.Tensor, k: int, x_obs: torch.Tensor, memo: Any) -> torch.Tensor:
         raise NotImplementedError
@@ -307,12 +315,12 @@ class ScanAdapter(HiddenAdapter):
         return self._adapt(h, x_obs, read)
 
 
-def _check_tokens(obs_tokens: torch.Tensor | None, token_dim: int, mode: str) -> None:
+def _check_tokens(obs_tokens: torch.Tensor | None, token_dim: int | None, mode: str) -> None:
     if obs_tokens is None:
         raise ValueError(
             f"think_input={mode!r} reads the frame's tokens: pass obs_tokens (B, N, token_dim)"
         )
-    if obs_tokens.dim() != 3 or obs_tokens.shape[-1] != token_dim:
+    if obs_tokens.dim() != 3 or (token_dim is not None and obs_tokens.shape[-1] != token_dim):
         raise ValueError(
             f"obs_tokens must be (B, N, token_dim={token_dim}), got {tuple(obs_tokens.shape)}"
         )

@@ -489,6 +489,34 @@ def test_attend_needs_the_frame_tokens_only_when_it_thinks():
     no_think.act(obs, None, start)  # no think step reads the tokens: none needed
 
 
+@pytest.mark.parametrize("think_input", ["attend", "scan"])
+@pytest.mark.parametrize(
+    "tokens, match",
+    [(None, "pass obs_tokens"), (torch.zeros(B, N_TOK, TOK + 1), "obs_tokens must be")],
+)
+def test_missing_or_wrong_tokens_fail_even_when_no_env_thinks(think_input, tokens, match):
+    """The error must not depend on whether some env happened to go on thinking: here every
+    env stops at its observe step (p(stop) >= the threshold), in act and in the replay."""
+    torch.manual_seed(0)
+    cfg = PolicyConfig(
+        core=CoreConfig(hidden_dim=12),
+        think=ThinkConfig(k_max=K, think_input=think_input, init_halt_prob=0.99),
+    )
+    policy = MindloopPolicy(OBS, ACTION_SPACE, cfg, token_dim=TOK)
+    obs, start = torch.randn(B, OBS), torch.ones(B, dtype=torch.bool)
+    with torch.no_grad():
+        _, _, info = policy.act(obs, None, start, deterministic=True, obs_tokens=frame_tokens())
+    assert (info.think_steps == 0).all()
+    with pytest.raises(ValueError, match=match) as err:
+        policy.act(obs, None, start, deterministic=True, obs_tokens=tokens)
+    assert "\n" not in str(err.value)
+    seq_tokens = None if tokens is None else tokens[None]
+    with pytest.raises(ValueError, match=match):
+        policy.evaluate_sequence(
+            obs[None], policy.initial_state(B), start[None], {}, info.decisions, seq_tokens
+        )
+
+
 def test_attend_ponder_matches_act_and_reads_the_tokens():
     policy = make_policy(think_input="attend")
     obs, start, tokens = torch.randn(B, OBS), torch.ones(B, dtype=torch.bool), frame_tokens()
