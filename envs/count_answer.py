@@ -213,7 +213,15 @@ class CountAnswerEnv(MindloopEnv):
         return r_answer + r_speech, self._done_answer, info
 
     def _reset_info(self) -> dict[str, Any]:
-        return {"is_success": False, "count": self._count, "answer": "", "text_emitted": ""}
+        # a step's keys (Minari's DataCollector(record_infos=True) needs them every frame)
+        return {
+            "is_success": False,
+            "count": self._count,
+            "answer": "",
+            "text_emitted": "",
+            "reward_answer": 0.0,
+            "reward_speech": 0.0,
+        }
 
     def expert_action(self) -> Action:
         """Silent while watching; then the count's number token (and ``<eos>`` if the

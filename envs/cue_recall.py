@@ -212,7 +212,8 @@ class CueRecallEnv(ReachEnv):
         return reward, done, info
 
     def _reset_info(self) -> dict[str, Any]:
-        return {"is_success": False, "phase": self.phase, "cue": vocab.COLORS[self._cue]}
+        info = super()._reset_info(goal_visible=False)  # no goal before the reach phase
+        return {**info, "phase": self.phase, "cue": vocab.COLORS[self._cue]}
 
     def _tones(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
         if self.cue_mode == "color":

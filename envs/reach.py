@@ -55,6 +55,8 @@ _SHAPE_GEOM = {
 assert tuple(_SHAPE_GEOM) == vocab.SHAPES
 _GRAZE = 0.003
 """How far (m) an object reaches into the hand's plane: a light touch, never a wall."""
+REWARD_TERMS = ("reward_distance", "reward_effort", "reward_success", "reward_wrong")
+"""The reach reward's terms, each in ``info`` (their sum is the reward)."""
 
 
 def _as_slice(index: np.ndarray) -> slice | np.ndarray:
@@ -304,6 +306,22 @@ class ReachEnv(MindloopEnv):
         }
         info = {"is_success": success, "distance": dist, "hand_speed": speed, **terms}
         return sum(terms.values()), success or wrong, info
+
+    def _reset_info(self, goal_visible: bool = True) -> dict[str, Any]:
+        """A step's info keys for the first frame too: the hand at rest, no reward yet.
+        Gymnasium asks reset's info to be analogous to step's, and Minari's
+        ``DataCollector(record_infos=True)`` refuses an episode whose keys change."""
+        dist = 0.0
+        if goal_visible:
+            gx, gy, gz = self._obj_point[self._goal].tolist()
+            hx, hy, hz = self.hand_pos().tolist()
+            dist = math.sqrt((gx - hx) ** 2 + (gy - hy) ** 2 + (gz - hz) ** 2)
+        return {
+            "is_success": False,
+            "distance": dist,
+            "hand_speed": 0.0,
+            **dict.fromkeys(REWARD_TERMS, 0.0),
+        }
 
     # ----------------------------------------------------------------- senses
     def _proprio(self) -> np.ndarray:

@@ -168,6 +168,23 @@ def test_state_replay_rerenders_the_same_frame(env_id: str) -> None:
                 np.testing.assert_array_equal(again[key], after[key], err_msg=key)
 
 
+@pytest.mark.parametrize("env_id", IDS)
+def test_reset_info_has_the_step_infos_keys(env_id: str) -> None:
+    """Reset's info is analogous to step's (Gymnasium), key for key and type for type:
+    Minari's DataCollector(record_infos=True) refused every mindloop episode, whose first
+    frame lacked the reward terms."""
+
+    def kinds(info: dict) -> dict:
+        return {k: (np.asarray(v).dtype.kind, np.shape(v)) for k, v in info.items()}
+
+    with make(env_id, obs_keys=fast_keys(env_id)) as env:
+        _, reset_info = env.reset(seed=0)
+        for _ in range(3):
+            *_, info = env.step(env.unwrapped.expert_action())
+            assert kinds(info) == kinds(reset_info)
+    assert all(v == 0.0 for k, v in reset_info.items() if k.startswith("reward_"))
+
+
 def test_render_none_warns_and_returns_none() -> None:
     with make(envs.DEFAULT_TASK_ID, obs_keys=("proprio",)) as env:
         env.reset(seed=0)
