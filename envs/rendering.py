@@ -156,15 +156,22 @@ class OffscreenRenderer:
         return self._buf[::-1].copy()  # GL rows run bottom-up; copy so callers may keep it
 
     def close(self) -> None:
-        """Free the GL resources now (idempotent)."""
-        if self._con is not None:
-            if self._gl is not None:
-                self._gl.make_current()  # GL objects are freed in their own context
-            self._con.free()
-            self._con = None
-        if self._gl is not None:
-            self._gl.free()
-            self._gl = None
+        """Free the GL resources now (idempotent). Never raises: when the GL display is
+        already gone (pygame's ``quit()`` terminates the EGL display it shares with MuJoCo,
+        e.g. after Gymnasium's ``HumanRendering`` on a headless machine), the resources went
+        with it and there is nothing left to free."""
+        con, gl = self._con, self._gl
+        self._con = self._gl = None
+        try:
+            if con is not None:
+                if gl is not None:
+                    gl.make_current()  # GL objects are freed in their own context
+                con.free()
+            if gl is not None:
+                gl.free()
+        except Exception:  # EGL/OSMesa report a dead display as several exception types
+            if gl is not None and hasattr(gl, "_context"):
+                gl._context = None  # its __del__ would retry the failed free
 
     def __del__(self) -> None:
         self.close()

@@ -425,6 +425,35 @@ def test_a_process_forked_after_rendering_gets_a_clear_error_not_a_hang() -> Non
     assert "forkserver" in message and "\n" not in message
 
 
+_CLOSE_AFTER_EGL_TERMINATED = """
+import gymnasium as gym, envs
+from mujoco import egl
+from OpenGL import EGL
+env = gym.make("mindloop/MuscleReach-v0", render_mode="rgb_array", render_size=32)
+env.reset(seed=0)
+env.render()
+EGL.eglTerminate(egl.EGL_DISPLAY)  # what pygame.quit() does under SDL's offscreen driver
+env.close()
+env.close()
+print("closed", flush=True)
+"""
+
+
+@pytest.mark.skipif(gl.gl_backend() != "egl", reason="terminates the EGL display")
+def test_close_after_the_egl_display_is_gone_does_not_raise() -> None:
+    # Gymnasium's HumanRendering on a headless machine with pygame installed: its close()
+    # quits pygame, which terminates the EGL display MuJoCo shares, and the env's close()
+    # then raised EGLError (and again from the atexit hook and __del__).
+    out = subprocess.run(
+        [sys.executable, "-c", _CLOSE_AFTER_EGL_TERMINATED],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "closed", out.stderr[-2000:]
+    assert "Error" not in out.stderr, out.stderr[-2000:]
+
+
 # ---------------------------------------------------------------- GL backend
 def test_gl_backend_is_exported_for_subprocesses() -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "PYOPENGL_PLATFORM")}
