@@ -19,7 +19,9 @@ exact zeros. Everything is vectorized over sources, ears and samples with numpy.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
 
 import mujoco
 import numpy as np
@@ -48,6 +50,28 @@ class AudioConfig:
     """Time constant of an impact's exponential decay (its tail carries into later steps)."""
     impact_min_impulse: float = 1e-3
     """Contact onsets with a smaller impulse (resting contacts flickering) make no sound."""
+
+
+def as_audio_config(audio: AudioConfig | Mapping[str, Any] | None) -> AudioConfig:
+    """``audio`` as an :class:`AudioConfig`: ``None`` gives the defaults, a mapping sets the
+    fields it names. A JSON round trip of an env spec (what Minari stores and
+    ``recover_environment`` / ``gymnasium.make(EnvSpec.from_json(...))`` rebuild from)
+    turns an ``audio=AudioConfig(...)`` argument into such a mapping."""
+    if audio is None:
+        return AudioConfig()
+    if isinstance(audio, AudioConfig):
+        return audio
+    if isinstance(audio, Mapping):
+        names = [f.name for f in fields(AudioConfig)]
+        unknown = sorted(str(k) for k in audio if k not in names)
+        if unknown:
+            raise ValueError(
+                f"unknown audio setting {', '.join(unknown)}; AudioConfig has: {', '.join(names)}"
+            )
+        return AudioConfig(**audio)
+    raise ValueError(
+        f"audio must be an AudioConfig, a mapping of its fields or None, got {audio!r}"
+    )
 
 
 class Ears:

@@ -27,7 +27,7 @@ import numpy as np
 from gymnasium import spaces
 
 from envs import vocab
-from envs.audio import AudioConfig, AudioSynth, ContactTracker
+from envs.audio import AudioConfig, AudioSynth, ContactTracker, as_audio_config
 from envs.rendering import OffscreenRenderer
 
 Obs = dict[str, np.ndarray]
@@ -133,7 +133,7 @@ class MindloopEnv(gym.Env[Obs, Action]):
         )
 
         # Audio is synthesized when observed or asked for in info (for videos).
-        self.audio_config = audio or AudioConfig()
+        self.audio_config = as_audio_config(audio)
         self.audio_info = bool(audio_info)
         self._audio_on = "audio" in keys or self.audio_info
         self._synth = AudioSynth(self.audio_config, self.dt)

@@ -25,7 +25,7 @@ import mujoco
 import numpy as np
 from gymnasium import spaces
 
-from envs.audio import AudioConfig, AudioSynth, ContactTracker
+from envs.audio import AudioConfig, AudioSynth, ContactTracker, as_audio_config
 from envs.base import check_choice, check_positive
 from envs.rendering import OffscreenRenderer
 
@@ -84,7 +84,7 @@ class MujocoSensesWrapper(gym.ObservationWrapper, gym.utils.RecordConstructorArg
         self._camera = self._make_camera(camera)
         self._renderer: OffscreenRenderer | None = None
         self._cam_scene = mujoco.MjvScene(self.model, maxgeom=1)
-        self._synth = AudioSynth(audio or AudioConfig(), base.dt)
+        self._synth = AudioSynth(as_audio_config(audio), base.dt)
         self._contacts = ContactTracker(self.model)
         # impact noise draws from the wrapper's own stream (seeded by reset's seed), never from
         # the env's np_random: adding senses must not change the env's episodes

@@ -305,6 +305,27 @@ def test_senses_wrapper_leaves_the_envs_episodes_as_they_are(keys) -> None:
     np.testing.assert_array_equal(sounds[0], sounds[1])
 
 
+@pytest.mark.parametrize("which", ["task", "wrapper"])
+def test_audio_config_survives_a_json_round_trip_of_the_env_spec(which: str) -> None:
+    """Minari stores an env's spec as JSON and rebuilds the env from it (recover_environment):
+    an ``audio=AudioConfig(...)`` argument comes back as a dict, which failed deep inside
+    (AttributeError: 'dict' object has no attribute 'sample_rate')."""
+    from gymnasium.envs.registration import EnvSpec
+
+    audio = AudioConfig(impact_gain=3.0, ear_distance=0.2)
+    if which == "task":
+        env = gym.make(envs.DEFAULT_TASK_ID, obs_keys=("proprio",), audio=audio)
+    else:
+        env = MujocoSensesWrapper(gym.make("Hopper-v5"), keys=("audio",), audio=audio)
+    with env, gym.make(EnvSpec.from_json(env.spec.to_json())) as again:
+        if which == "task":
+            assert again.unwrapped.audio_config == audio
+        else:
+            assert isinstance(again, MujocoSensesWrapper) and again._synth.config == audio
+    with pytest.raises(ValueError, match="unknown audio setting loudness; AudioConfig has"):
+        gym.make(envs.DEFAULT_TASK_ID, obs_keys=("proprio",), audio={"loudness": 2.0})
+
+
 def test_senses_wrapper_rejects_non_mujoco_envs() -> None:
     with pytest.raises(ValueError, match="MujocoEnv"):
         MujocoSensesWrapper(gym.make("CartPole-v1"))
