@@ -400,10 +400,13 @@ def _minari_root(root: Path) -> Iterator[None]:
 
 
 def _env_spec(env_id: str, env_kwargs: dict[str, Any]) -> gym.envs.registration.EnvSpec | None:
-    """The registered spec with these kwargs (Minari stores it to recover the env)."""
-    if env_id not in gym.registry:
+    """The registered spec with these kwargs (Minari stores it to recover the env). In
+    Gymnasium's ``module:id`` form the id is what follows the colon (importing the module
+    registered it)."""
+    name = env_id.rpartition(":")[2]
+    if name not in gym.registry:
         return None
-    spec = gym.spec(env_id)
+    spec = gym.spec(name)
     return dataclasses.replace(spec, kwargs={**spec.kwargs, **env_kwargs})
 
 

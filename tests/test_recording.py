@@ -158,6 +158,22 @@ def test_plain_minari_reads_it_and_nothing_is_pickled(tmp_path, monkeypatch):
     assert num_episodes(path) == 2
 
 
+def test_a_module_prefixed_id_keeps_the_env_spec_minari_recovers_from(tmp_path):
+    """``envs:mindloop/MuscleReach-v0`` (Gymnasium's module:id form) recorded no env spec,
+    so Minari's ``recover_environment`` failed: 'env_spec is None'."""
+    import minari
+
+    kwargs = {"obs_keys": ["proprio"], "max_steps": 3}
+    result = expert_records("envs:mindloop/MuscleReach-v0", kwargs)
+    path = write_records(tmp_path / "rec", result.records, result.observation_space,
+                         result.action_space, policy="expert")  # fmt: skip
+    dataset = minari.MinariDataset(path / "data")
+    assert dataset.spec.env_spec.id == "mindloop/MuscleReach-v0"
+    assert dataset.spec.env_spec.kwargs == kwargs
+    with dataset.recover_environment() as env:
+        assert env.observation_space == dataset.observation_space
+
+
 def test_writes_are_atomic(tmp_path):
     result = expert_records("mindloop/MuscleReach-v0", {}, 1)
     spaces = (result.observation_space, result.action_space)
