@@ -163,9 +163,19 @@ class MujocoSensesWrapper(gym.ObservationWrapper, gym.utils.RecordConstructorArg
                     self.model, self.image_size, self.image_size, self._camera
                 )
             out["image"] = self._renderer.render(self.data)
+            self._restore_env_gl_context()
         if "audio" in self.keys:
             out["audio"] = self._audio()
         return out
+
+    def _restore_env_gl_context(self) -> None:
+        """Make the env's own viewer's GL context current again. Gymnasium's
+        ``MujocoRenderer`` makes its context current only when it has several viewers, so
+        after this wrapper's frame its ``render()`` drew into the wrong context (blank
+        frames from the first step on)."""
+        viewer = getattr(getattr(self._base, "mujoco_renderer", None), "viewer", None)
+        if viewer is not None and hasattr(viewer, "make_context_current"):
+            viewer.make_context_current()
 
     def _audio(self) -> np.ndarray:
         mujoco.mjv_updateCamera(self.model, self.data, self._camera, self._cam_scene)

@@ -326,6 +326,29 @@ def test_audio_config_survives_a_json_round_trip_of_the_env_spec(which: str) -> 
         gym.make(envs.DEFAULT_TASK_ID, obs_keys=("proprio",), audio={"loudness": 2.0})
 
 
+def test_senses_wrapper_leaves_the_envs_own_render_as_it_is() -> None:
+    """The wrapper's camera has its own GL context; Gymnasium's renderer makes its context
+    current only when it has several viewers, so the env's render() drew blank frames from
+    the first step on."""
+
+    def frames(wrap: bool) -> list[np.ndarray]:
+        env = gym.make("Hopper-v5", render_mode="rgb_array", width=48, height=48)
+        if wrap:
+            env = MujocoSensesWrapper(env, keys=("image",), image_size=16)
+        with env:
+            env.reset(seed=0)
+            env.action_space.seed(0)
+            out = [env.render()]
+            for _ in range(2):
+                env.step(env.action_space.sample())
+                out.append(env.render())
+        return out
+
+    for bare, wrapped in zip(frames(False), frames(True), strict=True):
+        assert bare.std() > 5
+        np.testing.assert_array_equal(bare, wrapped)
+
+
 def test_senses_wrapper_rejects_non_mujoco_envs() -> None:
     with pytest.raises(ValueError, match="MujocoEnv"):
         MujocoSensesWrapper(gym.make("CartPole-v1"))
