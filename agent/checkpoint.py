@@ -41,6 +41,7 @@ import torch
 from gymnasium import spaces
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from agent.agent import MindloopAgent
 from agent.config import TrainConfig, config_from_dict, config_to_dict
@@ -493,10 +494,17 @@ def load_agent(
         space_from_dict(meta["action_space"]),
         config.agent,
     )
-    state = load_tensors(ckpt / "model.safetensors")
-    _check_weights_fit(ckpt / "model.safetensors", state, agent.state_dict())
-    agent.load_state_dict(state, strict=True)
+    load_weights(agent, ckpt)
     return agent.to(device).eval(), config
+
+
+def load_weights(module: nn.Module, checkpoint: str | os.PathLike) -> None:
+    """Load ``<checkpoint>/model.safetensors`` into ``module`` (strict), with a one-line error
+    when the weights do not fit the module (``load_agent`` and ``train.py --resume``)."""
+    path = Path(checkpoint) / "model.safetensors"
+    state = load_tensors(path)
+    _check_weights_fit(path, state, module.state_dict())
+    module.load_state_dict(state, strict=True)
 
 
 def _check_weights_fit(
@@ -579,6 +587,7 @@ __all__ = [
     "load_agent",
     "load_tensors",
     "load_trainer_state",
+    "load_weights",
     "optimizer_from_state",
     "optimizer_to_state",
     "pack",

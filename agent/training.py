@@ -38,8 +38,8 @@ from agent.checkpoint import (
     beats_best,
     checkpoint_root,
     evaluation_record,
-    load_tensors,
     load_trainer_state,
+    load_weights,
     optimizer_from_state,
     optimizer_to_state,
     pack,
@@ -705,7 +705,7 @@ def final_evaluation(run: Run) -> float:
 
 def _restore(run: Run, checkpoint: Path) -> None:
     """Weights, phases done, results, env step and the trainer state of the checkpoint."""
-    run.agent.load_state_dict(load_tensors(checkpoint / "model.safetensors"))
+    load_weights(run.agent, checkpoint)
     state = load_trainer_state(checkpoint)
     run.resume = state
     run.env_step = int(state.meta["env_step"])

@@ -494,6 +494,23 @@ def test_resume_with_a_different_config_names_the_field(tmp_path):
     assert len(lines) == 1 and "ppo.lr" in lines[0], proc.stderr
 
 
+def test_resume_with_weights_that_do_not_fit_is_one_line(tmp_path):
+    """An edited config.json (here a wider core) builds an agent the saved weights do not
+    fit: one line naming the weights file, not load_state_dict's line per tensor."""
+    import train as train_script
+
+    run_dir = tmp_path / "run"
+    train(tiny_config(run_dir, "bc"))
+    for path in (run_dir / "config.json", resolve_checkpoint(run_dir) / "config.json"):
+        data = json.loads(path.read_text())
+        config = data.get("config", data)  # a checkpoint's config.json nests the run's
+        config["agent"]["core"]["hidden_dim"] = 32
+        path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"model\.safetensors does not fit") as failure:
+        train(train_script.parse_config(["--resume", str(run_dir)]))
+    assert "\n" not in str(failure.value)
+
+
 def muscle_reach_config(run_dir: Path) -> TrainConfig:
     """The real default task (image, audio, proprio, touch) on a small budget."""
     cfg = TrainConfig()
