@@ -578,6 +578,10 @@ def main(argv: list[str] | None = None) -> None:
         "--runs-dir", type=Path, default=None, help="run directories (default: a temp dir)"
     )
     args = parser.parse_args(argv)
+    for name in ("budget", "eval_episodes", "num_envs", "bc_updates", "jobs"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     args.argv = list(argv if argv is not None else sys.argv[1:])
     args.tasks = args.tasks or list(QUICK_TASKS if args.quick else envs.TASK_IDS)
     args.contenders = args.contenders or list(QUICK_CONTENDERS if args.quick else CONTENDERS)

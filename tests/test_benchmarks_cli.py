@@ -25,12 +25,18 @@ CASES = [
     ("cue_perception.py", ["--train-frames", "0"], "--train-frames must be >= 1"),
     ("cue_recall_bc.py", ["--delay", "-1"], "--delay must be >= 0"),
     ("cue_recall_bc.py", ["--eval-delays", "20", "-5"], "--eval-delays must be >= 0"),
+    ("learning.py", ["--quick", "--num-envs", "0"], "--num-envs must be >= 1"),
+    ("learning.py", ["--quick", "--eval-episodes", "-1"], "--eval-episodes must be >= 1"),
 ]
 
 
 @pytest.mark.parametrize(("script", "args", "message"), CASES, ids=lambda c: str(c))
-def test_bad_argument_is_one_error_line(script: str, args: list[str], message: str) -> None:
+def test_bad_argument_is_one_error_line(
+    script: str, args: list[str], message: str, tmp_path: Path
+) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if script == "learning.py":  # never into the repo's results, should it run
+        args = [*args, "--out", str(tmp_path / "learning.json"), "--runs-dir", str(tmp_path)]
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / script), *args],
         cwd=ROOT,
