@@ -107,8 +107,8 @@ class Args:
     """Which contenders to train and evaluate."""
     seed: int = 0
     """Seed of the task vectors, initializations and episodes."""
-    out: str = "benchmarks/out/memory_recall.json"
-    """Where the JSON results go."""
+    out: str = str(Path(__file__).resolve().parent / "out" / "memory_recall.json")
+    """Where the JSON results go (default: benchmarks/out/ next to this script)."""
 
     def __post_init__(self) -> None:
         if self.op_training not in ("bc", "rl"):

@@ -49,3 +49,17 @@ def test_bad_argument_is_one_error_line(
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert "error:" in last and message in last, last
+
+
+def test_memory_recall_writes_next_to_the_script_from_any_cwd() -> None:
+    """Like the other benchmarks, memory_recall.py's JSON goes to benchmarks/out/ whatever the
+    working directory (it went to ./benchmarks/out/ under the cwd)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "memory_recall_bench", ROOT / "benchmarks" / "memory_recall.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    assert Path(module.Args().out) == ROOT / "benchmarks" / "out" / "memory_recall.json"
