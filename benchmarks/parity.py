@@ -157,6 +157,14 @@ class Args:
     """Where the JSON results go."""
 
     def __post_init__(self) -> None:
+        positive = ("updates_interpolation", "updates_extrapolation", "batch", "hidden")
+        positive += ("core_layers", "encoder_hidden", "embed_dim", "level_updates")
+        positive += ("eval_batches", "bucket_width", "threads", "jobs", "log_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(
+                    f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"
+                )
         if self.encoder not in ENCODERS:
             raise ValueError(f"unknown encoder {self.encoder!r}; available: {', '.join(ENCODERS)}")
         if self.curriculum not in ("nonzeros", "length", "none"):
