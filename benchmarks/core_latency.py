@@ -68,6 +68,12 @@ class Args:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        for name in ("steps", "repeats", "threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("widths", "histories", "batches"):
+            if not getattr(self, name) or min(getattr(self, name)) < 1:
+                raise ValueError(f"--{name} must be >= 1 each, got {getattr(self, name)}")
         if self.quick:
             self.histories = tuple(h for h in self.histories if h in (64, 1024)) or (1024,)
             self.widths = (self.headline_width,)
