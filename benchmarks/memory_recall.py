@@ -111,6 +111,12 @@ class Args:
     """Where the JSON results go (default: benchmarks/out/ next to this script)."""
 
     def __post_init__(self) -> None:
+        positive = ("updates", "classes", "cue_dim", "hidden", "batch", "window", "code_dim")
+        for name in (*positive, "capacity", "nap_every", "eval_episodes"):
+            if getattr(self, name) < 1:
+                raise ValueError(
+                    f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"
+                )
         if self.op_training not in ("bc", "rl"):
             raise ValueError(f"--op-training {self.op_training!r} is not one of bc, rl")
         unknown = sorted(set(self.contenders) - set(CONTENDERS))

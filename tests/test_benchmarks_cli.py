@@ -16,6 +16,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+TYRO_SCRIPTS = ("core_latency.py", "memory_recall.py", "parity.py")
+
 CASES = [
     ("env_throughput.py", ["--tasks", "mindloop/Foo-v0"], "unknown task 'mindloop/Foo-v0'"),
     ("env_throughput.py", ["--tasks"], "--tasks"),
@@ -28,6 +30,7 @@ CASES = [
     ("cue_recall_bc.py", ["--eval-delays", "20", "-5"], "--eval-delays must be >= 0"),
     ("parity.py", ["--updates-interpolation", "0"], "--updates-interpolation must be >= 1"),
     ("core_latency.py", ["--steps", "0"], "--steps must be >= 1"),
+    ("memory_recall.py", ["--quick", "--batch", "0"], "--batch must be >= 1"),
     ("core_latency.py", ["--batches", "1", "0"], "--batches must be >= 1 each"),
     ("learning.py", ["--quick", "--num-envs", "0"], "--num-envs must be >= 1"),
     ("learning.py", ["--quick", "--eval-episodes", "-1"], "--eval-episodes must be >= 1"),
@@ -51,10 +54,7 @@ def test_bad_argument_is_one_error_line(
     )
     assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    if script in (
-        "parity.py",
-        "core_latency.py",
-    ):  # a tyro script: tyro's error box holds the one line
+    if script in TYRO_SCRIPTS:  # a tyro script: tyro's error box holds the one line
         assert message in proc.stderr, proc.stderr[-2000:]
     else:  # argparse: usage, then one "error:" line
         last = proc.stderr.strip().splitlines()[-1]
