@@ -93,7 +93,7 @@ from agent.config import (
 from agent.distributed import resolve_device
 from agent.evaluation import EvalResult, SB3Policy, evaluate
 from agent.training import EVAL_SEED_OFFSET, check_budget_fits_an_update, evaluate_trained
-from agent.vector import SEED_ENVS, check_env_id, derived_seed
+from agent.vector import SEED_ENVS, check_env_id, derived_seed, worker_env_fns
 from encoders.registry import Registry
 from encoders.sb3 import sb3_policy_kwargs
 from envs.wrappers import FlattenActionWrapper
@@ -291,12 +291,14 @@ def make_sb3_vec_env(
     parallel = config.vectorization == "async" and config.num_envs > 1
     if backend == "sb3":
         venv: VecEnv = (
-            SubprocVecEnv(fns, start_method=config.start_method) if parallel else DummyVecEnv(fns)
+            SubprocVecEnv(worker_env_fns(fns), start_method=config.start_method)
+            if parallel
+            else DummyVecEnv(fns)
         )
     else:
         inner = (
             AsyncVectorEnv(
-                fns,
+                worker_env_fns(fns),
                 context=config.start_method,
                 autoreset_mode=AutoresetMode.SAME_STEP,
                 shared_memory=True,

@@ -38,7 +38,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 
 import envs  # registers the mindloop/ ids (and picks the GL backend first)
 from agent.recording import EpisodeRecord, EpisodeRecorder
-from agent.vector import check_env_id, every_env_has, expert_latents
+from agent.vector import check_env_id, every_env_has, expert_latents, worker_interrupt_wrapper
 from encoders.registry import Registry
 from envs import vocab
 
@@ -428,6 +428,8 @@ def make_eval_env(
         num_envs=num_envs,
         vectorization_mode=vectorization,
         vector_kwargs=_vector_kwargs(vectorization, start_method),
+        # async workers leave Ctrl-C to this process
+        wrappers=[worker_interrupt_wrapper()] if vectorization == "async" else None,
         **dict(env_kwargs or {}),
     )
 

@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
+import signal
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +69,36 @@ def make_env(env_id: str, kwargs: dict[str, Any] | None = None, **extra: Any) ->
     return ResumableEnv(env)
 
 
+def _ignore_interrupts_in_worker(parent_pid: int, env: gym.Env) -> gym.Env:
+    """In an env worker process (any process but ``parent_pid``), ignore SIGINT from now on;
+    returns ``env`` unchanged.
+
+    Ctrl-C in a terminal sends SIGINT to the whole foreground process group, env workers
+    included. The parent is the one that handles it (stops, closes its vector envs, says how
+    to resume); a worker that raised KeyboardInterrupt too would only print a traceback from
+    the middle of its step and die before the parent closes it. The parent is left alone:
+    Gymnasium's ``AsyncVectorEnv`` builds one env in the parent too, to read its spaces."""
+    if os.getpid() != parent_pid:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return env
+
+
+def worker_interrupt_wrapper() -> Callable[[gym.Env], gym.Env]:
+    """A ``gym.make_vec`` wrapper (it runs wherever an env is built) that makes env worker
+    processes, not this one, ignore Ctrl-C (:func:`_ignore_interrupts_in_worker`)."""
+    return functools.partial(_ignore_interrupts_in_worker, os.getpid())
+
+
+def _make_in_worker(parent_pid: int, make: Callable[[], gym.Env]) -> gym.Env:
+    return _ignore_interrupts_in_worker(parent_pid, make())
+
+
+def worker_env_fns(fns: Sequence[Callable[[], gym.Env]]) -> list[Callable[[], gym.Env]]:
+    """``fns`` for a vector env's worker processes (``AsyncVectorEnv``, SB3's
+    ``SubprocVecEnv``): the workers ignore Ctrl-C, which this process handles."""
+    return [functools.partial(_make_in_worker, os.getpid(), fn) for fn in fns]
+
+
 def make_vector_env(
     config: EnvConfig,
     num_envs: int | None = None,
@@ -95,7 +128,10 @@ def make_vector_env(
     if mode == "sync" or n == 1:
         return SyncVectorEnv(fns, autoreset_mode=AUTORESET_MODE)
     return AsyncVectorEnv(
-        fns, context=config.start_method, autoreset_mode=AUTORESET_MODE, shared_memory=True
+        worker_env_fns(fns),
+        context=config.start_method,
+        autoreset_mode=AUTORESET_MODE,
+        shared_memory=True,
     )
 
 
