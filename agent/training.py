@@ -566,13 +566,23 @@ def check_before_writing(config: TrainConfig, algorithm: Algorithm) -> None:
     if algorithm.phases and algorithm.phases[0] in ("ppo", "sft-rl"):
         check_budget_fits_an_update(config, launch_world_size())
     needs_dataset = "bc" in algorithm.phases and config.bc.dataset is not None
-    if "sft-rl" not in algorithm.phases and not needs_dataset:
+    # the scripted expert records the demonstrations, labels DAgger's rollouts, judges sft-rl
+    needs_expert = "sft-rl" in algorithm.phases or (
+        "bc" in algorithm.phases and (config.bc.dataset is None or config.bc.dagger_rounds > 0)
+    )
+    if not (needs_expert or needs_dataset):
         return
-    observation_space, action_space = _env_spaces(config)
+    observation_space, action_space, has_expert = _task_facts(config)
     if "sft-rl" in algorithm.phases and "text" not in action_space.spaces:
         raise ValueError(
             f"--algo sft-rl needs a task that answers with text tokens; {config.env.id} "
             f"acts with {', '.join(action_space.spaces)}"
+        )
+    if needs_expert and not has_expert:  # it failed later, naming --record or --video
+        raise ValueError(
+            f"--algo {config.algo} needs the task's scripted expert (env.unwrapped."
+            f"expert_action(), which every mindloop/ task has); {config.env.id} has none: use "
+            "--algo ppo, sb3-ppo or sb3-recurrentppo"
         )
     if needs_dataset:
         from agent.datasets import check_dataset_spaces
@@ -762,12 +772,19 @@ def resolve_for_env(config: TrainConfig) -> TrainConfig:
 def _env_spaces(config: TrainConfig):
     """The single-env observation and action spaces of the task (one env made and closed),
     checked to be ``Dict`` spaces (:func:`check_dict_spaces`)."""
+    observation_space, action_space, _ = _task_facts(config)
+    return observation_space, action_space
+
+
+def _task_facts(config: TrainConfig) -> tuple[Any, Any, bool]:
+    """:func:`_env_spaces` and whether the task has a scripted expert (``expert_action``)."""
     from agent.vector import make_env
 
     env = make_env(config.env.id, config.env.make_kwargs())
     try:
         check_dict_spaces(config.env.id, env.observation_space, env.action_space)
-        return env.observation_space, env.action_space
+        has_expert = callable(getattr(env.unwrapped, "expert_action", None))
+        return env.observation_space, env.action_space, has_expert
     finally:
         env.close()
 

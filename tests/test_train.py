@@ -249,6 +249,16 @@ BAD_INPUT = [
     # mindloop agents read Dict spaces; a plain Gymnasium env crashed in encoders_for
     (["--algo", "ppo", "--env.id", "Hopper-v5"], ["Hopper-v5", "Box(", "mindloop/", "Dict"]),
     (["--algo", "bc", "--env.id", "Hopper-v5"], ["Hopper-v5", "MujocoSensesWrapper"]),
+    # Dict spaces but no scripted expert: bc failed after making the run directory, with a
+    # message about recording for --record or --video
+    (
+        ["--algo", "bc", "--env.id", "mindloop_test/ReacherNoExpert-v0"],
+        ["--algo bc", "ReacherNoExpert-v0", "scripted expert", "--algo ppo"],
+    ),
+    (
+        ["--algo", "bc+ppo", "--env.id", "mindloop_test/ReacherNoExpert-v0"],
+        ["--algo bc+ppo", "scripted expert"],
+    ),
     (
         ["--algo", "sb3-ppo", "--env.id", "CartPole-v1"],
         ["CartPole-v1", "observation space Box(", "action space Discrete(2)"],

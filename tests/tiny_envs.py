@@ -123,11 +123,25 @@ class TinyAnswerEnv(gym.Env):
         self._token, self._t = int(state["token"]), int(state["t"])
 
 
+def reacher_without_expert(**kwargs: Any) -> gym.Env:
+    """Gymnasium's Reacher made trainable by mindloop's wrappers (the README's recipe): Dict
+    observations and actions, but no scripted expert."""
+    from envs.wrappers import DictActionWrapper, MujocoSensesWrapper
+
+    return DictActionWrapper(MujocoSensesWrapper(gym.make("Reacher-v5", **kwargs), keys=()))
+
+
 def register() -> None:
     for name, cls in (("TinyReach-v0", TinyReachEnv), ("TinyAnswer-v0", TinyAnswerEnv)):
         env_id = f"mindloop_test/{name}"
         if env_id not in gym.registry:
             gym.register(id=env_id, entry_point=f"tests.tiny_envs:{cls.__name__}")
+    if "mindloop_test/ReacherNoExpert-v0" not in gym.registry:
+        gym.register(
+            id="mindloop_test/ReacherNoExpert-v0",
+            entry_point="tests.tiny_envs:reacher_without_expert",
+            max_episode_steps=50,
+        )
 
 
 register()
