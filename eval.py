@@ -43,9 +43,10 @@ class EvalConfig:
     seed: int = 0
     """Episode k is reset with seed + k (also seeds sampling)."""
     num_envs: int = 1
-    """Envs stepped together (a Gymnasium vector env). Deterministic (default) results do not
-    depend on it; --stochastic and --policy random draw from one RNG in batch order, so their
-    exact returns do (each command still reproduces exactly)."""
+    """Envs stepped together (a Gymnasium vector env). Deterministic (default) evaluation plays
+    the same episodes whatever it is (returns may differ in the last digits: the network runs
+    on another batch size); --stochastic and --policy random draw from one RNG in batch order,
+    so their exact returns depend on it (each command still reproduces exactly)."""
     vectorization: str = "sync"
     """sync (one process) or async (a worker process per env)."""
     stochastic: bool = False

@@ -8,8 +8,9 @@ A policy is anything with the small :class:`EvalPolicy` protocol (``reset`` + ``
 batch), so the same loop measures the scripted expert (``"expert"``), a random policy
 (``"random"``), a trained :class:`agent.agent.MindloopAgent` (:class:`AgentPolicy`, or
 :func:`load_checkpoint_policy`) and other libraries' models. Episode ``k`` always runs on
-seed ``seed + k``, whatever the number of envs, so a deterministic policy's results do not
-depend on how episodes were spread over a vector env. A sampling policy (the random one, an
+seed ``seed + k``, whatever the number of envs, so a deterministic policy plays the same
+episodes however they were spread over a vector env (a network's outputs, and so returns,
+can differ in the last digits between batch sizes). A sampling policy (the random one, an
 agent with ``deterministic=False``) draws from one RNG in batch order, so its exact returns
 depend on ``num_envs``; the same call still reproduces them exactly.
 
