@@ -60,8 +60,13 @@ class BetaHead(nn.Module):
         self.register_buffer("scale", torch.as_tensor(high - low, dtype=torch.float32).reshape(-1))
 
     def forward(self, h: torch.Tensor) -> D.Distribution:
-        alpha, beta = (1.0 + F.softplus(self.proj(h))).chunk(2, dim=-1)  # (B, n) each
-        return _ScaledBeta(alpha, beta, self.low, self.scale, self.shape, self.eps)
+        # The distribution runs in at least float32: torch samples Beta (a Dirichlet) only in
+        # float32/float64, and 1 - eps rounds to 1 in half precision (an infinite log-prob).
+        dtype = torch.promote_types(h.dtype, torch.float32)
+        params = self.proj(h).to(dtype)  # (B, 2n)
+        alpha, beta = (1.0 + F.softplus(params)).chunk(2, dim=-1)  # (B, n) each
+        low, scale = self.low.to(dtype), self.scale.to(dtype)
+        return _ScaledBeta(alpha, beta, low, scale, self.shape, self.eps)
 
 
 class _ScaledBeta:

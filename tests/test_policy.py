@@ -384,6 +384,24 @@ def test_policy_follows_its_dtype_and_device_and_converts_inputs(core):
     assert {v.device.type for v in meta_state.values()} == {"meta"}
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("core", CORES.names())
+def test_half_precision_policy_samples_and_replays(core, dtype):
+    """A policy cast to bfloat16/float16 acts and replays: the Beta head's distribution runs
+    in float32 (torch samples Beta only in float32/64), so actions stay inside the bounds and
+    the replayed log-probs are those of the rollout."""
+    policy = make_policy(core).to(dtype)
+    obs, state0, starts, acts, info, _ = rollout(policy, T=3)
+    assert acts["muscles"].dtype == torch.float32 and info.log_prob.dtype == torch.float32
+    assert (acts["muscles"] > 0).all() and (acts["muscles"] < 1).all()
+    assert torch.isfinite(info.log_prob).all()
+    with torch.no_grad():
+        out, _ = policy.evaluate_sequence(
+            obs, state0, starts, acts, info.decisions, obs_tokens=frame_tokens(3, 0)
+        )
+    torch.testing.assert_close(out.log_prob, info.log_prob)
+
+
 def test_sampling_is_reproducible_with_a_seed():
     policy = make_policy()
     obs, start = torch.randn(B, OBS), torch.ones(B, dtype=torch.bool)
