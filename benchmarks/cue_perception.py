@@ -13,7 +13,9 @@ same frames, each on the light CNN mindloop trains (8-16-32 channels, ``encoders
   the ``attend`` think input's glimpse);
 * ``mean+glimpse``: the encoder with ``pool="mean"`` (what is in the frame, not where) plus
   the glimpse;
-* ``glimpse``: the glimpse read alone.
+* ``glimpse``: the glimpse read alone;
+* ``keypoints``: the encoder with ``pool="spatial_softmax"`` on one conv (a 32 x 32 map, 16
+  channels, 32 keypoints): each keypoint's expected (x, y), no per-cell weights.
 
 The glimpse can only say *where* by reading a cell's (x, y); the flattened map can memorise
 where each training layout puts things. The held-out R² says which readout generalises.
@@ -36,7 +38,7 @@ import numpy as np
 
 OUT = Path(__file__).resolve().parent / "out" / "cue_perception.json"
 TASK = "mindloop/CueRecall-v0"
-READOUTS = ("flatten", "flatten+glimpse", "mean+glimpse", "glimpse")
+READOUTS = ("flatten", "flatten+glimpse", "mean+glimpse", "glimpse", "keypoints")
 
 
 def collect_frames(n: int, seed: int) -> dict[str, np.ndarray]:
@@ -68,13 +70,14 @@ def build_readout(name: str, num_colors: int, latent_dim: int):
 
     from encoders.image import CNNImageConfig, CNNImageEncoder
 
-    pool = "mean" if name.startswith("mean") else "flatten"
+    pool = {"mean+glimpse": "mean", "keypoints": "spatial_softmax"}.get(name, "flatten")
+    channels = (16,) if name == "keypoints" else (8, 16, 32)
     space = gym.spaces.Box(0, 255, (64, 64, 3), np.uint8)
 
     class Readout(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            cfg = CNNImageConfig(channels=(8, 16, 32), embed_dim=256, pool=pool)
+            cfg = CNNImageConfig(channels=channels, embed_dim=256, pool=pool)
             self.cnn = CNNImageEncoder(space, cfg)
             self.use_embedding = name != "glimpse"
             self.use_glimpse = name.endswith("glimpse")

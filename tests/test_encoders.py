@@ -162,6 +162,44 @@ def test_cnn_mean_pool_embeds_what_not_where() -> None:
     assert "'max'" in msg and "flatten" in msg and "mean" in msg
 
 
+def test_cnn_spatial_softmax_embeds_keypoint_coordinates() -> None:
+    """``pool="spatial_softmax"``: the embedding is the head of each keypoint's expected cell
+    centre, so a bright spot that moves across the frame moves the keypoints the same way,
+    and the head's size is 2 x keypoints whatever the image size."""
+    torch.manual_seed(0)
+    space = gym.spaces.Box(0, 255, (64, 64, 3), np.uint8)
+    opts = {"channels": (8,), "pool": "spatial_softmax", "keypoints": 4}
+    enc = build_encoder("cnn", space, opts).eval()
+    assert enc.head[0].in_features == 8
+    with torch.no_grad():  # keypoint 0 follows the red channel's first feature, sharply
+        enc.keypoint_maps.weight.zero_()
+        enc.keypoint_maps.bias.zero_()
+        enc.conv[0].weight.zero_()
+        enc.conv[0].bias.fill_(0.0)
+        enc.conv[0].weight[0, 0, 1, 1] = 1.0  # feature 0 = red at the cell's centre pixel
+        enc.keypoint_maps.weight[0, 0] = 50.0
+
+    def keypoint0(row: int, col: int) -> torch.Tensor:
+        x = torch.zeros(1, 64, 64, 3, dtype=torch.uint8)
+        x[0, row : row + 2, col : col + 2, 0] = 255
+        logits = enc.keypoint_maps(enc._feature_map(x)).flatten(2)  # (1, K, 32*32)
+        return (logits.softmax(-1) @ enc.cell_xy[0])[0, 0]  # (x, y)
+
+    top_left, bottom_right = keypoint0(2, 2), keypoint0(60, 58)
+    assert torch.all(top_left < -0.8) and torch.all(bottom_right > 0.8)
+    assert bottom_right[0] < bottom_right[1]  # column 58 is left of row 60
+    x = sample_batch(space, 2)
+    with torch.no_grad():
+        p = enc.keypoint_maps(enc._feature_map(x)).flatten(2).softmax(-1)
+        torch.testing.assert_close(enc(x), enc.head((p @ enc.cell_xy[0]).flatten(1)))
+    large = gym.spaces.Box(0, 255, (128, 128, 3), np.uint8)
+    n_params = sum(q.numel() for q in enc.parameters())
+    assert sum(q.numel() for q in build_encoder("cnn", large, opts).parameters()) == n_params
+    with pytest.raises(ValueError) as err:
+        build_encoder("cnn", space, {"pool": "spatial_softmax", "keypoints": 0})
+    assert "keypoints" in assert_one_line(err)
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_deterministic_under_seed(name: str) -> None:
     a, b = build_example(name, seed=3), build_example(name, seed=3)
