@@ -51,6 +51,7 @@ def build_agent(
     think_input: str = "token",
     halting: str = "sampled",
     image_pool: str = "flatten",
+    image_channels: tuple[int, ...] | None = None,
 ):
     """mindloop's default agent for CueRecall (memory with the standardized read, as
     benchmarks/learning.py configures it) and its train config."""
@@ -66,6 +67,8 @@ def build_agent(
     cfg.agent.think.think_input = think_input
     cfg.agent.think.halting = halting
     cfg.agent.encoders.options["image.pool"] = image_pool
+    if image_channels is not None:
+        cfg.agent.encoders.options["image.channels"] = str(tuple(image_channels))
     cfg.bc.think = think
     cfg = resolve_for_env(cfg)
     return MindloopAgent(*_env_spaces(cfg), cfg.agent), cfg
@@ -192,8 +195,15 @@ def main() -> None:
     ap.add_argument(
         "--image-pool",
         default="flatten",
-        choices=("flatten", "mean"),
-        help="the image CNN's embedding: flattened map (default) or mean over cells",
+        choices=("flatten", "mean", "spatial_softmax"),
+        help="the image CNN's embedding: flattened map (default), mean over cells, or keypoints",
+    )
+    ap.add_argument(
+        "--image-channels",
+        type=int,
+        nargs="+",
+        default=None,
+        help="the image CNN's channels (default the agent's 8 16 32; one per stride-2 conv)",
     )
     ap.add_argument(
         "--latent-coef", type=float, default=1.0, help="bc.expert_latent_coef (0: no latent)"
@@ -226,6 +236,10 @@ def main() -> None:
             ap.error(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(a, name)}")
     if min(a.eval_delays) < 0:
         ap.error(f"--eval-delays must be >= 0, got {a.eval_delays}")
+    if a.image_channels is not None and not 1 <= len(a.image_channels) <= 6:
+        ap.error(f"--image-channels takes 1 to 6 values for a 64x64 image, got {a.image_channels}")
+    if a.image_channels is not None and min(a.image_channels) < 1:
+        ap.error(f"--image-channels must be >= 1, got {a.image_channels}")
     if a.quick:
         a.delay, a.episodes, a.updates, a.eval_delays, a.eval_episodes = 5, 16, 20, [5], 2
         a.dagger_episodes, a.dagger_updates = 8, 10
@@ -262,7 +276,14 @@ def main() -> None:
     env_steps = recording_env_steps(demos) or sum(len(e) for e in episodes)
     seed_everything(a.seed)
     agent, cfg = build_agent(
-        kwargs, not a.no_memory, a.k_max, a.think, a.think_input, a.halting, a.image_pool
+        kwargs,
+        not a.no_memory,
+        a.k_max,
+        a.think,
+        a.think_input,
+        a.halting,
+        a.image_pool,
+        a.image_channels,
     )
     cfg.bc.expert_latent_coef = a.latent_coef
     cfg.bc.expert_latent_frames = a.latent_frames
