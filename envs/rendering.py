@@ -10,8 +10,10 @@ than drawing it), and must be closed explicitly: ``mujoco.Renderer`` frees its E
 from __future__ import annotations
 
 import atexit
+import ctypes
 import os
 import weakref
+from typing import Any, ClassVar
 
 import mujoco
 import numpy as np
@@ -41,6 +43,71 @@ def check_not_forked_after_gl() -> None:
         "'async', vector_kwargs={'context': 'forkserver'}), AsyncVectorEnv(fns, context="
         "'forkserver'), or SB3's SubprocVecEnv (forkserver by default)"
     )
+
+
+class _ForeignContext:
+    """Another library's GL context that was current before one of ours, made current again
+    after our frame. Gymnasium's MuJoCo renderer (``render_mode="rgb_array"``) makes its
+    context current once and then draws into whatever is current, so without this a
+    Gymnasium MuJoCo env in the same process as a mindloop env rendered blank frames after
+    the mindloop env's first frame. Backends: ``egl`` (mindloop's default) and ``glfw``; an
+    OSMesa context cannot be made current again without knowing its buffer's pixel type, so
+    ``osmesa`` is left alone. Contexts of mindloop's own renderers are never restored: a
+    process with only mindloop renderers pays one ``eglGetCurrentContext`` call a frame."""
+
+    _own: ClassVar[set[int]] = set()
+    """Addresses of the live contexts of mindloop's renderers."""
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+        self.saved: tuple | None = None
+
+    def address(self, gl: Any) -> int | None:
+        """The address of a mujoco ``GLContext``'s native context (None if not tracked)."""
+        native = getattr(gl, "_context", None)
+        if not native:
+            return None
+        if self.backend == "egl":
+            return native.address  # PyOpenGL's EGLContext pointer
+        if self.backend == "glfw":
+            return ctypes.cast(native, ctypes.c_void_p).value  # the context's glfw window
+        return None
+
+    def save(self) -> None:
+        """Remember the current context if it is foreign."""
+        self.saved = None
+        if self.backend == "egl":
+            from OpenGL import EGL
+
+            ctx = EGL.eglGetCurrentContext()
+            if ctx and ctx.address not in self._own:
+                self.saved = (
+                    EGL.eglGetCurrentDisplay(),
+                    EGL.eglGetCurrentSurface(EGL.EGL_DRAW),
+                    EGL.eglGetCurrentSurface(EGL.EGL_READ),
+                    ctx,
+                )
+        elif self.backend == "glfw":
+            import glfw
+
+            window = glfw.get_current_context()
+            address = ctypes.cast(window, ctypes.c_void_p).value if window else None
+            if address is not None and address not in self._own:
+                self.saved = (window,)
+
+    def restore(self) -> None:
+        """Make the remembered foreign context current again (if any)."""
+        if self.saved is None:
+            return
+        saved, self.saved = self.saved, None
+        if self.backend == "egl":
+            from OpenGL import EGL
+
+            EGL.eglMakeCurrent(*saved)
+        else:
+            import glfw
+
+            glfw.make_context_current(saved[0])
 
 
 def _close_all() -> None:
@@ -91,14 +158,20 @@ class OffscreenRenderer:
 
         context_class = gl_context_class()
         check_not_forked_after_gl()
+        self._foreign = _ForeignContext(gl_backend() or os.environ.get("MUJOCO_GL", "").lower())
+        self._foreign.save()
         try:
             self._gl = context_class(self.width, self.height)
             self._gl.make_current()
         except Exception as e:  # EGL/OSMesa report failures as several exception types
             self._gl = None
+            self._foreign.restore()
             raise RuntimeError(
                 f"could not create an OpenGL context ({e}); {INSTALL_HINT}"
             ) from None
+        self._address = self._foreign.address(self._gl)
+        if self._address is not None:
+            _ForeignContext._own.add(self._address)
         vis = model.vis
         saved = (vis.global_.offwidth, vis.global_.offheight, vis.quality.shadowsize,
                  vis.quality.offsamples)  # fmt: skip
@@ -111,6 +184,7 @@ class OffscreenRenderer:
             (vis.global_.offwidth, vis.global_.offheight, vis.quality.shadowsize,
              vis.quality.offsamples) = saved  # fmt: skip
         mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN, self._con)
+        self._foreign.restore()
         global _gl_pid
         _gl_pid = os.getpid()
         _LIVE.add(self)
@@ -149,10 +223,14 @@ class OffscreenRenderer:
         if self._con is None:
             raise RuntimeError("render() called after close()")
         self.update(data)
-        self._gl.make_current()
-        mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN, self._con)
-        mujoco.mjr_render(self._rect, self.scene, self._con)
-        mujoco.mjr_readPixels(self._buf, None, self._rect, self._con)
+        self._foreign.save()
+        try:
+            self._gl.make_current()
+            mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN, self._con)
+            mujoco.mjr_render(self._rect, self.scene, self._con)
+            mujoco.mjr_readPixels(self._buf, None, self._rect, self._con)
+        finally:
+            self._foreign.restore()
         return self._buf[::-1].copy()  # GL rows run bottom-up; copy so callers may keep it
 
     def close(self) -> None:
@@ -162,13 +240,18 @@ class OffscreenRenderer:
         with it and there is nothing left to free."""
         con, gl = self._con, self._gl
         self._con = self._gl = None
+        if gl is not None:
+            _ForeignContext._own.discard(self._address)
         try:
+            if gl is not None:
+                self._foreign.save()
             if con is not None:
                 if gl is not None:
                     gl.make_current()  # GL objects are freed in their own context
                 con.free()
             if gl is not None:
                 gl.free()
+                self._foreign.restore()
         except Exception:  # EGL/OSMesa report a dead display as several exception types
             if gl is not None and hasattr(gl, "_context"):
                 gl._context = None  # its __del__ would retry the failed free

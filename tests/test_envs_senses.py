@@ -349,6 +349,35 @@ def test_senses_wrapper_leaves_the_envs_own_render_as_it_is() -> None:
         np.testing.assert_array_equal(bare, wrapped)
 
 
+@pytest.mark.skipif(gl.gl_backend() != "egl", reason="foreign contexts are restored on EGL")
+def test_mindloop_renderers_leave_another_libraries_context_current() -> None:
+    """A Gymnasium MuJoCo env rendering in the same process as mindloop envs: its renderer
+    makes its context current once and then draws into whatever is current, so a mindloop
+    renderer made, used or closed in between used to leave it drawing blank frames."""
+
+    def frames(with_mindloop: bool) -> list[np.ndarray]:
+        env = gym.make("Hopper-v5", render_mode="rgb_array", width=48, height=48)
+        with env:
+            env.reset(seed=0)
+            env.action_space.seed(0)
+            out = [env.render()]  # the Gymnasium viewer's context is current from here on
+            other = gym.make(envs.DEFAULT_TASK_ID) if with_mindloop else None
+            for _ in range(2):
+                if other is not None:
+                    other.reset(seed=0)  # makes its renderer and draws a frame
+                    other.step(other.action_space.sample())
+                env.step(env.action_space.sample())
+                out.append(env.render())
+            if other is not None:
+                other.close()  # frees its context
+            out.append(env.render())
+        return out
+
+    for bare, mixed in zip(frames(False), frames(True), strict=True):
+        assert bare.std() > 5
+        np.testing.assert_array_equal(bare, mixed)
+
+
 def test_senses_wrapper_rejects_non_mujoco_envs() -> None:
     with pytest.raises(ValueError, match="MujocoEnv"):
         MujocoSensesWrapper(gym.make("CartPole-v1"))
