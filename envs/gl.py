@@ -17,6 +17,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import warnings
 from typing import Any
 
 HEADLESS_BACKENDS: tuple[str, ...] = ("egl", "osmesa")
@@ -101,6 +102,10 @@ def preload_triton() -> bool:
     lazily, e.g. the first time an optimizer is built (``torch.optim.Adam`` imports
     ``torch._dynamo``), which in a training script is usually after the first frame was
     rendered. Loading the library (~70 ms, no ``import torch``) prevents that crash.
+
+    Too late when Mesa's LLVM is already loaded (``mujoco`` imported with
+    ``MUJOCO_GL=osmesa``, or a frame rendered, before ``envs``): loading would crash this
+    import, so it warns instead, naming the fix.
     """
     spec = importlib.util.find_spec("triton")
     if spec is None or not spec.submodule_search_locations:
@@ -108,11 +113,32 @@ def preload_triton() -> bool:
     path = os.path.join(spec.submodule_search_locations[0], "_C", "libtriton.so")
     if not os.path.exists(path):
         return False
+    libraries = _mapped_libraries()
+    llvm = next((n for n in map(os.path.basename, libraries) if n.startswith("libLLVM")), None)
+    if llvm is not None and os.path.realpath(path) not in set(map(os.path.realpath, libraries)):
+        warnings.warn(
+            f"Mesa's LLVM ({llvm}) was loaded before mindloop's envs (mujoco imported with "
+            "MUJOCO_GL=osmesa, or a frame rendered, first): torch's Triton will crash this "
+            "process when it loads (the first torch.optim optimizer, torch.compile); import "
+            "envs before mujoco",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return False
     try:
         ctypes.CDLL(path)
     except OSError:
         return False
     return True
+
+
+def _mapped_libraries() -> list[str]:
+    """Paths of the shared libraries loaded in this process (empty where /proc is missing)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            return [line.split()[-1] for line in maps if ".so" in line]
+    except OSError:
+        return []
 
 
 def _check_user_backend(backend: str) -> None:

@@ -550,6 +550,21 @@ def test_torch_optimizer_after_rendering_does_not_crash() -> None:
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
 
+def test_mujoco_imported_first_with_osmesa_warns_instead_of_crashing() -> None:
+    """``import mujoco`` with ``MUJOCO_GL=osmesa`` loads Mesa's LLVM; preloading Triton after
+    it segfaulted ``import envs``. Now the import warns, naming the fix."""
+    if not gl._probe("osmesa"):
+        pytest.skip("OSMesa is not installed")
+    env = dict(os.environ, MUJOCO_GL="osmesa", PYOPENGL_PLATFORM="osmesa")
+    code = "import mujoco\nimport envs\nprint('ok')"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+    assert "RuntimeWarning: Mesa's LLVM" in out.stderr
+    assert "import envs before mujoco" in out.stderr
+
+
 def test_user_mujoco_gl_is_respected(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(gl, "_selected", gl._selected)
     monkeypatch.setenv("MUJOCO_GL", "osmesa")
