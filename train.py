@@ -79,7 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     config = None
     try:
         import encoders  # noqa: F401  (preloads triton before any MuJoCo render)
+        from agent.distributed import launch_rank
         from agent.training import train
+
+        if launch_rank() != 0 and any(arg in ("-h", "--help") for arg in argv):
+            return 0  # under torchrun every rank parses; rank 0 prints the help once
 
         config = parse_config(argv)
         result = train(config)
@@ -92,8 +96,6 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(err.__context__, KeyboardInterrupt):
             return _interrupted(config)
         raise
-    from agent.distributed import launch_rank
-
     if launch_rank() != 0:  # under torchrun, rank 0 reports for all
         return 0
     if result.success_rate is not None:

@@ -381,6 +381,18 @@ def test_help_lists_every_algorithm():
         assert name in proc.stdout, name
 
 
+def test_help_under_torchrun_is_printed_by_rank_0_only():
+    """torchrun starts the script once per rank; each used to print the whole help."""
+    import os
+
+    env = dict(os.environ, RANK="1", WORLD_SIZE="2", LOCAL_RANK="1")
+    proc = subprocess.run(
+        [sys.executable, "train.py", "--help"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout == "", proc.stdout[-500:] + proc.stderr[-2000:]
+
+
 def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch, capsys):
     import agent.training
     import train as train_script
