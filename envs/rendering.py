@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import os
+import warnings
 import weakref
 from typing import Any, ClassVar
 
@@ -90,7 +91,12 @@ class _ForeignContext:
         elif self.backend == "glfw":
             import glfw
 
-            window = glfw.get_current_context()
+            try:  # before glfw.init() (our first context) pyGLFW reports an error
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    window = glfw.get_current_context()
+            except Exception:  # ERROR_REPORTING = "raise"
+                window = None
             address = ctypes.cast(window, ctypes.c_void_p).value if window else None
             if address is not None and address not in self._own:
                 self.saved = (window,)
@@ -180,11 +186,11 @@ class OffscreenRenderer:
             if fast:
                 vis.quality.shadowsize, vis.quality.offsamples = 0, 0
             self._con = mujoco.MjrContext(model, mujoco.mjtFontScale.mjFONTSCALE_100)
+            mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN, self._con)
         finally:
             (vis.global_.offwidth, vis.global_.offheight, vis.quality.shadowsize,
              vis.quality.offsamples) = saved  # fmt: skip
-        mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN, self._con)
-        self._foreign.restore()
+            self._foreign.restore()
         global _gl_pid
         _gl_pid = os.getpid()
         _LIVE.add(self)
@@ -240,11 +246,12 @@ class OffscreenRenderer:
         with it and there is nothing left to free."""
         con, gl = self._con, self._gl
         self._con = self._gl = None
-        if gl is not None:
-            _ForeignContext._own.discard(self._address)
         try:
             if gl is not None:
-                self._foreign.save()
+                try:
+                    self._foreign.save()  # while ours still counts as ours: never saved
+                finally:
+                    _ForeignContext._own.discard(self._address)
             if con is not None:
                 if gl is not None:
                     gl.make_current()  # GL objects are freed in their own context

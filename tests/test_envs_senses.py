@@ -378,6 +378,27 @@ def test_mindloop_renderers_leave_another_libraries_context_current() -> None:
         np.testing.assert_array_equal(bare, mixed)
 
 
+def test_a_mindloop_renderer_never_restores_its_own_context(monkeypatch) -> None:
+    """Only another library's context is made current again: with mindloop renderers alone
+    nothing is restored, not even on close (restoring a context being freed failed with
+    EGL_BAD_CONTEXT, and with glfw it would use a destroyed window)."""
+    from envs import rendering
+
+    restored: list[object] = []
+    restore = rendering._ForeignContext.restore
+
+    def spy(self) -> None:
+        restored.append(self.saved)
+        restore(self)
+
+    monkeypatch.setattr(rendering._ForeignContext, "restore", spy)
+    env = gym.make(envs.DEFAULT_TASK_ID)
+    env.reset(seed=0)
+    env.step(env.action_space.sample())
+    env.close()
+    assert restored and all(saved is None for saved in restored), restored
+
+
 def test_senses_wrapper_rejects_non_mujoco_envs() -> None:
     with pytest.raises(ValueError, match="MujocoEnv"):
         MujocoSensesWrapper(gym.make("CartPole-v1"))
