@@ -59,6 +59,18 @@ class BetaHead(nn.Module):
         self.register_buffer("low", torch.as_tensor(low, dtype=torch.float32).reshape(-1))
         self.register_buffer("scale", torch.as_tensor(high - low, dtype=torch.float32).reshape(-1))
 
+    def _apply(self, fn, recurse=True):
+        # The bounds follow the module's device but never drop below float32: in bfloat16,
+        # [-0.3, 0.7] became [-0.30078, 0.69922] and samples left the action space.
+        low, scale = self.low, self.scale
+        super()._apply(fn, recurse)
+        for name, before in (("low", low), ("scale", scale)):
+            after = getattr(self, name)
+            dtype = torch.promote_types(after.dtype, torch.float32)
+            if after.dtype != dtype:
+                setattr(self, name, before.to(device=after.device, dtype=dtype))
+        return self
+
     def forward(self, h: torch.Tensor) -> D.Distribution:
         # The distribution runs in at least float32: torch samples Beta (a Dirichlet) only in
         # float32/float64, and 1 - eps rounds to 1 in half precision (an infinite log-prob).

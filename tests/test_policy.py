@@ -402,6 +402,26 @@ def test_half_precision_policy_samples_and_replays(core, dtype):
     torch.testing.assert_close(out.log_prob, info.log_prob)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_beta_head_bounds_keep_their_precision_in_any_dtype(dtype):
+    """The bounds stay at least float32 when the head is cast: in bfloat16 [-0.3, 0.7] had
+    become [-0.30078, 0.69922] and samples near a bound fell outside the Box."""
+    from agent.heads import BetaHead
+
+    space = spaces.Box(-0.3, 0.7, (4,), np.float32)
+    torch.manual_seed(0)
+    head = BetaHead(space, 8).to(dtype)
+    assert head.low.dtype == torch.promote_types(dtype, torch.float32)
+    with torch.no_grad():
+        head.proj.weight.zero_()
+        head.proj.bias.copy_(torch.tensor([-8.0] * 4 + [8.0] * 4))  # alpha ~1, beta ~9e3
+        dist = head(torch.zeros(20_000, 8, dtype=dtype))
+        actions = dist.sample()
+    assert space.contains(actions[0].numpy().astype(np.float32))
+    assert (actions >= -0.3).all() and (actions <= 0.7).all()
+    assert actions.min() < -0.2999  # hugging the lower bound, so a shifted bound shows
+
+
 def test_sampling_is_reproducible_with_a_seed():
     policy = make_policy()
     obs, start = torch.randn(B, OBS), torch.ones(B, dtype=torch.bool)
