@@ -105,8 +105,9 @@ class CNNImageConfig(EncoderConfig):
     Its resolution is the last map's: fewer ``channels`` entries keep more of it (64x64 with
     one entry gives a 32x32 map). Regressing the cued ball's posture from 300 / 900 CueRecall
     layouts (``benchmarks/cue_perception.py``), held-out R² 0.44 / 0.69 with
-    ``channels=(16,)``, against -0.20 / -0.03 for ``mean`` + glimpse: fewer layouts needed,
-    though still hundreds."""
+    ``channels=(16,)``, against -0.20 / -0.03 for ``mean`` + glimpse on the default 8x8 map
+    (keypoints on that 8x8 map: -0.29 at 300): the larger map and the pool together need
+    fewer layouts, though still hundreds."""
     keypoints: int = 32
     """Number of keypoints of ``pool="spatial_softmax"`` (the embedding's head sees 2 x this)."""
 
