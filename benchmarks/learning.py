@@ -19,6 +19,10 @@ seeded episodes, deterministic policy, through :func:`agent.evaluation.evaluate`
 * **mindloop-fixedthink** (not in the default set: ``--contenders mindloop-fixedthink``): the
   same with every frame thinking ``k_max`` steps (``think.halting = "fixed"``): whether the
   extra depth helps at all, apart from whether the halting head learns to use it.
+* **mindloop-keypoints** (not in the default set): mindloop with the image CNN's keypoint
+  pooling on a 32 x 32 map (``image.pool spatial_softmax``, ``image.channels (16,)``), the
+  readout that needs the fewest layouts to find a coloured ball
+  (``benchmarks/cue_perception.py``).
 * **sb3-recurrentppo**: sb3-contrib ``RecurrentPPO`` (LSTM), pure RL.
 * **sb3-ppo**: SB3 ``PPO`` (no memory), pure RL.
 * **random** and **expert** (references, no training): a uniform random policy and the
@@ -75,7 +79,7 @@ import numpy as np
 OUT = Path(__file__).resolve().parent / "out" / "learning.json"
 CONTENDERS = ("mindloop", "mindloop-nothink", "sb3-recurrentppo", "sb3-ppo", "random", "expert")
 """The default contenders; ``EXTRA_CONTENDERS`` run only when named."""
-EXTRA_CONTENDERS = ("mindloop-fixedthink",)
+EXTRA_CONTENDERS = ("mindloop-fixedthink", "mindloop-keypoints")
 """Trained contenders, then two untrained references (evaluation only)."""
 
 TASK_KWARGS: dict[str, dict[str, Any]] = {"mindloop/CueRecall-v0": {"delay_steps": 200}}
@@ -231,7 +235,10 @@ def run_mindloop(spec: RunSpec, run_dir: Path) -> RunResult:
         config.agent.think.k_max = 0
     elif spec.contender == "mindloop-fixedthink":
         config.agent.think.halting = "fixed"
-    else:
+    if spec.contender == "mindloop-keypoints":
+        config.agent.encoders.options["image.pool"] = "spatial_softmax"
+        config.agent.encoders.options["image.channels"] = "(16,)"
+    if spec.contender not in ("mindloop-nothink", "mindloop-fixedthink"):
         config.bc.lambda_p = THINK_PRIOR
     if spec.think_cost is not None:
         config.ppo.think_cost = spec.think_cost
@@ -312,6 +319,7 @@ RUNNERS: dict[str, Callable[[RunSpec, Path], RunResult]] = {
     "mindloop": run_mindloop,
     "mindloop-nothink": run_mindloop,
     "mindloop-fixedthink": run_mindloop,
+    "mindloop-keypoints": run_mindloop,
     "sb3-recurrentppo": run_sb3,
     "sb3-ppo": run_sb3,
     "expert": run_reference,
