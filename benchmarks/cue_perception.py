@@ -171,7 +171,7 @@ def main() -> None:
         if getattr(a, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
     if a.quick:
-        a.train_frames, a.test_frames, a.steps, a.log_every = 600, 200, 300, 100
+        a.train_frames, a.test_frames, a.steps, a.log_every = 400, 200, 200, 100
 
     import torch
 
