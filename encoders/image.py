@@ -79,6 +79,7 @@ def pixels_to_nchw(
 
 
 CNN_POOLS = ("flatten", "mean", "spatial_softmax")
+DEFAULT_KEYPOINTS = 32
 
 
 @dataclass
@@ -108,7 +109,7 @@ class CNNImageConfig(EncoderConfig):
     ``channels=(16,)``, against -0.20 / -0.03 for ``mean`` + glimpse on the default 8x8 map
     (keypoints on that 8x8 map: -0.29 at 300): the larger map and the pool together need
     fewer layouts, though still hundreds."""
-    keypoints: int = 32
+    keypoints: int = DEFAULT_KEYPOINTS
     """Number of keypoints of ``pool="spatial_softmax"`` (the embedding's head sees 2 x this)."""
 
     def __post_init__(self) -> None:
@@ -123,6 +124,11 @@ class CNNImageConfig(EncoderConfig):
             raise ValueError(f"embed_dim must be positive, got {self.embed_dim}")
         if self.keypoints <= 0:
             raise ValueError(f"keypoints must be positive, got {self.keypoints}")
+        if self.keypoints != DEFAULT_KEYPOINTS and self.pool != "spatial_softmax":
+            raise ValueError(
+                f"keypoints={self.keypoints} applies only to pool='spatial_softmax', got "
+                f"pool={self.pool!r}; set the pool too (image.pool spatial_softmax)"
+            )
 
 
 @ENCODERS.register("cnn")

@@ -198,6 +198,9 @@ def test_cnn_spatial_softmax_embeds_keypoint_coordinates() -> None:
     with pytest.raises(ValueError) as err:
         build_encoder("cnn", space, {"pool": "spatial_softmax", "keypoints": 0})
     assert "keypoints" in assert_one_line(err)
+    with pytest.raises(ValueError) as err:  # would be silently ignored by another pool
+        build_encoder("cnn", space, {"keypoints": 16})
+    assert "pool='flatten'" in assert_one_line(err)
 
 
 @pytest.mark.parametrize("name", ALL)
