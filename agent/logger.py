@@ -45,6 +45,8 @@ class RunLogger:
         self.enabled = enabled
         self.line_every = 10.0
         self._last_line = -float("inf")
+        self._unprinted: str | None = None
+        """Without a bar: the newest progress line not printed yet (printed at the end)."""
         self.writer = None
         self.bar = None
         self.t0 = time.perf_counter()
@@ -84,10 +86,17 @@ class RunLogger:
         if self.bar is not None:
             self.bar.n = min(step, self.bar.total)
             self.bar.set_postfix({k: _short(v) for k, v in postfix.items()}, refresh=True)
-        elif force or time.perf_counter() - self._last_line >= self.line_every:
-            self._last_line = time.perf_counter()
+        else:
             text = " ".join(f"{k}={_short(v)}" for k, v in postfix.items())
-            print(f"[{time.perf_counter() - self.t0:7.1f}s] step {step}: {text}", flush=True)
+            self._unprinted = f"[{time.perf_counter() - self.t0:7.1f}s] step {step}: {text}"
+            if force or time.perf_counter() - self._last_line >= self.line_every:
+                self._last_line = time.perf_counter()
+                self._print_unprinted()
+
+    def _print_unprinted(self) -> None:
+        if self._unprinted is not None:
+            print(self._unprinted, flush=True)
+            self._unprinted = None
 
     def set_total(self, total_steps: int) -> None:
         """Correct the bar's total (env steps) once the rest of the run is known."""
@@ -105,10 +114,13 @@ class RunLogger:
             print(message, flush=True)
 
     def close_bar(self) -> None:
-        """End the progress bar (before printing a table); TensorBoard stays open."""
+        """End the progress bar (before printing a table); without a bar, print the last
+        progress line if the time limit held it back. TensorBoard stays open."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        elif self.enabled:
+            self._print_unprinted()
 
     def close(self) -> None:
         self.close_bar()

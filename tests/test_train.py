@@ -640,3 +640,24 @@ def test_progress_bar_total_is_corrected_once_known(tmp_path):
         assert logger.bar.total == 40
     finally:
         logger.close()
+
+
+def test_without_a_bar_the_last_progress_line_is_printed(tmp_path, capsys):
+    """``--run.no-progress`` prints a progress line at most every ``line_every`` seconds; the
+    newest one is printed when the bar would close, so a run ends with its final numbers."""
+    from agent.logger import RunLogger
+
+    logger = RunLogger(tmp_path, 100, tensorboard=False, progress=False)
+    logger.line_every = 3600.0
+    try:
+        logger.progress(10, {"phase": "bc"})
+        logger.progress(50, {"phase": "ppo"})
+        logger.progress(100, {"phase": "ppo", "success": 0.9})
+        assert capsys.readouterr().out.count("step") == 1  # the first line only
+        logger.close_bar()
+        out = capsys.readouterr().out
+        assert "step 100: phase=ppo success=0.9" in out
+        logger.close()
+        assert capsys.readouterr().out == ""  # printed once
+    finally:
+        logger.close()
