@@ -65,7 +65,10 @@ class _ForeignContext:
 
     def address(self, gl: Any) -> int | None:
         """The address of a mujoco ``GLContext``'s native context (None if not tracked)."""
-        native = getattr(gl, "_context", None)
+        return self._address_of(getattr(gl, "_context", None))
+
+    def _address_of(self, native: Any) -> int | None:
+        """The address of a native context: an EGLContext or a glfw window (None: none)."""
         if not native:
             return None
         if self.backend == "egl":
@@ -74,6 +77,10 @@ class _ForeignContext:
             return ctypes.cast(native, ctypes.c_void_p).value  # the context's glfw window
         return None
 
+    def _is_foreign(self, native: Any) -> bool:
+        address = self._address_of(native)
+        return address is not None and address not in self._own
+
     def save(self) -> None:
         """Remember the current context if it is foreign."""
         self.saved = None
@@ -81,7 +88,7 @@ class _ForeignContext:
             from OpenGL import EGL
 
             ctx = EGL.eglGetCurrentContext()
-            if ctx and ctx.address not in self._own:
+            if self._is_foreign(ctx):
                 self.saved = (
                     EGL.eglGetCurrentDisplay(),
                     EGL.eglGetCurrentSurface(EGL.EGL_DRAW),
@@ -97,8 +104,7 @@ class _ForeignContext:
                     window = glfw.get_current_context()
             except Exception:  # ERROR_REPORTING = "raise"
                 window = None
-            address = ctypes.cast(window, ctypes.c_void_p).value if window else None
-            if address is not None and address not in self._own:
+            if self._is_foreign(window):
                 self.saved = (window,)
 
     def restore(self) -> None:

@@ -172,7 +172,8 @@ class MujocoSensesWrapper(gym.ObservationWrapper, gym.utils.RecordConstructorArg
         """Make the env's own viewer's GL context current again. Gymnasium's
         ``MujocoRenderer`` makes its context current only when it has several viewers, so
         after this wrapper's frame its ``render()`` drew into the wrong context (blank
-        frames from the first step on)."""
+        frames from the first step on). The renderer itself restores a foreign EGL/glfw
+        context after each frame; this covers OSMesa too."""
         viewer = getattr(getattr(self._base, "mujoco_renderer", None), "viewer", None)
         if viewer is not None and hasattr(viewer, "make_context_current"):
             viewer.make_context_current()
