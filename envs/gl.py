@@ -122,7 +122,9 @@ def preload_triton() -> bool:
             "process when it loads (the first torch.optim optimizer, torch.compile); import "
             "envs before mujoco",
             RuntimeWarning,
-            stacklevel=3,
+            # this function <- select_gl_backend <- envs/__init__ <- the user's `import envs`
+            # (warnings skips importlib's own frames)
+            stacklevel=4,
         )
         return False
     try:
