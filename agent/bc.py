@@ -184,7 +184,8 @@ class BCTrainer:
                 memory.config.slot_dim, agent.encoder.embed_dim
             ).to(agent.device)
             params += list(self.observation_decoder.parameters())
-        self.optimizer = torch.optim.Adam(params, lr=config.lr, eps=1e-5, foreach=True)
+        # fused, as PPO's: one kernel per step instead of ~7 ms of foreach ops a BC step
+        self.optimizer = torch.optim.Adam(params, lr=config.lr, eps=1e-5, fused=True)
         # Training-only readout of the expert's latent from the core's state (made on the
         # first batch that has latents: their size is the task's); never saved either.
         self.latent_decoder: nn.Module | None = None
