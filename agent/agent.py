@@ -34,7 +34,13 @@ from agent.memory import build_memory
 from agent.policy import Decisions, MindloopPolicy, PolicyConfig, PonderOutput, StepInfo
 from agent.state import State
 from agent.think import THINK_INPUTS
-from encoders.fusion import FusedEncoder, FusedEncoderConfig, build_fused_encoder
+from encoders.base import ENCODERS
+from encoders.fusion import (
+    FusedEncoder,
+    FusedEncoderConfig,
+    build_fused_encoder,
+    default_encoder_name,
+)
 from encoders.normalization import RunningNorm
 
 ObsBatch = Mapping[str, np.ndarray | torch.Tensor]
@@ -222,14 +228,28 @@ class MindloopAgent(nn.Module):
 
 
 def encoders_for(config: FusedEncoderConfig, space: spaces.Dict) -> FusedEncoderConfig:
-    """The default light encoder options (``agent.config.LIGHT_ENCODERS``) apply to the keys a
-    task has; other options are passed on as given (an option for a missing key is an error)."""
+    """The default light encoder options (``agent.config.LIGHT_ENCODERS``) apply where they
+    fit: to a key the task has, read by an encoder that has the field (the default cnn and
+    logmel; not a timm backbone or an mlp chosen for that key). Other options are passed on
+    as given (an option for a missing key or field is an error)."""
     keep = {
         name: value
         for name, value in config.options.items()
-        if not (LIGHT_ENCODERS.get(name) == value and name.split(".")[0] not in space.spaces)
+        if LIGHT_ENCODERS.get(name) != value or _light_option_fits(name, config, space)
     }
     return config if keep == config.options else dataclasses.replace(config, options=keep)
+
+
+def _light_option_fits(dotted: str, config: FusedEncoderConfig, space: spaces.Dict) -> bool:
+    key, _, field = dotted.partition(".")
+    if key not in space.spaces:
+        return False
+    try:
+        name = config.encoders.get(key) or default_encoder_name(key, space[key])
+        config_class = ENCODERS.get(name.partition("/")[0]).config_class
+    except (KeyError, ValueError):
+        return True  # an unknown encoder or space: the encoder's build says so in one line
+    return field in {f.name for f in dataclasses.fields(config_class)}
 
 
 class ValueNormalizer(nn.Module):

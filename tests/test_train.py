@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 
@@ -661,3 +663,46 @@ def test_without_a_bar_the_last_progress_line_is_printed(tmp_path, capsys):
         assert capsys.readouterr().out == ""  # printed once
     finally:
         logger.close()
+
+
+def test_light_defaults_skip_a_key_whose_encoder_has_not_their_fields():
+    """The light defaults (``image.channels``, ``audio.channels``...) are options of cnn and
+    logmel: with another encoder chosen for a key on the command line, the fields it lacks
+    must not reach it (every timm backbone failed with "unknown option(s) 'channels'")."""
+    import train as train_script
+    from agent.agent import MindloopAgent
+
+    space = gym.spaces.Dict(
+        image=gym.spaces.Box(0, 255, (32, 32, 3), np.uint8),
+        audio=gym.spaces.Box(-1, 1, (2, 640), np.float32),
+        sound_level=gym.spaces.Box(-1, 1, (4,), np.float32),
+    )
+    action_space = gym.spaces.Dict(muscles=gym.spaces.Box(0, 1, (2,), np.float32))
+
+    def built(*argv: str):
+        parsed = train_script.parse_config(["--agent.encoders.encoders", *argv])
+        return MindloopAgent(space, action_space, parsed.agent).encoder.config
+
+    timm = built("image", "timm/mobilenetv3_small_050")
+    assert timm.encoders["image"] == "timm/mobilenetv3_small_050"
+    assert timm.configs["audio"].channels == (8, 16)  # the other key keeps its light default
+    assert timm.configs["audio"].embed_dim == 64
+    # mlp for a key that a light default names: channels dropped, embed_dim (mlp has it) kept
+    space["audio"] = gym.spaces.Box(-1, 1, (8,), np.float32)
+    mlp = built("audio", "mlp")
+    assert mlp.encoders["audio"] == "mlp" and mlp.configs["audio"].embed_dim == 64
+    assert mlp.configs["image"].channels == (8, 16, 32)
+    # an option given for a field the chosen encoder lacks is still a one-line error
+    space["audio"] = gym.spaces.Box(-1, 1, (2, 640), np.float32)
+    bad = train_script.parse_config(
+        [
+            "--agent.encoders.encoders",
+            "image",
+            "timm",
+            "--agent.encoders.options",
+            "image.nope",
+            "1",
+        ]
+    )
+    with pytest.raises(ValueError, match="nope"):
+        MindloopAgent(space, action_space, bad.agent)
