@@ -161,24 +161,18 @@ class PPOConfig:
     target_kl: float | None = None
     """Stop an update's epochs early when the approximate KL exceeds this."""
     think_cost: float = 0.001
-    """Reward subtracted per think step (the seed's "reward fewer think tokens"). Small on
-    purpose: an episode of T frames thinking k steps each pays T * k * think_cost, and at
-    0.01 CountAnswer's 61 frames x 2 steps cost 1.22, more than the whole reward of a right
-    answer (1.0): PPO learned to stop thinking (0 steps per frame at evaluation, 75% / 30%
-    success on two seeds) although thinking helped (2 fixed steps: 93% over seeds 1-4, 100
-    episodes each). At 0.001 the same runs kept 0.8 / 0.3 think steps per frame and reached
-    85% / 95% (benchmarks/RESULTS.md)."""
+    """Reward subtracted per think step (the seed's "reward fewer think tokens"). An episode
+    of T frames thinking k steps each pays T * k * think_cost, so keep it well below a task's
+    reward: at 0.01, CountAnswer's thinking cost more than a right answer earns and PPO learned
+    to stop thinking although thinking helped (benchmarks/RESULTS.md)."""
     memory_cost: float | None = None
     """Reward subtracted per memory call (None: the memory config's call_cost)."""
     anchor_coef: float | None = None
-    """Weight of a KL penalty that keeps the policy near the one the phase started from, over
-    every decision of a frame (action, think stops, memory ops), averaged over frames; 0 turns
-    it off. None (the default): 1.0 when PPO fine-tunes a behaviour-cloned policy (``bc+ppo``),
-    0 when it starts from scratch (nothing there worth keeping). PPO fine-tuning can undo what
-    BC learned (a CountAnswer seed went from 90% to answering "5" in every episode); at 1.0 no
-    CountAnswer run of 27 fell below 78% (+7.4 points over free, 24 paired runs) and no task
-    lost success (benchmarks/RESULTS.md); at 0.1 one collapse was kept away and another
-    happened anyway."""
+    """Weight of a KL penalty that keeps the policy near the one the phase started from (over
+    every decision of a frame: action, think stops, memory ops; a mean over frames); 0: off.
+    None (the default): 1.0 when PPO fine-tunes a behaviour-cloned policy (bc+ppo), 0 from
+    scratch. It keeps PPO from undoing what BC learned: with it no CountAnswer run of 27 fell
+    below 78% (benchmarks/RESULTS.md)."""
 
     def __post_init__(self) -> None:
         _check_min("ppo", self, ("total_steps", "rollout_steps", "bptt_steps", "epochs"), 1)

@@ -61,14 +61,15 @@ class FusedEncoderConfig:
     encoders: dict[str, str] = field(default_factory=dict)
     """Encoder name per observation key, overriding the defaults (image: cnn, audio: logmel,
     proprio: proprio, touch: touch, text: text; a key named like a registered encoder uses it).
-    Variants are allowed, e.g. {"image": "timm/resnet10t"}."""
+    Variants are allowed: {"image": "timm/resnet10t"} (on train.py's command line
+    ``--agent.encoders.encoders image timm/resnet10t``)."""
     configs: dict[str, Any] = field(default_factory=dict)
     """Config per observation key: the encoder's config dataclass, or a dict of the fields to
     change from its defaults (JSON-friendly)."""
     options: dict[str, str] = field(default_factory=dict)
     """Single config fields from the command line, "KEY.FIELD" -> value, applied over
     ``configs`` (values read as Python literals, else kept as strings, like timm's
-    ``--model-kwargs``): ``--agent.encoders.options image.freeze True image.embed_dim 128``."""
+    ``--model-kwargs``): ``--agent.encoders.options image.pool mean image.embed_dim 128``."""
     keys: tuple[str, ...] | None = None
     """Observation keys to encode (None: every key of the space)."""
     embed_dim: int | None = 256

@@ -381,6 +381,23 @@ def test_help_lists_every_algorithm():
     assert proc.returncode == 0, proc.stderr[-2000:]
     for name in ALGORITHMS.names():
         assert name in proc.stdout, name
+    # docstrings read as plain text (agent.cli.plain_help): no reST markup
+    assert "``" not in proc.stdout and ":func:" not in proc.stdout
+
+
+def test_plain_help_joins_paragraph_lines_and_keeps_list_items():
+    from agent.cli import plain_help
+
+    doc = """Lines of one paragraph
+    (this one starts with a bracket) and ``literal`` and :func:`build_core`.
+
+    - a list item
+    - another
+    """
+    assert plain_help(doc) == (
+        "Lines of one paragraph (this one starts with a bracket) and literal and build_core."
+        "\n\n- a list item\n- another"
+    )
 
 
 def test_help_under_torchrun_is_printed_by_rank_0_only():
