@@ -2,7 +2,7 @@
 
 Examples::
 
-    python train.py                                         # the default task, ~10 min, 2 cores
+    python train.py                                         # the default task, under 10 min on 2 cores
     python train.py --env.id mindloop/CueRecall-v0 --agent.use-memory --algo ppo
     python train.py --algo sb3-recurrentppo                 # a Stable-Baselines3 baseline
     python train.py --resume runs/MuscleReach-v0__bc+ppo__1__20260101-120000
@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if result.success_rate is not None:
         print(f"success rate: {100 * result.success_rate:.1f}% ({config.env.id}, {config.algo})")
+    elif (result.run_dir / "eval.json").exists():  # evaluated, but the env defines no success
+        print(f"success rate: n/a ({config.env.id} gives no info['is_success'])")
     if result.checkpoint is not None:
         print(f"checkpoint: {result.checkpoint}")
     video = result.run_dir / "video.mp4"

@@ -854,7 +854,8 @@ def sb3_eval_policy(model: BaseAlgorithm, name: str) -> SB3Policy:
 def log_eval(logger: Logger, result: EvalResult) -> None:
     """Record an evaluation's summary under mindloop's ``eval/`` names."""
     s = result.summary()
-    logger.record("eval/success_rate", s["success_rate"])
+    if s["success_rate"] is not None:  # None: the env reports no info["is_success"]
+        logger.record("eval/success_rate", s["success_rate"])
     logger.record("eval/episode_return", s["return_mean"])
     logger.record("eval/episode_length", s["length_mean"])
 

@@ -484,6 +484,9 @@ class EpisodeStats:
     """Every word the agent said, in order (silence left out)."""
     answer: str | None = None
     """The env's reading of the agent's answer (``info["answer"]``), for question tasks."""
+    reports_success: bool = True
+    """Whether the env gave ``info["is_success"]`` at the episode's end (Gymnasium's own
+    MuJoCo envs do not; ``success`` is then False and means nothing)."""
 
     @property
     def mean_think_steps(self) -> float | None:
@@ -519,7 +522,14 @@ class EvalResult:
 
     @property
     def success_rate(self) -> float:
+        """Fraction of successful episodes (0.0 where the env reports no success: see
+        :attr:`reports_success`)."""
         return float(np.mean([e.success for e in self.episodes])) if self.episodes else 0.0
+
+    @property
+    def reports_success(self) -> bool:
+        """Whether the env says what success is (``info["is_success"]``, SB3's convention)."""
+        return any(e.reports_success for e in self.episodes)
 
     def summary(self) -> dict[str, Any]:
         """Aggregates over episodes (JSON-able). Think steps are averaged per frame."""
@@ -529,7 +539,7 @@ class EvalResult:
         steps = int(lengths.sum())
         out: dict[str, Any] = {
             "episodes": len(eps),
-            "success_rate": self.success_rate,
+            "success_rate": self.success_rate if self.reports_success else None,
             "return_mean": float(returns.mean()),
             "return_std": float(returns.std()),
             "length_mean": float(lengths.mean()),
@@ -599,8 +609,11 @@ class EvalResult:
         if len(self.episodes) > max_rows:
             lines.append(f"... {len(self.episodes) - max_rows} more episodes in the JSON")
         s = self.summary()
+        success = s["success_rate"]
         parts = [
-            f"success {100 * s['success_rate']:.1f}%",
+            "success n/a (no info['is_success'])"
+            if success is None
+            else f"success {100 * success:.1f}%",
             f"return {s['return_mean']:.3f} ± {s['return_std']:.3f}",
             f"length {s['length_mean']:.1f}",
         ]
@@ -630,7 +643,11 @@ class EvalResult:
 
 
 def _row(e: EpisodeStats, think: bool, mem: bool, said: bool) -> list[str]:
-    row = [str(e.episode), str(e.seed), "yes" if e.success else "no"]
+    row = [
+        str(e.episode),
+        str(e.seed),
+        ("yes" if e.success else "no") if e.reports_success else "-",
+    ]
     row += [f"{e.episode_return:.3f}", str(e.length)]
     if think:
         row.append(f"{e.mean_think_steps:.2f}" if e.think_steps else "-")
@@ -659,6 +676,7 @@ class _Episode:
         self.memory: dict[str, float] = {}
         self.said: list[str] = []
         self.success = False
+        self.reports_success = False
         self.answer: str | None = None
 
     def stats(self) -> EpisodeStats:
@@ -672,6 +690,7 @@ class _Episode:
             memory=self.memory,
             said=" ".join(self.said),
             answer=self.answer,
+            reports_success=self.reports_success,
         )
 
 
@@ -810,7 +829,8 @@ class _ProgressBar:
         self._wins += stats.success
         self._done += 1
         self._bar.update(1)
-        self._bar.set_postfix(success=f"{self._wins / self._done:.0%}")
+        if stats.reports_success:
+            self._bar.set_postfix(success=f"{self._wins / self._done:.0%}")
 
     def close(self) -> None:
         self._bar.close()
@@ -962,7 +982,8 @@ def _account(
     """Add env ``i``'s step to its episode (stats, and the record's decision + outcome)."""
     ep.ret += float(reward[i])
     ep.length += 1
-    ep.success = bool(_info(info, "is_success", i, False))
+    success = _info(info, "is_success", i, None)
+    ep.success, ep.reports_success = bool(success), success is not None
     answer = _info(info, "answer", i, None)
     ep.answer = None if answer is None else str(answer)
     think = None if step.think_steps is None else int(step.think_steps[i])

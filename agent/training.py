@@ -542,7 +542,8 @@ def train(config: TrainConfig) -> TrainResult:
     if algorithm.external is not None:
         t0 = time.perf_counter()
         out = algorithm.external(config)
-        success = getattr(getattr(out, "final_eval", None), "success_rate", None)
+        final = getattr(out, "final_eval", None)
+        success = final.success_rate if final is not None and final.reports_success else None
         return TrainResult(
             Path(out.run_dir), None, out.checkpoint, success, {}, time.perf_counter() - t0,
             env_steps=out.steps,
@@ -689,8 +690,9 @@ def _can_record(config: TrainConfig, log: Callable[[str], None]) -> bool:
     return False
 
 
-def final_evaluation(run: Run) -> float:
-    """Evaluate the trained agent as ``eval.py`` does: table, eval.json, video.mp4."""
+def final_evaluation(run: Run) -> float | None:
+    """Evaluate the trained agent as ``eval.py`` does: table, eval.json, video.mp4; returns
+    the success rate (None when the env reports no ``info["is_success"]``)."""
     from agent.evaluation import AgentPolicy
 
     cfg = run.config
@@ -698,19 +700,16 @@ def final_evaluation(run: Run) -> float:
     result = evaluate_trained(policy, cfg, run.run_dir)
     summary = result.summary()
     episodes = max(cfg.run.eval_episodes, 1)
-    run.results["eval"] = {"success_rate": result.success_rate, "episodes": episodes}
-    keep_best(run, result.success_rate, summary["return_mean"])
-    run.logger.scalars(
-        "eval",
-        {
-            "success_rate": result.success_rate,
-            "episode_return": summary["return_mean"],
-            "episode_length": summary["length_mean"],
-            "think_steps": summary.get("think_steps_mean", 0.0),
-        },
-        run.env_step,
-    )
-    return float(result.success_rate)
+    run.results["eval"] = {"success_rate": summary["success_rate"], "episodes": episodes}
+    keep_best(run, result.success_rate, summary["return_mean"])  # no success: by return
+    scalars = {
+        "success_rate": summary["success_rate"],
+        "episode_return": summary["return_mean"],
+        "episode_length": summary["length_mean"],
+        "think_steps": summary.get("think_steps_mean", 0.0),
+    }
+    run.logger.scalars("eval", {k: v for k, v in scalars.items() if v is not None}, run.env_step)
+    return summary["success_rate"]
 
 
 def _restore(run: Run, checkpoint: Path) -> None:

@@ -166,6 +166,35 @@ def test_json_and_table(tmp_path):
     assert "success" in result.table().splitlines()[-1]
 
 
+class _NoSuccessInfo(gym.Wrapper):
+    """A task seen as a Gymnasium env that defines no success (no ``info["is_success"]``)."""
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        return obs, {k: v for k, v in info.items() if k != "is_success"}
+
+    def step(self, action):
+        *out, info = self.env.step(action)
+        return *out, {k: v for k, v in info.items() if k != "is_success"}
+
+
+def test_env_without_success_reports_none_not_zero(tmp_path):
+    """Gymnasium's own MuJoCo envs give no ``info["is_success"]``: the table, the JSON and
+    the result say so instead of a made-up 0% success."""
+    plain = evaluate(make_policy("expert"), REACH, episodes=1, seed=0)
+    assert plain.reports_success and plain.summary()["success_rate"] == plain.success_rate
+    env = _NoSuccessInfo(gym.make(REACH, **BODY_ONLY))
+    result = evaluate(make_policy("random"), env, episodes=2, seed=0)
+    env.close()
+    assert not result.reports_success and result.summary()["success_rate"] is None
+    table = result.table().splitlines()
+    assert "success n/a" in table[-1]
+    assert all(row.split()[2] == "-" for row in table[2:-1])  # the success column
+    saved = json.loads(result.save_json(tmp_path / "eval.json").read_text())
+    assert saved["summary"]["success_rate"] is None
+    assert not any(e["reports_success"] for e in saved["episodes"])
+
+
 def test_accepts_single_and_vector_envs():
     single = gym.make(REACH)
     a = evaluate(make_policy("expert"), single, episodes=2, seed=3)
