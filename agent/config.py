@@ -312,7 +312,8 @@ class RunConfig:
     video: bool = True
     """Write an MP4 of the trained agent at the end."""
     progress: bool = True
-    """Show a progress bar (fps, success, think steps)."""
+    """Show a progress bar (fps, success, think steps) when stderr is a terminal; in a log
+    file or pipe, and with --run.no-progress, a progress line every 10 s instead."""
     tensorboard: bool = True
     """Write TensorBoard logs under <dir>/tb."""
     max_env_steps: int | None = None

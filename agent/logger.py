@@ -133,6 +133,8 @@ class RunLogger:
 def _short(v: float | str) -> str:
     if isinstance(v, str):
         return v
+    if v != v:  # NaN: nothing measured yet (no episode has ended)
+        return "-"
     if abs(v) >= 100:
         return f"{v:.0f}"
     return f"{v:.3g}"

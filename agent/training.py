@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import random
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -615,7 +616,8 @@ def _train_mindloop(config: TrainConfig, algorithm: Algorithm) -> TrainResult:
                 run_dir,
                 _expected_steps(config, algorithm),
                 tensorboard=config.run.tensorboard,
-                progress=config.run.progress,
+                # a bar's carriage returns garble a log file or pipe: lines there instead
+                progress=config.run.progress and sys.stderr.isatty(),
                 enabled=info.is_main,
             ),
         )

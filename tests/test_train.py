@@ -676,6 +676,8 @@ def test_without_a_bar_the_last_progress_line_is_printed(tmp_path, capsys):
         logger.close_bar()
         out = capsys.readouterr().out
         assert "step 100: phase=ppo success=0.9" in out
+        logger.progress(120, {"success": float("nan")}, force=True)  # no episode ended yet
+        assert "step 120: success=-" in capsys.readouterr().out
         logger.close()
         assert capsys.readouterr().out == ""  # printed once
     finally:
@@ -723,3 +725,14 @@ def test_light_defaults_skip_a_key_whose_encoder_has_not_their_fields():
     )
     with pytest.raises(ValueError, match="nope"):
         MindloopAgent(space, action_space, bad.agent)
+
+
+def test_progress_bar_falls_back_to_lines_outside_a_terminal(tmp_path, capsys):
+    """A tqdm bar's carriage returns garble a log file or pipe (stderr is not a terminal
+    under pytest, as in CI or ``train.py > log``): progress comes as plain lines there."""
+    cfg = tiny_config(tmp_path / "run", "ppo")
+    cfg.run.progress = True
+    train(cfg)
+    out, err = capsys.readouterr()
+    assert "\r" not in err and "it/s" not in err and "step/s" not in err
+    assert re.search(r"\] step \d+: phase=ppo", out), out[-2000:]
