@@ -69,6 +69,7 @@ from agent.checkpoint import (
     BEST,
     beats_best,
     checkpoint_root,
+    checkpoint_to_resume,
     evaluation_record,
     load_tensors,
     load_trainer_state,
@@ -79,7 +80,6 @@ from agent.checkpoint import (
     save_checkpoint,
     space_from_dict,
     space_to_dict,
-    unstarted_run,
 )
 from agent.config import (
     RESUME_FREE_FIELDS,
@@ -913,8 +913,9 @@ def train_sb3(
         torch.set_num_threads(config.run.threads)
     start_step = 0
     resume_from: Path | None = None
-    if config.resume is not None and not unstarted_run(config.resume):
-        resume_from = resolve_checkpoint(config.resume)
+    if config.resume is not None:
+        resume_from = checkpoint_to_resume(config.resume)
+    if resume_from is not None:
         run_dir = Path(config.resume)
         run_dir = run_dir if (run_dir / "checkpoints").is_dir() else resume_from.parent.parent
         check_resume_config(resume_from, config)

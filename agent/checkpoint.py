@@ -453,6 +453,23 @@ def unstarted_run(path: str | os.PathLike) -> bool:
     )
 
 
+def checkpoint_to_resume(path: str | os.PathLike) -> Path | None:
+    """The checkpoint ``--resume path`` continues from: None for a run directory stopped
+    before its first checkpoint (it starts again there); a checkpoint outside a run's
+    ``checkpoints/`` folder is a one-line error, since the run a resume writes to is the
+    checkpoint's grandparent: for a checkpoint copied out of its run, an unrelated folder
+    whose eval.json and video.mp4 would be overwritten."""
+    if unstarted_run(path):
+        return None
+    checkpoint = resolve_checkpoint(path)
+    if checkpoint.parent.name != CHECKPOINTS:
+        raise ValueError(
+            f"--resume {path}: {checkpoint} is not in a run's {CHECKPOINTS}/ folder, so there "
+            "is no run to continue; resume the run directory it came from"
+        )
+    return checkpoint
+
+
 def read_run_config(path: str | os.PathLike) -> dict[str, Any]:
     """The config (as a dict) that ``--resume path`` continues: that of the latest checkpoint,
     or of the run directory's config.json for a run stopped before its first checkpoint."""
@@ -465,11 +482,20 @@ def read_run_config(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def read_checkpoint_meta(path: str | os.PathLike) -> dict[str, Any]:
-    """The parsed config.json of the checkpoint at ``path``."""
+    """The parsed config.json of the checkpoint at ``path`` (a format newer than this
+    mindloop reads is a one-line error: for loading, evaluating and resuming alike)."""
     ckpt = resolve_checkpoint(path)
     meta = _read_json_object(ckpt / "config.json")
     if not isinstance(meta.get("config"), dict):
         raise _corrupt(ckpt / "config.json", "no config object in it")
+    version = meta.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise _corrupt(ckpt / "config.json", f"format_version {version!r} is not an integer")
+    if version > FORMAT_VERSION:
+        raise ValueError(
+            f"checkpoint {str(ckpt)!r} has format {version}; this mindloop reads up to "
+            f"{FORMAT_VERSION} (upgrade mindloop)"
+        )
     return meta
 
 
@@ -483,11 +509,6 @@ def load_agent(
     """
     ckpt = resolve_checkpoint(path)
     meta = read_checkpoint_meta(ckpt)
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(
-            f"checkpoint {str(ckpt)!r} has format {meta['format_version']}; this mindloop "
-            f"reads up to {FORMAT_VERSION} (upgrade mindloop)"
-        )
     config: TrainConfig = config_from_dict(TrainConfig, meta["config"])
     agent = MindloopAgent(
         space_from_dict(meta["observation_space"]),

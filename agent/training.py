@@ -38,6 +38,7 @@ from agent.checkpoint import (
     TrainerState,
     beats_best,
     checkpoint_root,
+    checkpoint_to_resume,
     evaluation_record,
     load_trainer_state,
     load_weights,
@@ -48,7 +49,6 @@ from agent.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
     unpack,
-    unstarted_run,
 )
 from agent.config import TrainConfig, config_to_dict
 from agent.demonstrations import (
@@ -732,9 +732,7 @@ def _restore(run: Run, checkpoint: Path) -> None:
 def resume_checkpoint(config: TrainConfig) -> Path | None:
     """The checkpoint ``config.resume`` continues from; None for a new run, and for a run
     directory stopped before its first checkpoint (it starts again, in that directory)."""
-    if config.resume is None or unstarted_run(config.resume):
-        return None
-    return resolve_checkpoint(config.resume)
+    return None if config.resume is None else checkpoint_to_resume(config.resume)
 
 
 def _run_dir(config: TrainConfig, resume_from: Path | None) -> Path:

@@ -552,6 +552,45 @@ def test_resume_with_weights_that_do_not_fit_is_one_line(tmp_path):
     assert "\n" not in str(failure.value)
 
 
+@pytest.mark.parametrize("algo", ["bc", "sb3-ppo"])
+def test_resume_of_a_checkpoint_copied_out_of_its_run_writes_nothing(algo, tmp_path):
+    """A resume writes to the checkpoint's grandparent (<run>/checkpoints/step_x -> <run>):
+    for a checkpoint copied elsewhere that folder is not a run, and its files were
+    overwritten (eval.json replaced, checkpoints/ and tb/ made)."""
+    import shutil
+
+    import train as train_script
+
+    cfg = tiny_config(tmp_path / "run", algo)
+    cfg.ppo.total_steps = 64
+    train(cfg)
+    mine = tmp_path / "mine"
+    shutil.copytree(resolve_checkpoint(tmp_path / "run"), mine / "saved" / "best")
+    (mine / "eval.json").write_text('{"my": "results"}')
+    before = sorted(p.relative_to(mine) for p in mine.rglob("*"))
+    with pytest.raises(ValueError, match="not in a run's checkpoints/ folder") as failure:
+        train(train_script.parse_config(["--resume", str(mine / "saved" / "best")]))
+    assert "\n" not in str(failure.value)
+    assert sorted(p.relative_to(mine) for p in mine.rglob("*")) == before
+    assert (mine / "eval.json").read_text() == '{"my": "results"}'
+
+
+def test_resume_of_a_newer_checkpoint_format_is_one_line(tmp_path):
+    """eval.py refused a checkpoint of a newer format; --resume read it and wrote format-1
+    checkpoints into that run."""
+    import train as train_script
+
+    run_dir = tmp_path / "run"
+    train(tiny_config(run_dir, "bc"))
+    meta_path = resolve_checkpoint(run_dir) / "config.json"
+    meta = json.loads(meta_path.read_text())
+    for version, message in ((99, "has format 99; this mindloop reads up to"), ("2", "not an int")):
+        meta["format_version"] = version
+        meta_path.write_text(json.dumps(meta))
+        with pytest.raises(ValueError, match=message):
+            train(train_script.parse_config(["--resume", str(run_dir)]))
+
+
 def muscle_reach_config(run_dir: Path) -> TrainConfig:
     """The real default task (image, audio, proprio, touch) on a small budget."""
     cfg = TrainConfig()
