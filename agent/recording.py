@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -598,8 +599,12 @@ def num_episodes(path: str | os.PathLike) -> int:
 def read_records(
     path: str | os.PathLike, episodes: Sequence[int] | None = None
 ) -> list[EpisodeRecord]:
-    """Read mindloop records (all episodes, or those indexed by ``episodes``)."""
+    """Read mindloop records (all episodes, or those indexed by ``episodes``).
+
+    A damaged record (an array with too few rows, a sample rate or ``dt`` that is not
+    positive) is a one-line ``ValueError`` naming the record, the episode and the field."""
     meta = record_metadata(path)
+    _check_timing(path, meta)
     dataset = open_dataset(path)
     total = dataset.total_episodes
     indices = list(range(total)) if episodes is None else [int(i) for i in episodes]
@@ -610,13 +615,108 @@ def read_records(
     try:
         seeds = [m.get("seed") for m in dataset.storage.get_episode_metadata(indices)]
         episodes_data = list(dataset.iterate_episodes(indices))
-        return [_from_episode(ep, meta, s) for s, ep in zip(seeds, episodes_data, strict=True)]
+        records = []
+        for i, s, ep in zip(indices, seeds, episodes_data, strict=True):
+            _check_episode(path, i, ep)
+            records.append(_from_episode(ep, meta, s))
+        return records
+    except _DamagedRecord:  # already names the record, the episode and the field
+        raise
     except (OSError, KeyError, TypeError, ValueError) as e:
         data = _data_dir(path) / "main_data.hdf5"
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ValueError(
             f"cannot read the episodes in {data} ({reason}); the record is damaged"
         ) from None
+
+
+class _DamagedRecord(ValueError):
+    """A one-line message that names the record, the episode and the field already."""
+
+
+def _check_timing(path: str | os.PathLike, meta: dict[str, Any]) -> None:
+    """The metadata's sample rate and ``dt``: absent or positive (0 or less was accepted and
+    ended in an obscure PyAV/ffmpeg error when a video was written)."""
+    file = _data_dir(path) / "metadata.json"
+    rate, dt = meta.get("audio_sample_rate"), meta.get("dt")
+    if rate is not None and not (_is_number(rate) and rate > 0 and float(rate).is_integer()):
+        raise ValueError(
+            f"{file}: mindloop.audio_sample_rate must be a positive whole number of samples per "
+            f"second (e.g. 16000), got {rate!r}; the record is damaged"
+        )
+    if dt is not None and not (_is_number(dt) and math.isfinite(dt) and dt > 0):
+        raise ValueError(
+            f"{file}: mindloop.dt must be a positive number of seconds per control step "
+            f"(e.g. 0.04), got {dt!r}; the record is damaged"
+        )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_episode(path: str | os.PathLike, index: int, ep: Any) -> None:
+    """Every per-frame array of episode ``index`` has one row per frame (``T+1``; actions
+    ``T``): a short one failed later with an IndexError deep in replay."""
+    frames = len(ep.rewards) + 1
+    fields = []
+    for group, values, rows in (
+        ("observations", _as_dict(ep.observations), frames),
+        ("actions", _as_dict(ep.actions), frames - 1),
+        ("infos", _flatten(ep.infos or {}), frames),
+    ):
+        fields += [(f"{group}/{k}".rstrip("/"), v, rows) for k, v in values.items()]
+    for name, value, rows in fields:
+        if len(value) != rows:
+            unit = "steps" if name.startswith("actions") else "frames"
+            raise _DamagedRecord(
+                f"record {path} episode {index}: {name} has {len(value)} rows, the episode has "
+                f"{rows} {unit} (the record is damaged)"
+            )
+
+
+# what set_state copies into the MuJoCo model: its shape is the model's
+_MODEL_STATE_KEYS = ("physics", "geom_rgba", "geom_group", "geom_contype", "geom_conaffinity")
+
+
+def check_replay_states(
+    path: str | os.PathLike, index: int, record: EpisodeRecord, template: StateDict
+) -> None:
+    """A one-line ``ValueError`` naming the record, the episode and the field unless
+    ``record``'s states fit the env that replays them: every key of ``template`` (that env's
+    ``get_state()``) present, the physics state as wide as the env's and the per-episode
+    model arrays (``geom_*``) of the model's shape. Called before anything is written; the
+    mismatches were a KeyError, MuJoCo's TypeError or a numpy broadcast error mid-video."""
+    where = f"record {path} episode {index}"
+    if record.states is None:
+        raise ValueError(
+            f"{where}: has no infos/state (physics states), so it cannot be replayed; record "
+            "with eval.py --record"
+        )
+    for key, want in template.items():
+        want = np.asarray(want)
+        for state in record.states:
+            if key not in state:
+                raise ValueError(f"{where}: infos/state/{key} is missing (the record is damaged)")
+            got = np.asarray(state[key])
+            if key == "physics" and got.shape != want.shape:
+                width = got.shape[0] if got.ndim == 1 else got.shape
+                raise ValueError(
+                    f"{where}: infos/state/physics has width {width}, the env {record.env_id} "
+                    f"needs {want.size} (the record is damaged or of another task)"
+                )
+            if key in _MODEL_STATE_KEYS and got.shape != want.shape:
+                raise ValueError(
+                    f"{where}: infos/state/{key} has shape {got.shape} per frame, the env "
+                    f"{record.env_id} needs {want.shape} (the record is damaged or of another "
+                    "task)"
+                )
+            if got.ndim != want.ndim:
+                raise ValueError(
+                    f"{where}: infos/state/{key} has {got.ndim} dimensions per frame, the env "
+                    f"{record.env_id} needs {want.ndim} (the record is damaged or of another "
+                    "task)"
+                )
 
 
 def _from_episode(ep: Any, meta: dict[str, Any], seed: Any) -> EpisodeRecord:
@@ -685,6 +785,7 @@ __all__ = [
     "EpisodeRecorder",
     "check_output_path",
     "check_overwritable",
+    "check_replay_states",
     "default_dataset_id",
     "num_episodes",
     "open_dataset",

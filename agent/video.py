@@ -394,12 +394,21 @@ class EpisodeRenderer:
                 "this record has no physics states, so it cannot be replayed; record with "
                 "evaluate(..., record=True) / eval.py --record"
             )
-        env = self.env_for(record).unwrapped
-        if not hasattr(env, "set_state"):
-            raise ValueError(f"{record.env_id} has no set_state(); only mindloop envs replay")
+        env = self._replay_env(record)
         for state in record.states:
             env.set_state(state)
             yield env.render()
+
+    def state_template(self, record: EpisodeRecord) -> dict[str, np.ndarray]:
+        """The replaying env's own ``get_state()``: the keys and shapes ``record``'s states
+        must have (:func:`agent.recording.check_replay_states`)."""
+        return self._replay_env(record).get_state()
+
+    def _replay_env(self, record: EpisodeRecord) -> Any:
+        env = self.env_for(record).unwrapped
+        if not hasattr(env, "set_state") or not hasattr(env, "get_state"):
+            raise ValueError(f"{record.env_id} has no set_state(); only mindloop envs replay")
+        return env
 
     def close(self) -> None:
         for env in self._envs.values():
@@ -544,7 +553,12 @@ def replay_to_video(
 ) -> VideoInfo:
     """Re-render episodes of a saved record (all, or those indexed by ``episodes``) to an
     MP4 with their sound, from the recorded physics states: no model involved."""
-    from agent.recording import check_output_path, read_records, record_metadata
+    from agent.recording import (
+        check_output_path,
+        check_replay_states,
+        read_records,
+        record_metadata,
+    )
 
     if Path(video).suffix.lower() != ".mp4":
         raise ValueError(f"video path must end in .mp4, got {str(video)!r}")
@@ -555,14 +569,20 @@ def replay_to_video(
     except ValueError as e:
         raise ValueError(f"record {record}: {e}") from None
     records = read_records(record, episodes)
-    return write_episodes_video(
-        video,
-        records,
-        size=size,
-        policy=str(meta.get("policy") or ""),
-        hold_frames=hold_frames,
-        overlay=overlay,
-    )
+    indices = range(len(records)) if episodes is None else [int(i) for i in episodes]
+    with EpisodeRenderer(size) as renderer:
+        # before the video is opened: a record that does not fit its env writes nothing
+        for index, rec in zip(indices, records, strict=True):
+            check_replay_states(record, index, rec, renderer.state_template(rec))
+        return write_episodes_video(
+            video,
+            records,
+            size=size,
+            policy=str(meta.get("policy") or ""),
+            hold_frames=hold_frames,
+            overlay=overlay,
+            renderer=renderer,
+        )
 
 
 __all__ = [

@@ -318,7 +318,10 @@ def good_record(tmp_path_factory):
     return write_records(path, result.records, result.observation_space, result.action_space)
 
 
-def _damaged(good, tmp_path, edit_meta=None, raw=None, truncate=False):
+def _damaged(good, tmp_path, edit_meta=None, raw=None, truncate=False, edit_h5=None):
+    """A copy of the record ``good`` with its metadata (``edit_meta`` on the ``mindloop``
+    dict, or ``raw`` text), its HDF5 file (``truncate``; ``edit_h5`` on episode 0's group)
+    damaged."""
     import shutil
 
     path = tmp_path / "rec"
@@ -333,7 +336,21 @@ def _damaged(good, tmp_path, edit_meta=None, raw=None, truncate=False):
     if truncate:
         h5 = path / "data" / "main_data.hdf5"
         h5.write_bytes(h5.read_bytes()[:1000])
+    if edit_h5 is not None:
+        with h5py.File(path / "data" / "main_data.hdf5", "r+") as f:
+            edit_h5(f["episode_0"])
     return path
+
+
+def _replace(key, cut):
+    """An ``edit_h5`` that rewrites dataset ``key`` of an episode as ``cut(old values)``."""
+
+    def edit(episode):
+        values = cut(episode[key][()])
+        del episode[key]
+        episode[key] = values
+
+    return edit
 
 
 DAMAGE = {
@@ -360,6 +377,62 @@ DAMAGE = {
         "has no constructor argument 'bogus'",
         False,
     ),
+    # what replay needs of the episodes, checked before the video is opened (were a
+    # KeyError, MuJoCo's TypeError, an IndexError and a numpy broadcast error mid-video)
+    "no physics state": (
+        {"edit_h5": lambda ep: ep["infos/state"].__delitem__("physics")},
+        "episode 0: infos/state/physics is missing (the record is damaged)",
+        False,  # reading without the env (behaviour cloning) needs no physics
+    ),
+    "physics too narrow": (
+        {"edit_h5": _replace("infos/state/physics", lambda v: v[:, :30])},
+        "episode 0: infos/state/physics has width 30, the env mindloop/MuscleReach-v0 needs 52 "
+        "(the record is damaged or of another task)",
+        False,
+    ),
+    "another task's env id": (
+        {"edit_meta": lambda m: m.update(env_id="mindloop/CountAnswer-v0", env_kwargs={})},
+        "episode 0: infos/state/physics has width 52, the env mindloop/CountAnswer-v0 needs 162",
+        False,
+    ),
+    "fewer state rows than frames": (
+        {"edit_h5": _replace("infos/state/physics", lambda v: v[:-1])},
+        "episode 0: infos/state/physics has 4 rows, the episode has 5 frames",
+        True,
+    ),
+    "fewer image rows than frames": (
+        {"edit_h5": _replace("observations/image", lambda v: v[:-2])},
+        "episode 0: observations/image has 3 rows, the episode has 5 frames",
+        True,
+    ),
+    "short geom_rgba": (
+        {"edit_h5": _replace("infos/state/geom_rgba", lambda v: v[:, :3])},
+        "episode 0: infos/state/geom_rgba has shape (3, 4) per frame, the env "
+        "mindloop/MuscleReach-v0 needs (8, 4)",
+        False,
+    ),
+    "sample rate 0": (
+        {"edit_meta": lambda m: m.update(audio_sample_rate=0)},
+        "metadata.json: mindloop.audio_sample_rate must be a positive whole number",
+        True,
+    ),
+    "negative sample rate": (
+        {"edit_meta": lambda m: m.update(audio_sample_rate=-16000)},
+        "mindloop.audio_sample_rate must be a positive whole number of samples per second "
+        "(e.g. 16000), got -16000",
+        True,
+    ),
+    "dt 0": (
+        {"edit_meta": lambda m: m.update(dt=0)},
+        "metadata.json: mindloop.dt must be a positive number of seconds per control step "
+        "(e.g. 0.04), got 0",
+        True,
+    ),
+    "negative dt": (
+        {"edit_meta": lambda m: m.update(dt=-0.04)},
+        "mindloop.dt must be a positive number",
+        True,
+    ),
 }
 
 
@@ -380,6 +453,7 @@ def test_damaged_record_is_one_line_naming_it(case, good_record, tmp_path):
         assert message in str(e.value) and str(path) in str(e.value)
         assert "\n" not in str(e.value)
     assert not (tmp_path / "r.mp4").exists()
+    assert not list(tmp_path.glob(".r.mp4*"))  # nor a half-written temporary video
 
 
 def test_replay_never_imports_a_module_a_record_names(good_record, tmp_path, monkeypatch):
