@@ -159,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:  # a user mistake: one line, no traceback
         print(f"eval.py: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outputs are written atomically: nothing half-written is left
+        print("\neval.py: interrupted", file=sys.stderr)
+        return 130
     except _io_errors() as e:  # the last resort for a path the checks did not foresee
         print(f"eval.py: error: {_io_error_line(e)}", file=sys.stderr)
         return 1

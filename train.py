@@ -89,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         result = train(config)
     except ValueError as err:  # a user mistake: one line, no traceback
         sys.exit(f"error: {err}")
+    except _PATH_ERRORS as err:  # e.g. --run.dir names a file: the path and why
+        sys.exit(f"error: {err.filename}: {err.strerror}")
     except KeyboardInterrupt:  # Ctrl-C: the latest checkpoint is complete (atomic writes)
         return _interrupted(config)
     except Exception as err:
@@ -109,6 +111,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"video: {video}")
     print(f"run: {result.run_dir} ({result.wall_seconds:.0f} s)")
     return 0
+
+
+# OSErrors about a path the user gave (not every OSError: a crashed env worker's broken pipe
+# keeps its traceback)
+_PATH_ERRORS = (
+    FileExistsError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError
+)  # fmt: skip
 
 
 def _interrupted(config) -> int:

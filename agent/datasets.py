@@ -15,6 +15,7 @@ so it also replays to video (``eval.py replay``) and opens in plain Minari
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,6 +168,14 @@ def check_dataset_spaces(
     if _task_name(recorded_on) != _task_name(env_id):  # e.g. MuscleReach data for SoundReach
         raise ValueError(
             f"dataset {str(path)!r} was recorded on {recorded_on}, not on {env_id}; {record}"
+        )
+    policy = record_metadata(path).get("policy") or ""
+    if policy and policy != "expert":  # distilling a trained agent is fine; say it is not
+        warnings.warn(  # the scripted expert, in case that was not meant
+            f"dataset {str(path)!r} was recorded with policy {policy!r}, not the scripted "
+            "expert: behaviour cloning imitates its actions",
+            RuntimeWarning,
+            stacklevel=3,
         )
     dataset = open_dataset(path)
     for what, stored, needed in (

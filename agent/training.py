@@ -554,9 +554,22 @@ def train(config: TrainConfig) -> TrainResult:
 
 def check_before_writing(config: TrainConfig, algorithm: Algorithm) -> None:
     """The one-line errors a run can know of before it writes anything (so a mistake leaves
-    no run directory behind): a ``run.dir`` that holds another run, ``sft-rl`` on a task
-    without text actions, a ``bc.dataset`` that is missing or of other observations/actions."""
+    no run directory behind): a ``run.dir`` that holds another run or is a file, ``sft-rl``
+    on a task without text actions, a ``bc.dataset`` that is missing, of other
+    observations/actions, or given to an algorithm that does no behaviour cloning."""
     run_dir = Path(config.run.dir) if config.run.dir else None
+    if run_dir is not None:
+        blocker = next((p for p in (run_dir, *run_dir.parents) if p.is_file()), None)
+        if blocker is not None:
+            raise ValueError(
+                f"run.dir {str(run_dir)!r} cannot be a directory: {str(blocker)!r} is a file; "
+                "choose another --run.dir"
+            )
+    if config.bc.dataset is not None and "bc" not in algorithm.phases:
+        raise ValueError(
+            f"--bc.dataset is for behaviour cloning; --algo {config.algo} does none (use "
+            "--algo bc or bc+ppo, or leave out --bc.dataset)"
+        )
     holds_a_run = run_dir is not None and (
         (run_dir / "config.json").exists() or (run_dir / CHECKPOINTS).exists()
     )

@@ -381,6 +381,18 @@ def test_cli_os_error_is_one_line_naming_the_path(monkeypatch, capsys):
     assert code == 1 and err == "eval.py: error: /somewhere/out.json: Permission denied\n"
 
 
+def test_cli_ctrl_c_is_one_line(monkeypatch, capsys):
+    """Ctrl-C printed a KeyboardInterrupt traceback; train.py's is one line, so is eval.py's."""
+    import agent.evaluation as evaluation
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluation, "evaluate_and_save", interrupt)
+    code, _, err = run_cli(["--policy", "expert", "--episodes", 1], capsys)
+    assert code == 130 and err.strip() == "eval.py: interrupted"
+
+
 def test_cli_config_errors_exit_nonzero(capsys):
     """A config the dataclass rejects is one line on stderr and exit code 2 (not tyro's box)."""
     import eval as eval_cli

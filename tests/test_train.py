@@ -243,6 +243,8 @@ BAD_INPUT = [
     (["--algo", "sb3-ppo", "--ppo.minibatches", "3"], ["ppo.minibatches=3", "must divide"]),
     (["--algo", "sft-rl"], ["sft-rl", "text", "muscles"]),  # MuscleReach answers with muscles
     (["--bc.dataset", "/nonexistent/demos"], ["/nonexistent/demos", "does not exist"]),
+    # a dataset given to an algorithm without behaviour cloning was silently ignored
+    (["--algo", "ppo", "--bc.dataset", "demos"], ["--bc.dataset", "--algo ppo", "bc+ppo"]),
     (["--env.kwargs", "bogus", "1"], ["'bogus'", "arm", "max_steps"]),
     (
         ["--env.id", "mindloop/CueRecall-v0", "--env.kwargs", "delay_steps", "abc"],
@@ -374,6 +376,37 @@ def test_bc_dataset_of_other_observations_is_one_line_error(tmp_path):
     message = str(err.value)
     assert "\n" not in message and "'image'" in message and "missing" in message, message
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("under", ["", "/run"])
+def test_run_dir_that_is_or_is_under_a_file_is_one_line(under, tmp_path):
+    """--run.dir naming a file (or a path under one) raised FileExistsError /
+    NotADirectoryError with a traceback, after the config was checked."""
+    import train as train_script
+
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    with pytest.raises(SystemExit) as exit_info:
+        train_script.main(["--algo", "ppo", "--run.dir", f"{afile}{under}"])
+    message = exit_info.value.code
+    assert message == (
+        f"error: run.dir '{afile}{under}' cannot be a directory: '{afile}' is a file; "
+        "choose another --run.dir"
+    )
+    assert afile.read_text() == "mine"
+
+
+def test_bc_dataset_of_another_policy_warns(tmp_path):
+    """Demonstrations recorded with another policy than the scripted expert (eval.py
+    --policy random --record) are cloned as they are: a warning says so."""
+    from agent.datasets import collect_expert_dataset
+
+    demos = collect_expert_dataset(TINY_REACH, 2, seed=0, path=tmp_path / "rnd", policy="random")
+    cfg = tiny_config(tmp_path / "run", "bc", TINY_REACH)
+    cfg.bc.dataset = str(demos)
+    cfg.bc.dagger_rounds = 0
+    with pytest.warns(RuntimeWarning, match="recorded with policy 'random', not the scripted"):
+        train(cfg)
 
 
 def test_help_lists_every_algorithm():
