@@ -97,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         # Ctrl-C inside a ctypes call (e.g. an EGL render) surfaces as that call's error
         if isinstance(err.__context__, KeyboardInterrupt):
             return _interrupted(config)
+        from gymnasium.error import DependencyNotInstalled
+
+        if isinstance(err, DependencyNotInstalled):  # e.g. --env.kwargs render_mode human
+            sys.exit(f"error: {str(err).splitlines()[0]}")
         raise
     if launch_rank() != 0:  # under torchrun, rank 0 reports for all
         return 0

@@ -245,6 +245,7 @@ BAD_INPUT = [
     (["--bc.dataset", "/nonexistent/demos"], ["/nonexistent/demos", "does not exist"]),
     # a dataset given to an algorithm without behaviour cloning was silently ignored
     (["--algo", "ppo", "--bc.dataset", "demos"], ["--bc.dataset", "--algo ppo", "bc+ppo"]),
+    (["--env.kwargs", "render_mode", "human"], ["render_mode 'human'", "leave it out"]),
     (["--env.kwargs", "bogus", "1"], ["'bogus'", "arm", "max_steps"]),
     (
         ["--env.id", "mindloop/CueRecall-v0", "--env.kwargs", "delay_steps", "abc"],
