@@ -26,10 +26,25 @@ def cli(cls: type[T], **kwargs: Any) -> T:
 
         def raise_value_errors(event: Any) -> None:
             if type(event).__name__ == "InstantiationFailure":
-                raise ValueError(str(event.message).strip().splitlines()[0])
+                message = str(event.message).strip().splitlines()[0]
+                raise ValueError(_with_option(message, getattr(event, "argument", None)))
 
         with hooks(raise_value_errors):
             return tyro.cli(cls, **kwargs)
+
+
+def _with_option(message: str, argument: Any) -> str:
+    """tyro's message about one value, with the option it was given to (a bad int or a
+    dangling KEY of KEY VALUE pairs named no option: "Failed to parse key-value pairs!")."""
+    field = getattr(argument, "field", None)
+    name = getattr(field, "extern_name", None)
+    if not name:
+        return message
+    prefix = getattr(argument, "extern_prefix", "")
+    option = "--" + (f"{prefix}.{name}" if prefix else name).replace("_", "-")
+    if message.startswith("Failed to parse key-value pairs"):
+        message = "expected KEY VALUE pairs (an even number of words)"
+    return f"{option}: {message}"
 
 
 _ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")  # :func:`build_core` -> build_core

@@ -246,6 +246,9 @@ BAD_INPUT = [
     # a dataset given to an algorithm without behaviour cloning was silently ignored
     (["--algo", "ppo", "--bc.dataset", "demos"], ["--bc.dataset", "--algo ppo", "bc+ppo"]),
     (["--env.kwargs", "render_mode", "human"], ["render_mode 'human'", "leave it out"]),
+    # tyro's own parse errors name the option they are about
+    (["--env.num-envs", "abc"], ["--env.num-envs: ", "'abc'"]),
+    (["--env.kwargs", "max_steps"], ["--env.kwargs: ", "KEY VALUE pairs"]),
     (["--env.kwargs", "bogus", "1"], ["'bogus'", "arm", "max_steps"]),
     (
         ["--env.id", "mindloop/CueRecall-v0", "--env.kwargs", "delay_steps", "abc"],
