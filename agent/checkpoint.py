@@ -403,6 +403,17 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
             candidate = candidate.parent / f"{OLD_PREFIX}{candidate.name}"
         if (candidate / "config.json").is_file() and (candidate / "model.safetensors").is_file():
             return candidate.resolve()
+    complete = [
+        d
+        for root in (p, p / CHECKPOINTS)
+        for d in sorted(root.glob("step_*"))
+        if (d / "config.json").is_file() and (d / "model.safetensors").is_file()
+    ]
+    if complete:  # latest lost or pointing at a deleted step: say which ones are there
+        raise ValueError(
+            f"no checkpoint at {str(p)!r}: its {LATEST} is missing or names a checkpoint that "
+            f"is gone; the newest complete one is {str(complete[-1])!r} (use that path)"
+        )
     raise ValueError(
         f"no checkpoint at {str(p)!r}: expected a directory with config.json and "
         "model.safetensors, or a run directory with checkpoints/latest"

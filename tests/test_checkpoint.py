@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -250,6 +251,20 @@ def test_missing_checkpoint_is_one_line_error(tmp_path):
     with pytest.raises(ValueError, match="no checkpoint") as err:
         load_agent(tmp_path / "nope")
     assert "\n" not in str(err.value)
+
+
+def test_dangling_latest_names_the_newest_complete_checkpoint(tmp_path):
+    """A ``latest`` naming a deleted checkpoint said only "no checkpoint" although others
+    were there; the error names the newest complete one, which loads."""
+    agent, cfg = tiny_agent()
+    for step in range(3):
+        save_checkpoint(tmp_path / "checkpoints", agent, cfg, step=step)
+    shutil.rmtree(tmp_path / "checkpoints" / "step_000000000002")
+    with pytest.raises(ValueError, match="names a checkpoint that is gone") as err:
+        resolve_checkpoint(tmp_path)
+    newest = tmp_path / "checkpoints" / "step_000000000001"
+    assert "\n" not in str(err.value) and repr(str(newest)) in str(err.value)
+    assert resolve_checkpoint(newest) == newest.resolve()
 
 
 @pytest.mark.parametrize(
