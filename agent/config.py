@@ -385,10 +385,13 @@ without the field gets the value that reproduces the run it came from."""
 
 def config_from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     """Rebuild dataclass ``cls`` from :func:`config_to_dict` data (nested dataclasses and
-    tuples restored; an unknown field is a one-line error naming it; a field missing from
-    older data takes :data:`SAVED_BEFORE_FIELD`'s value where it has one, else its default)."""
+    tuples restored; a value of the wrong type for its field (:func:`_restore`) or an unknown
+    field is a one-line error naming it; a field missing from older data takes
+    :data:`SAVED_BEFORE_FIELD`'s value where it has one, else its default)."""
     if not isinstance(data, dict):
-        raise ValueError(f"config {where or cls.__name__} must be a mapping, got {data!r}")
+        raise ValueError(
+            f"config {where.rstrip('.') or cls.__name__} must be a mapping, got {data!r}"
+        )
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
@@ -405,14 +408,101 @@ def config_from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
 
 
 def _restore(hint: Any, value: Any, where: str) -> Any:
-    if value is None:
-        return None
+    """``value`` of JSON data as field type ``hint`` (``where``: the field's dotted name and a
+    dot), or a one-line error naming the field, the type and the value: a hand-edited
+    config.json with ``"lr": "fast"`` failed with a traceback from deep in a check."""
+    restored = _conform(hint, value, where)
+    if restored is _MISMATCH:
+        raise ValueError(f"config {where.rstrip('.')} must be {_describe(hint)}, got {value!r}")
+    return restored
+
+
+_MISMATCH = object()
+
+
+def _conform(hint: Any, value: Any, where: str) -> Any:
+    """``value`` as ``hint`` wants it, or :data:`_MISMATCH`. Checked: bool, int (not bool; an
+    integral float such as 2.0 becomes an int), float (int or float, not bool), str, tuples
+    (element types when given), dicts, nested config dataclasses and ``| None``; any other
+    hint (Any, Literal, ...) takes the value as it is."""
     for option in _options(hint):
-        if dataclasses.is_dataclass(option) and isinstance(value, dict):
-            return config_from_dict(option, value, where)
-        if typing.get_origin(option) is tuple and isinstance(value, list):
-            return tuple(value)
-    return value
+        origin = typing.get_origin(option) or option
+        if option is type(None):
+            if value is None:
+                return None
+        elif dataclasses.is_dataclass(option):
+            if isinstance(value, dict):
+                return config_from_dict(option, value, where)
+        elif origin is tuple:
+            if isinstance(value, list | tuple):
+                items = _conform_items(option, value, where)
+                if items is not _MISMATCH:
+                    return items
+        elif origin is dict:
+            if isinstance(value, dict):
+                return value
+        elif option is bool:
+            if isinstance(value, bool):
+                return value
+        elif option is int:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+        elif option is float:
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return value
+        elif option is str:
+            if isinstance(value, str):
+                return value
+        else:
+            return value
+    return _MISMATCH
+
+
+def _conform_items(hint: Any, value: list | tuple, where: str) -> Any:
+    args = typing.get_args(hint)
+    if not args:
+        return tuple(value)
+    if len(args) == 2 and args[1] is Ellipsis:
+        args = (args[0],) * len(value)
+    elif len(args) != len(value):
+        return _MISMATCH
+    items = tuple(_conform(a, v, where) for a, v in zip(args, value, strict=True))
+    return _MISMATCH if any(item is _MISMATCH for item in items) else items
+
+
+def _describe(hint: Any, plural: bool = False) -> str:
+    """``hint`` in words: "a float", "a list of 3 floats", "a mapping of PPOConfig fields or
+    None"."""
+    words = []
+    for option in _options(hint):
+        origin = typing.get_origin(option) or option
+        args = typing.get_args(option)
+        if option is type(None):
+            words.append("None")
+        elif dataclasses.is_dataclass(option):
+            words.append(f"mapping{'s' if plural else ''} of {option.__name__} fields")
+        elif origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+            words.append(f"list{'s' if plural else ''} of {_describe(args[0], plural=True)}")
+        elif origin is tuple and args and len(set(args)) == 1:
+            words.append(f"list{'s' if plural else ''} of {len(args)} {_describe(args[0], True)}")
+        elif origin is tuple and args:
+            parts = ", ".join(_describe(a) for a in args)
+            words.append(f"list{'s' if plural else ''} of {len(args)} items ({parts})")
+        elif origin is tuple:
+            words.append("lists" if plural else "list")
+        elif origin is dict:
+            words.append("mappings" if plural else "mapping")
+        elif option in (bool, int, float):
+            words.append(f"{option.__name__}{'s' if plural else ''}")
+        elif option is str:
+            words.append("strings" if plural else "string")
+        else:
+            words.append(str(option))
+    if not plural:
+        words = [w if w == "None" else f"{'an' if w[0] in 'aeiou' else 'a'} {w}" for w in words]
+    return " or ".join(words)
 
 
 def _options(hint: Any) -> tuple[Any, ...]:
