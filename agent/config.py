@@ -14,6 +14,7 @@ The core, think and memory configs are the ones their modules define (``agent.co
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -354,6 +355,52 @@ class TrainConfig:
     resume: str | None = None
     """Continue the run in this directory from its latest checkpoint (same config)."""
 
+    def __post_init__(self) -> None:
+        check_finite(self)
+
+
+INFINITE_OK: frozenset[tuple[type, str]] = frozenset(
+    {
+        # inf is PPO's "no gradient clipping": torch's clip_grad_norm_ (and SB3's) scales by
+        # min(1, max_norm / norm) = 1, and there is no None for it
+        (PPOConfig, "max_grad_norm"),
+    }
+)
+"""Float fields where inf is a meaningful setting, which :func:`check_finite` lets through
+(their own range checks still apply: -inf fails max_grad_norm's >= 0)."""
+
+
+def check_finite(config: Any, where: str = "") -> None:
+    """One-line ``ValueError`` for a NaN anywhere in dataclass ``config`` (its nested configs,
+    tuples and dicts included) or a +/-inf in one of its float fields (but
+    :data:`INFINITE_OK`'s): range checks such as ``x < 0`` let NaN through, and training
+    died on it many steps later inside torch."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        name = f"{where}{f.name}"
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_finite(value, f"{name}.")
+        elif _has_nonfinite(value, allow_inf=(type(config), f.name) in INFINITE_OK):
+            rule = "be a finite number" if isinstance(value, float) else "hold only finite numbers"
+            raise ValueError(f"{name} must {rule}, got {value!r}")
+
+
+def _has_nonfinite(value: Any, allow_inf: bool, in_dict: bool = False) -> bool:
+    """Whether ``value`` is or holds a NaN, or an inf where one is not allowed (in dicts,
+    e.g. env.kwargs or encoder options, only NaN: their fields are not known here)."""
+    if isinstance(value, float):
+        return math.isnan(value) or (math.isinf(value) and not (allow_inf or in_dict))
+    if isinstance(value, list | tuple):
+        return any(_has_nonfinite(v, allow_inf, in_dict) for v in value)
+    if isinstance(value, dict):
+        return any(_has_nonfinite(v, allow_inf, True) for v in value.values())
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return any(
+            _has_nonfinite(getattr(value, f.name), allow_inf, True)
+            for f in dataclasses.fields(value)
+        )
+    return False
+
 
 # --------------------------------------------------------------------------- JSON round trip
 
@@ -534,6 +581,7 @@ __all__ = [
     "PPOConfig",
     "RunConfig",
     "TrainConfig",
+    "check_finite",
     "config_diff",
     "config_from_dict",
     "config_to_dict",

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Any
 
 import pytest
 
-from agent.config import TrainConfig, config_from_dict, config_to_dict
+from agent.config import PPOConfig, TrainConfig, config_from_dict, config_to_dict
+
+NAN, INF = math.nan, math.inf
 
 
 def saved_config(config: TrainConfig | None = None) -> dict[str, Any]:
@@ -118,6 +121,7 @@ def variants() -> list[TrainConfig]:
     config.ppo.target_kl = 0.02
     config.ppo.memory_cost = 0.01
     config.ppo.anchor_coef = 1.0
+    config.ppo.max_grad_norm = INF  # no clipping: allowed (json writes Infinity)
     config.bc.dataset = "/data/demos"
     config.run.dir = "/tmp/run"
     config.run.max_env_steps = 10_000
@@ -131,3 +135,79 @@ def variants() -> list[TrainConfig]:
 )
 def test_saved_configs_round_trip(config):
     assert config_from_dict(TrainConfig, saved_config(config)) == config
+
+
+# --------------------------------------------------------------------------- NaN and inf
+
+
+NONFINITE = [
+    ("ppo.think_cost", NAN, "must be a finite number, got nan"),
+    ("ppo.memory_cost", NAN, "must be a finite number, got nan"),
+    ("ppo.entropy_coef", INF, "must be a finite number, got inf"),
+    ("ppo.target_kl", INF, "must be a finite number, got inf"),
+    ("bc.kl_coef", INF, "must be a finite number, got inf"),
+    ("agent.core.mlp_ratio", INF, "must be a finite number, got inf"),
+    ("agent.memory.get_temperature", NAN, "must be a finite number, got nan"),
+    ("agent.memory.write_gate_bias", -INF, "must be a finite number, got -inf"),
+    (
+        "agent.memory.op_init_logits",
+        (NAN, 0.0, 0.0),
+        "must hold only finite numbers, got (nan, 0.0, 0.0)",
+    ),
+    ("agent.memory.op_init_logits", (INF, 0.0, 0.0), "must hold only finite numbers"),
+    ("env.kwargs", {"scale": NAN}, "must hold only finite numbers"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "rule"), NONFINITE)
+def test_nonfinite_option_is_one_line_error(path, value, rule):
+    with pytest.raises(ValueError) as err:
+        replace_dotted(TrainConfig(), path, value)
+    message = str(err.value)
+    assert message.startswith(f"{path} {rule}"), message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(("path", "value", "rule"), NONFINITE[:4])
+def test_nonfinite_in_saved_config_is_one_line_error(path, value, rule):
+    data = saved_config()
+    set_dotted(data, path, value)
+    with pytest.raises(ValueError, match=rf"^{path} {rule}$"):
+        config_from_dict(TrainConfig, json.loads(json.dumps(data)))
+
+
+def test_infinite_max_grad_norm_means_no_clipping():
+    config = replace_dotted(TrainConfig(), "ppo.max_grad_norm", INF)
+    assert config.ppo.max_grad_norm == INF
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        replace_dotted(TrainConfig(), "ppo.max_grad_norm", NAN)
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        PPOConfig(max_grad_norm=-INF)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--ppo.think-cost", "nan"],
+        ["--ppo.memory-cost", "nan"],
+        ["--ppo.entropy-coef", "inf"],
+        ["--agent.memory.get-temperature", "nan"],
+        ["--agent.memory.op-init-logits", "nan", "0", "0"],
+    ],
+)
+def test_train_py_prints_one_error_line_for_nonfinite_options(args, tmp_path, monkeypatch):
+    """train.py's main exits with ``error: ...`` (one line, non-zero) before training."""
+    import agent.training
+    import train as train_script
+
+    def train(config):
+        raise AssertionError(f"trained with {args}")
+
+    monkeypatch.setattr(agent.training, "train", train)
+    run_dir = tmp_path / "r"
+    with pytest.raises(SystemExit) as exit_info:
+        train_script.main([*args, "--run.dir", str(run_dir)])
+    message = exit_info.value.code
+    assert isinstance(message, str) and message.startswith("error: "), message
+    assert "\n" not in message and "finite" in message
+    assert not run_dir.exists()
