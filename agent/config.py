@@ -156,7 +156,7 @@ class PPOConfig:
     decision_entropy_coef: float = 0.001
     """Entropy bonus on the halting and memory-op decisions (keeps them exploring)."""
     max_grad_norm: float = 0.5
-    """Global gradient-norm clip."""
+    """Global gradient-norm clip (inf: no clipping)."""
     norm_adv: bool = True
     """Normalize advantages per minibatch."""
     target_kl: float | None = None
@@ -179,7 +179,11 @@ class PPOConfig:
         _check_min("ppo", self, ("total_steps", "rollout_steps", "bptt_steps", "epochs"), 1)
         _check_min("ppo", self, ("minibatches",), 1)
         _check_min("ppo", self, ("value_coef", "entropy_coef", "decision_entropy_coef"), 0)
-        _check_min("ppo", self, ("think_cost", "max_grad_norm"), 0)
+        _check_min("ppo", self, ("think_cost",), 0)
+        if not self.max_grad_norm > 0:  # 0 would scale every gradient to zero: no learning
+            raise ValueError(
+                f"ppo.max_grad_norm must be > 0 (inf: no clipping), got {self.max_grad_norm}"
+            )
         if self.anchor_coef is not None:
             _check_min("ppo", self, ("anchor_coef",), 0)
         _check_choice("ppo.lr_schedule", self.lr_schedule, LR_SCHEDULES)
@@ -367,7 +371,7 @@ INFINITE_OK: frozenset[tuple[type, str]] = frozenset(
     }
 )
 """Float fields where inf is a meaningful setting, which :func:`check_finite` lets through
-(their own range checks still apply: -inf fails max_grad_norm's >= 0)."""
+(their own range checks still apply: -inf fails max_grad_norm's > 0)."""
 
 
 def check_finite(config: Any, where: str = "") -> None:

@@ -183,6 +183,9 @@ def test_infinite_max_grad_norm_means_no_clipping():
         replace_dotted(TrainConfig(), "ppo.max_grad_norm", NAN)
     with pytest.raises(ValueError, match="max_grad_norm"):
         PPOConfig(max_grad_norm=-INF)
+    # 0 scaled every gradient to zero: a run that could not learn, without a word
+    with pytest.raises(ValueError, match=r"ppo.max_grad_norm must be > 0 \(inf: no clipping\)"):
+        PPOConfig(max_grad_norm=0.0)
 
 
 @pytest.mark.parametrize(
