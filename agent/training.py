@@ -538,6 +538,12 @@ def train(config: TrainConfig) -> TrainResult:
     check_env_id(config.env.id)
     for phase in algorithm.phases:
         PHASES.get(phase)
+    if "render_mode" in config.env.kwargs:  # "human" failed in every worker (no pygame)
+        raise ValueError(
+            f"env.kwargs render_mode {config.env.kwargs['render_mode']!r}: training makes its "
+            "envs without a render mode (the agent sees the image observation, and the run's "
+            "video.mp4 is rendered after training); leave it out"
+        )
     config = resolve_for_env(config)
     check_before_writing(config, algorithm)
     if algorithm.external is not None:
@@ -565,12 +571,6 @@ def check_before_writing(config: TrainConfig, algorithm: Algorithm) -> None:
                 f"run.dir {str(run_dir)!r} cannot be a directory: {str(blocker)!r} is a file; "
                 "choose another --run.dir"
             )
-    if "render_mode" in config.env.kwargs:  # "human" failed in every worker (no pygame)
-        raise ValueError(
-            f"env.kwargs render_mode {config.env.kwargs['render_mode']!r}: training makes its "
-            "envs without a render mode (the agent sees the image observation, and the run's "
-            "video.mp4 is rendered after training); leave it out"
-        )
     if config.bc.dataset is not None and "bc" not in algorithm.phases:
         raise ValueError(
             f"--bc.dataset is for behaviour cloning; --algo {config.algo} does none (use "

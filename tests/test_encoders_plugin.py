@@ -174,7 +174,7 @@ def test_documented_encoder_flags_parse() -> None:
     doc = re.search(r"``(--[\w.-]*options [^`]*)``", _field_doc("options"))
     assert doc is not None, "FusedEncoderConfig.options no longer shows its flag"
     options = train_script.parse_config(doc.group(1).split()).agent.encoders.options
-    assert options["image.freeze"] == "True" and options["image.embed_dim"] == "128"
+    assert options["image.pool"] == "mean" and options["image.embed_dim"] == "128"
 
 
 def _field_doc(name: str) -> str:
