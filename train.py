@@ -33,7 +33,6 @@ def parse_config(argv: list[str]):
         RESUME_FREE_FIELDS,
         TrainConfig,
         config_diff,
-        config_from_dict,
         config_to_dict,
     )
 
@@ -47,9 +46,9 @@ def parse_config(argv: list[str]):
         config = cli(TrainConfig, args=argv, default=default, description=__doc__.split("\n")[0])
         config.agent.encoders.options = {**LIGHT_ENCODERS, **config.agent.encoders.options}
         return config
-    from agent.checkpoint import read_run_config
+    from agent.checkpoint import saved_run_config
 
-    saved = config_from_dict(TrainConfig, read_run_config(resume))
+    saved = saved_run_config(resume)
     config = cli(TrainConfig, args=argv, default=saved)
     config.resume = resume
     diff = [
@@ -89,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         result = train(config)
     except ValueError as err:  # a user mistake: one line, no traceback
         sys.exit(f"error: {err}")
-    except _PATH_ERRORS as err:  # e.g. --run.dir names a file: the path and why
+    except _PATH_ERRORS as err:  # e.g. a path under a file: the path and why
+        if err.filename is None:  # raised with a message only (Minari, timm)
+            sys.exit(f"error: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
         sys.exit(f"error: {err.filename}: {err.strerror}")
     except KeyboardInterrupt:  # Ctrl-C: the latest checkpoint is complete (atomic writes)
         return _interrupted(config)

@@ -77,7 +77,9 @@ from agent.checkpoint import (
     optimizer_to_state,
     read_checkpoint_meta,
     resolve_checkpoint,
+    resume_run_dir,
     save_checkpoint,
+    saved_config,
     space_from_dict,
     space_to_dict,
 )
@@ -87,7 +89,6 @@ from agent.config import (
     EnvConfig,
     TrainConfig,
     config_diff,
-    config_from_dict,
     config_to_dict,
 )
 from agent.distributed import resolve_device
@@ -575,7 +576,7 @@ def load_sb3_policy(
             f"SB3 checkpoint format {sb3['format']} is newer than this mindloop reads "
             f"({SB3_FORMAT}); upgrade mindloop"
         )
-    config: TrainConfig = config_from_dict(TrainConfig, meta["config"])
+    config = saved_config(ckpt / "config.json", meta["config"])
     baseline = get_baseline(sb3["algo"])
     policy = baseline.policy_class()(
         space_from_dict(sb3["observation_space"]),
@@ -799,10 +800,12 @@ class MindloopCallback(BaseCallback):
         self.last_eval = result
         best = self.keep_best(result)
         summary = result.summary()
+        success = summary["success_rate"]  # None: the env reports no info["is_success"]
         # mindloop PPO's progress line (agent.training._periodic_eval); SB3 policies do not think
         self._say(
-            f"eval @ {self.model.num_timesteps} steps: success {summary['success_rate']:.0%}, "
-            f"return {summary['return_mean']:.2f}"
+            f"eval @ {self.model.num_timesteps} steps: success "
+            + ("n/a" if success is None else f"{success:.0%}")
+            + f", return {summary['return_mean']:.2f}"
             + (" (best so far: checkpoints/best)" if best else "")
         )
         return result
@@ -916,8 +919,7 @@ def train_sb3(
     if config.resume is not None:
         resume_from = checkpoint_to_resume(config.resume)
     if resume_from is not None:
-        run_dir = Path(config.resume)
-        run_dir = run_dir if (run_dir / "checkpoints").is_dir() else resume_from.parent.parent
+        run_dir = resume_run_dir(config.resume, resume_from)
         check_resume_config(resume_from, config)
     else:  # a new run, or one stopped before its first checkpoint (it starts again)
         if config.resume is not None:

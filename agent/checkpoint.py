@@ -473,12 +473,25 @@ def checkpoint_to_resume(path: str | os.PathLike) -> Path | None:
     if unstarted_run(path):
         return None
     checkpoint = resolve_checkpoint(path)
-    if checkpoint.parent.name != CHECKPOINTS:
-        raise ValueError(
-            f"--resume {path}: {checkpoint} is not in a run's {CHECKPOINTS}/ folder, so there "
-            "is no run to continue; resume the run directory it came from"
-        )
+    resume_run_dir(path, checkpoint)
     return checkpoint
+
+
+def resume_run_dir(path: str | os.PathLike, checkpoint: Path | None = None) -> Path:
+    """The run directory ``--resume path`` writes to: ``path`` itself, or the run above it
+    when ``path`` is its ``checkpoints/`` folder, a checkpoint in it or its ``latest``.
+    Read from the path as given, not the resolved checkpoint, so a ``checkpoints/`` that is
+    a symlink (to scratch storage) still belongs to its run."""
+    p = Path(path)
+    checkpoint = checkpoint or resolve_checkpoint(path)
+    for run in (p, p.parent, p.parent.parent):
+        folder = run / CHECKPOINTS
+        if folder.is_dir() and checkpoint.is_relative_to(folder.resolve()):
+            return run
+    raise ValueError(
+        f"--resume {path}: {checkpoint} is not in a run's {CHECKPOINTS}/ folder, so there is "
+        "no run to continue; resume the run directory it came from"
+    )
 
 
 def read_run_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -490,6 +503,24 @@ def read_run_config(path: str | os.PathLike) -> dict[str, Any]:
             "the run has no checkpoint to fall back on: start it again with a new --run.dir",
         )
     return read_checkpoint_meta(path)["config"]
+
+
+def saved_config(file: Path, data: dict[str, Any]) -> TrainConfig:
+    """The :class:`TrainConfig` of a saved config.json's ``data``; a value the config does
+    not accept (edited by hand, or allowed by an older mindloop's checks) is a one-line error
+    naming the file."""
+    try:
+        return config_from_dict(TrainConfig, data)
+    except ValueError as err:
+        raise ValueError(f"{file}: {err}; edit that value in the file") from None
+
+
+def saved_run_config(path: str | os.PathLike) -> TrainConfig:
+    """:func:`read_run_config` as a :class:`TrainConfig` (errors name the file read)."""
+    if unstarted_run(path):
+        return saved_config(Path(path) / "config.json", read_run_config(path))
+    ckpt = resolve_checkpoint(path)
+    return saved_config(ckpt / "config.json", read_run_config(path))
 
 
 def read_checkpoint_meta(path: str | os.PathLike) -> dict[str, Any]:
@@ -520,7 +551,7 @@ def load_agent(
     """
     ckpt = resolve_checkpoint(path)
     meta = read_checkpoint_meta(ckpt)
-    config: TrainConfig = config_from_dict(TrainConfig, meta["config"])
+    config = saved_config(ckpt / "config.json", meta["config"])
     agent = MindloopAgent(
         space_from_dict(meta["observation_space"]),
         space_from_dict(meta["action_space"]),

@@ -368,6 +368,8 @@ INFINITE_OK: frozenset[tuple[type, str]] = frozenset(
         # inf is PPO's "no gradient clipping": torch's clip_grad_norm_ (and SB3's) scales by
         # min(1, max_norm / norm) = 1, and there is no None for it
         (PPOConfig, "max_grad_norm"),
+        # inf: never stop an update's epochs early, as None (older configs may hold it)
+        (PPOConfig, "target_kl"),
     }
 )
 """Float fields where inf is a meaningful setting, which :func:`check_finite` lets through

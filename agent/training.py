@@ -47,6 +47,7 @@ from agent.checkpoint import (
     pack,
     read_checkpoint_meta,
     resolve_checkpoint,
+    resume_run_dir,
     save_checkpoint,
     unpack,
 )
@@ -538,8 +539,8 @@ def train(config: TrainConfig) -> TrainResult:
     check_env_id(config.env.id)
     for phase in algorithm.phases:
         PHASES.get(phase)
-    if "render_mode" in config.env.kwargs:  # "human" failed in every worker (no pygame)
-        raise ValueError(
+    if config.env.kwargs.get("render_mode", "rgb_array") != "rgb_array":  # "human" failed in
+        raise ValueError(  # every worker (no pygame); rgb_array is harmless (older runs)
             f"env.kwargs render_mode {config.env.kwargs['render_mode']!r}: training makes its "
             "envs without a render mode (the agent sees the image observation, and the run's "
             "video.mp4 is rendered after training); leave it out"
@@ -636,7 +637,8 @@ def _train_mindloop(config: TrainConfig, algorithm: Algorithm) -> TrainResult:
                 _expected_steps(config, algorithm),
                 tensorboard=config.run.tensorboard,
                 # a bar's carriage returns garble a log file or pipe: lines there instead
-                progress=config.run.progress and sys.stderr.isatty(),
+                progress=config.run.progress
+                and (sys.stderr.isatty() or "ipykernel" in sys.modules),  # Jupyter draws it
                 enabled=info.is_main,
             ),
         )
@@ -756,8 +758,7 @@ def resume_checkpoint(config: TrainConfig) -> Path | None:
 
 def _run_dir(config: TrainConfig, resume_from: Path | None) -> Path:
     if resume_from is not None:
-        # <run>/checkpoints/step_x -> <run>
-        return resume_from.parent.parent
+        return resume_run_dir(config.resume, resume_from)
     if config.resume is not None:  # stopped before its first checkpoint: start it again
         path = Path(config.resume)
     elif config.run.dir:
@@ -774,9 +775,10 @@ def _run_dir(config: TrainConfig, resume_from: Path | None) -> Path:
 
 
 def resolve_for_env(config: TrainConfig) -> TrainConfig:
-    """``config`` with the default light encoder options of keys the task does not have
-    removed (``agent.agent.encoders_for``), so every algorithm, baselines included, and the
-    saved config.json see the encoders the agent really has."""
+    """``config`` without the default light encoder options that do not fit (a key the task
+    does not have, or an encoder chosen for it without that field: ``agent.agent.encoders_for``),
+    so every algorithm, baselines included, and the saved config.json see the encoders the
+    agent really has."""
     from agent.agent import encoders_for
 
     observation_space, _ = _env_spaces(config)

@@ -253,6 +253,21 @@ def test_missing_checkpoint_is_one_line_error(tmp_path):
     assert "\n" not in str(err.value)
 
 
+def test_saved_config_a_check_refuses_is_one_line_naming_the_file(tmp_path):
+    """A value an older mindloop accepted (max_grad_norm 0) or a hand edit: loading names the
+    checkpoint's config.json, not just the field."""
+    agent, cfg = tiny_agent()
+    path = save_checkpoint(tmp_path, agent, cfg, step=1)
+    meta = json.loads((path / "config.json").read_text())
+    meta["config"]["ppo"]["max_grad_norm"] = 0.0
+    (path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError) as err:
+        load_agent(path)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{path / 'config.json'}: ppo.max_grad_norm")
+    assert message.endswith("edit that value in the file")
+
+
 def test_dangling_latest_names_the_newest_complete_checkpoint(tmp_path):
     """A ``latest`` naming a deleted checkpoint said only "no checkpoint" although others
     were there; the error names the newest complete one, which loads."""

@@ -144,7 +144,7 @@ NONFINITE = [
     ("ppo.think_cost", NAN, "must be a finite number, got nan"),
     ("ppo.memory_cost", NAN, "must be a finite number, got nan"),
     ("ppo.entropy_coef", INF, "must be a finite number, got inf"),
-    ("ppo.target_kl", INF, "must be a finite number, got inf"),
+    ("ppo.target_kl", NAN, "must be > 0 or None, got nan"),  # its own check comes first
     ("bc.kl_coef", INF, "must be a finite number, got inf"),
     ("agent.core.mlp_ratio", INF, "must be a finite number, got inf"),
     ("agent.memory.get_temperature", NAN, "must be a finite number, got nan"),
@@ -179,6 +179,8 @@ def test_nonfinite_in_saved_config_is_one_line_error(path, value, rule):
 def test_infinite_max_grad_norm_means_no_clipping():
     config = replace_dotted(TrainConfig(), "ppo.max_grad_norm", INF)
     assert config.ppo.max_grad_norm == INF
+    # target_kl inf (never stop early, as None) was accepted before: older configs hold it
+    assert replace_dotted(TrainConfig(), "ppo.target_kl", INF).ppo.target_kl == INF
     with pytest.raises(ValueError, match="max_grad_norm"):
         replace_dotted(TrainConfig(), "ppo.max_grad_norm", NAN)
     with pytest.raises(ValueError, match="max_grad_norm"):

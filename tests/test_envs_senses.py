@@ -434,17 +434,20 @@ def _reacher_for_mindloop(**kwargs: object) -> gym.Env:
     return DictActionWrapper(MujocoSensesWrapper(gym.make("Reacher-v5", **kwargs), keys=()))
 
 
-def test_train_py_trains_in_a_wrapped_gymnasium_mujoco_env(tmp_path) -> None:
+@pytest.mark.parametrize("algo", ["ppo", "sb3-ppo"])
+def test_train_py_trains_in_a_wrapped_gymnasium_mujoco_env(algo, tmp_path) -> None:
     """The README's recipe: a Gymnasium MuJoCo env with Dict observations and actions trains
-    with --algo ppo end to end, and ends without a video (it cannot replay episodes) instead
-    of failing after training."""
+    end to end, with periodic evaluations (an SB3 baseline's formatted a success rate the
+    env does not have: a TypeError), and ends without a video (it cannot replay episodes)
+    instead of failing after training."""
     from agent.config import TrainConfig
     from agent.training import train
 
     env_id = "mindloop_test/ReacherDict-v0"
     if env_id not in gym.registry:
         gym.register(env_id, entry_point=_reacher_for_mindloop, max_episode_steps=50)
-    cfg = TrainConfig(algo="ppo")
+    cfg = TrainConfig(algo=algo)
+    cfg.run.eval_every = 1
     cfg.env.id, cfg.env.num_envs, cfg.env.vectorization = env_id, 2, "sync"
     cfg.agent.encoders.embed_dim, cfg.agent.core.hidden_dim = 16, 16
     cfg.ppo.total_steps, cfg.ppo.rollout_steps, cfg.ppo.bptt_steps = 64, 16, 4

@@ -400,6 +400,20 @@ def test_run_dir_that_is_or_is_under_a_file_is_one_line(under, tmp_path):
     assert afile.read_text() == "mine"
 
 
+def test_a_path_error_without_a_path_is_still_one_line(monkeypatch):
+    """Minari and timm raise FileNotFoundError with a message only: it printed 'None: None'."""
+    import agent.training
+    import train as train_script
+
+    def missing(config):
+        raise FileNotFoundError("Dataset x not found locally at /y")
+
+    monkeypatch.setattr(agent.training, "train", missing)
+    with pytest.raises(SystemExit) as exit_info:
+        train_script.main(["--algo", "ppo"])
+    assert exit_info.value.code == "error: Dataset x not found locally at /y"
+
+
 def test_bc_dataset_of_another_policy_warns(tmp_path):
     """Demonstrations recorded with another policy than the scripted expert (eval.py
     --policy random --record) are cloned as they are: a warning says so."""
@@ -610,6 +624,21 @@ def test_resume_of_a_checkpoint_copied_out_of_its_run_writes_nothing(algo, tmp_p
     assert "\n" not in str(failure.value)
     assert sorted(p.relative_to(mine) for p in mine.rglob("*")) == before
     assert (mine / "eval.json").read_text() == '{"my": "results"}'
+
+
+def test_resume_of_a_run_whose_checkpoints_folder_is_a_symlink(tmp_path):
+    """<run>/checkpoints -> scratch storage is a run's own folder: the resume continues that
+    run (it was refused, and before that wrote next to the symlink's target)."""
+    import train as train_script
+
+    run_dir = tmp_path / "run"
+    cfg = tiny_config(run_dir, "bc")
+    train(cfg)
+    (run_dir / "checkpoints").rename(tmp_path / "scratch")
+    (run_dir / "checkpoints").symlink_to(tmp_path / "scratch")
+    result = train(train_script.parse_config(["--resume", str(run_dir)]))
+    assert result.run_dir == run_dir and (run_dir / "eval.json").exists()
+    assert not (tmp_path / "eval.json").exists()  # nothing beside the symlink's target
 
 
 def test_resume_of_a_newer_checkpoint_format_is_one_line(tmp_path):
