@@ -35,8 +35,13 @@ class EpisodeLog:
     """Mean memory calls (set + get) per frame of each episode."""
     env_index: list[int] = field(default_factory=list)
     """Which env of the vector env ran the episode."""
+    success_reported: list[bool] = field(default_factory=list)
+    """Whether the episode's env gave ``info["is_success"]`` at its end."""
 
-    FIELDS = ("returns", "lengths", "successes", "think_steps", "memory_calls", "env_index")
+    FIELDS = (
+        "returns", "lengths", "successes", "think_steps", "memory_calls", "env_index",
+        "success_reported",
+    )  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.returns)
@@ -59,12 +64,20 @@ class EpisodeLog:
             return {}
         return {
             "episodes": float(len(self.returns)),
-            "success_rate": float(np.mean(self.successes)),
+            "success_rate": self._success_rate(),
             "episode_return": float(np.mean(self.returns)),
             "episode_length": float(np.mean(self.lengths)),
             "think_steps": float(np.mean(self.think_steps)),
             "memory_calls": float(np.mean(self.memory_calls)),
         }
+
+    def _success_rate(self) -> float:
+        """Over the episodes whose env reports success; NaN where none does (an env without
+        ``info["is_success"]``: no success rate, rather than a made-up 0)."""
+        if len(self.success_reported) != len(self.successes):  # a log filled by hand
+            return float(np.mean(self.successes))
+        reported = [s for s, r in zip(self.successes, self.success_reported, strict=True) if r]
+        return float(np.mean(reported)) if reported else float("nan")
 
 
 def memory_calls(info: StepInfo) -> torch.Tensor:
@@ -119,6 +132,8 @@ class EnvRunner:
             self.log.returns.append(float(self._ep_return[i]))
             self.log.lengths.append(int(self._ep_length[i]))
             self.log.successes.append(bool(out.success[i]))
+            reported = out.success_reported
+            self.log.success_reported.append(True if reported is None else bool(reported[i]))
             self.log.think_steps.append(float(self._ep_think[i]) / n)
             self.log.memory_calls.append(float(self._ep_calls[i]) / n)
             self.log.env_index.append(int(i))

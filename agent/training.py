@@ -411,7 +411,7 @@ def ppo_phase(run: Run, reward_fn=None, needs_expert: bool = False, name: str = 
             episodes = runner.drain()
             summary = episodes.summary()
             success = all_reduce_mean(summary.get("success_rate", float("nan")), run.dist)
-            if summary:
+            if summary and success == success:  # NaN: the env reports no success
                 recent_success.append(success)
             charts = {
                 "fps": metrics["fps"] * run.dist.world_size,
@@ -479,9 +479,12 @@ def _periodic_eval(run: Run) -> None:
     finally:
         envs.close()
     run.logger.scalars("eval", summary, run.env_step)
-    best = keep_best(run, summary["success_rate"], summary["episode_return"])
+    success = summary["success_rate"]  # NaN: the env reports no info["is_success"]
+    best = keep_best(run, success if success == success else 0.0, summary["episode_return"])
     run.log(
-        f"eval @ {run.env_step} steps: success {summary['success_rate']:.0%}, return "
+        f"eval @ {run.env_step} steps: success "
+        + ("n/a" if success != success else f"{success:.0%}")
+        + ", return "
         f"{summary['episode_return']:.2f}, think {summary['think_steps']:.2f}"
         + (" (best so far: checkpoints/best)" if best else "")
     )

@@ -182,6 +182,9 @@ class VectorStep:
     final_obs: dict[int, dict[str, np.ndarray]]
     """Last observation of each env whose episode ended here, by env index."""
     info: dict[str, Any]
+    success_reported: np.ndarray | None = None
+    """(N,) bool: the finished episode's env gave ``info["is_success"]`` (Gymnasium's own
+    MuJoCo envs do not: their ``success`` False means nothing); None: not known."""
 
     @property
     def done(self) -> np.ndarray:
@@ -199,6 +202,7 @@ def step_vector_env(envs: VectorEnv, actions: Any) -> VectorStep:
     terminated, truncated = np.asarray(terminated, bool), np.asarray(truncated, bool)
     done = terminated | truncated
     success = np.zeros(len(done), dtype=bool)
+    reported = np.zeros(len(done), dtype=bool)
     final_obs: dict[int, dict[str, np.ndarray]] = {}
     if done.any():
         finals = info.get("final_obs")
@@ -209,7 +213,7 @@ def step_vector_env(envs: VectorEnv, actions: Any) -> VectorStep:
             if finals is not None and finals[i] is not None:
                 final_obs[int(i)] = finals[i]
             if flags is not None and (mask is None or mask[i]):
-                success[i] = bool(flags[i])
+                success[i], reported[i] = bool(flags[i]), True
     return VectorStep(
         obs=obs,
         reward=np.asarray(reward, dtype=np.float32),
@@ -218,6 +222,7 @@ def step_vector_env(envs: VectorEnv, actions: Any) -> VectorStep:
         success=success,
         final_obs=final_obs,
         info=info,
+        success_reported=reported,
     )
 
 

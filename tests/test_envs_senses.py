@@ -435,7 +435,7 @@ def _reacher_for_mindloop(**kwargs: object) -> gym.Env:
 
 
 @pytest.mark.parametrize("algo", ["ppo", "sb3-ppo"])
-def test_train_py_trains_in_a_wrapped_gymnasium_mujoco_env(algo, tmp_path) -> None:
+def test_train_py_trains_in_a_wrapped_gymnasium_mujoco_env(algo, tmp_path, capsys) -> None:
     """The README's recipe: a Gymnasium MuJoCo env with Dict observations and actions trains
     end to end, with periodic evaluations (an SB3 baseline's formatted a success rate the
     env does not have: a TypeError), and ends without a video (it cannot replay episodes)
@@ -459,6 +459,8 @@ def test_train_py_trains_in_a_wrapped_gymnasium_mujoco_env(algo, tmp_path) -> No
     assert result.success_rate is None
     saved = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert saved["summary"]["success_rate"] is None
+    evals = [line for line in capsys.readouterr().out.splitlines() if line.startswith("eval @")]
+    assert evals and all("success n/a" in line for line in evals), evals  # was "success 0%"
     assert not (tmp_path / "run" / "video.mp4").exists()
 
 
