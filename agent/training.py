@@ -51,7 +51,7 @@ from agent.checkpoint import (
     save_checkpoint,
     unpack,
 )
-from agent.config import TrainConfig, config_to_dict
+from agent.config import TrainConfig, config_from_dict, config_to_dict
 from agent.demonstrations import (
     Episode,
     SequenceSampler,
@@ -538,6 +538,9 @@ class TrainResult:
 
 def train(config: TrainConfig) -> TrainResult:
     """Train as ``config`` says; returns the run directory, agent, checkpoint, success rate."""
+    # every check again, through the round trip config.json will take: a field set after the
+    # config was built (cfg.ppo.think_cost = nan) skipped its __post_init__ checks
+    config_from_dict(TrainConfig, json.loads(json.dumps(config_to_dict(config))))
     algorithm = ALGORITHMS.get(config.algo)
     check_env_id(config.env.id)
     for phase in algorithm.phases:

@@ -400,6 +400,24 @@ def test_run_dir_that_is_or_is_under_a_file_is_one_line(under, tmp_path):
     assert afile.read_text() == "mine"
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("think_cost", float("nan"), "ppo.think_cost must be a finite number, got nan"),
+        ("lr", "fast", "config ppo.lr must be a float, got 'fast'"),
+        ("max_grad_norm", 0.0, "ppo.max_grad_norm must be > 0"),
+    ],
+)
+def test_fields_set_after_the_config_was_built_are_checked(field, value, message, tmp_path):
+    """The config checks ran in __post_init__ only: from Python, ``cfg.ppo.think_cost = nan;
+    train(cfg)`` started training and died in torch."""
+    cfg = tiny_config(tmp_path / "run", "ppo")
+    setattr(cfg.ppo, field, value)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        train(cfg)
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_path_error_without_a_path_is_still_one_line(monkeypatch):
     """Minari and timm raise FileNotFoundError with a message only: it printed 'None: None'."""
     import agent.training
