@@ -19,7 +19,7 @@ from typing import Annotated
 
 import tyro
 
-from agent.cli import cli
+from agent.cli import cli, path_error_line
 
 DEFAULT_TASK_ID = "mindloop/MuscleReach-v0"
 
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\neval.py: interrupted", file=sys.stderr)
         return 130
     except _io_errors() as e:  # the last resort for a path the checks did not foresee
-        print(f"eval.py: error: {_io_error_line(e)}", file=sys.stderr)
+        print(f"eval.py: error: {path_error_line(e)}", file=sys.stderr)
         return 1
     return 0
 
@@ -173,13 +173,6 @@ def _io_errors() -> tuple[type[Exception], ...]:
     import av
 
     return (OSError, av.error.FFmpegError)
-
-
-def _io_error_line(e: Exception) -> str:
-    """``<path>: <reason>`` on one line (the path is what the user can act on)."""
-    path = getattr(e, "filename", None)
-    reason = getattr(e, "strerror", None) or str(e).splitlines()[0]
-    return f"{path}: {reason}" if path else reason
 
 
 if __name__ == "__main__":

@@ -89,9 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:  # a user mistake: one line, no traceback
         sys.exit(f"error: {err}")
     except _PATH_ERRORS as err:  # e.g. a path under a file: the path and why
-        if err.filename is None:  # raised with a message only (Minari, timm)
-            sys.exit(f"error: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
-        sys.exit(f"error: {err.filename}: {err.strerror}")
+        from agent.cli import path_error_line
+
+        sys.exit(f"error: {path_error_line(err)}")
     except KeyboardInterrupt:  # Ctrl-C: the latest checkpoint is complete (atomic writes)
         return _interrupted(config)
     except Exception as err:

@@ -401,14 +401,10 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
             candidate = candidate.parent / os.readlink(candidate)
         if not candidate.exists():  # a re-save was killed between its two renames
             candidate = candidate.parent / f"{OLD_PREFIX}{candidate.name}"
-        if (candidate / "config.json").is_file() and (candidate / "model.safetensors").is_file():
+        if _is_checkpoint(candidate):
             return candidate.resolve()
-    complete = [
-        d
-        for root in (p, p / CHECKPOINTS)
-        for d in sorted(root.glob("step_*"))
-        if (d / "config.json").is_file() and (d / "model.safetensors").is_file()
-    ]
+    complete = [d for root in (p, p / CHECKPOINTS) for d in sorted(root.glob("step_*"))]
+    complete = [d for d in complete if _is_checkpoint(d)]
     if complete:  # latest lost or pointing at a deleted step: say which ones are there
         raise ValueError(
             f"no checkpoint at {str(p)!r}: its {LATEST} is missing or names a checkpoint that "
@@ -418,6 +414,10 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
         f"no checkpoint at {str(p)!r}: expected a directory with config.json and "
         "model.safetensors, or a run directory with checkpoints/latest"
     )
+
+
+def _is_checkpoint(directory: Path) -> bool:
+    return (directory / "config.json").is_file() and (directory / "model.safetensors").is_file()
 
 
 def _corrupt(path: Path, why: object) -> ValueError:
@@ -517,10 +517,8 @@ def saved_config(file: Path, data: dict[str, Any]) -> TrainConfig:
 
 def saved_run_config(path: str | os.PathLike) -> TrainConfig:
     """:func:`read_run_config` as a :class:`TrainConfig` (errors name the file read)."""
-    if unstarted_run(path):
-        return saved_config(Path(path) / "config.json", read_run_config(path))
-    ckpt = resolve_checkpoint(path)
-    return saved_config(ckpt / "config.json", read_run_config(path))
+    folder = Path(path) if unstarted_run(path) else resolve_checkpoint(path)
+    return saved_config(folder / "config.json", read_run_config(path))
 
 
 def read_checkpoint_meta(path: str | os.PathLike) -> dict[str, Any]:

@@ -33,6 +33,14 @@ def cli(cls: type[T], **kwargs: Any) -> T:
             return tyro.cli(cls, **kwargs)
 
 
+def path_error_line(e: Exception) -> str:
+    """An OSError (or PyAV error) as ``<path>: <reason>`` on one line (the path is what the
+    user can act on); one raised with a message only (Minari, timm) as that message."""
+    path = getattr(e, "filename", None)
+    reason = getattr(e, "strerror", None) or (str(e).splitlines() or [type(e).__name__])[0]
+    return f"{path}: {reason}" if path else reason
+
+
 def _with_option(message: str, argument: Any) -> str:
     """tyro's message about one value, with the option it was given to (a bad int or a
     dangling KEY of KEY VALUE pairs named no option: "Failed to parse key-value pairs!")."""
