@@ -177,6 +177,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny run (under a minute)")
     ap.add_argument("--delay", type=int, default=20, help="delay_steps of the training episodes")
     ap.add_argument("--cue-stays", action="store_true", help="visually guided control")
+    ap.add_argument(
+        "--layout",
+        choices=("random", "slots"),
+        default="random",
+        help="ball places: new every episode, or fixed (only the colours move)",
+    )
     ap.add_argument("--episodes", type=int, default=300, help="expert demonstrations")
     ap.add_argument("--updates", type=int, default=1000, help="BC gradient steps")
     ap.add_argument("--no-memory", action="store_true")
@@ -262,6 +268,8 @@ def main() -> None:
     kwargs: dict[str, Any] = {"delay_steps": a.delay}
     if a.cue_stays:
         kwargs["cue_stays"] = True
+    if a.layout != "random":
+        kwargs["layout"] = a.layout
     tag = "_".join(f"{k}{v}" for k, v in sorted(kwargs.items()))
     demos = OUT.parent / "cue_recall_bc" / f"{tag}_n{a.episodes}_s{a.seed}"
     episodes = load_episodes(demos) if (demos / "data").exists() else None

@@ -14,6 +14,10 @@ from envs.base import OFF_GROUP, check_choice, check_non_negative, check_positiv
 from envs.reach import COLOR_RGBA, COLOR_TONE_HZ, ReachEnv
 
 CUE_MODES = ("color", "sound", "both")
+LAYOUTS = ("random", "slots")
+"""Where the balls appear: new places every episode, or the same places (only the colours
+and the cued ball's place change)."""
+_SLOTS_SEED, _SLOTS_DRAWS = 0, 256  # the fixed places: the best spread of 256 seeded draws
 PHASES = ("cue", "delay", "reach")
 MEMORY_OPS = ("none", "set", "get")
 """Memory calls the scripted expert labels frames with (``expert_memory_op``): the names of a
@@ -32,7 +36,12 @@ class CueRecallEnv(ReachEnv):
        light, with its colour's tone when the cue has sound.
     3. **reach** (``reach_steps``): ``num_targets`` balls of different colours appear; the
        hand must dwell on the one with the cue's colour. Dwelling on another ends the
-       episode as a failure.
+       episode as a failure. With ``layout="random"`` (the default) the balls show at new
+       places every episode, so finding the cued colour in the image is part of the task;
+       with ``layout="slots"`` they always show at the same ``num_targets`` places (drawn
+       once, away from the hand's start) and only which colour sits where changes: the
+       memory test without the visual search (the cue still has to be matched to a ball
+       by colour).
 
     **Observation**: ``image``, ``audio``, ``proprio``, ``touch`` as MuscleReach; nothing
     tells the cue once it is gone: the agent must remember it. With ``cue_stays=True`` the
@@ -75,6 +84,7 @@ class CueRecallEnv(ReachEnv):
         distractor_steps: int = 3,
         tone_level: float = 0.25,
         cue_stays: bool = False,
+        layout: str = "random",
         success_radius: float | None = None,
         hold_steps: int = 3,
         dwell_speed: float = 0.15,
@@ -90,6 +100,7 @@ class CueRecallEnv(ReachEnv):
         audio_info: bool = False,
     ) -> None:
         check_choice("cue", cue, CUE_MODES)
+        check_choice("layout", layout, LAYOUTS)
         check_positive("cue_steps", cue_steps)
         check_non_negative("delay_steps", delay_steps)
         check_positive("reach_steps", reach_steps)
@@ -105,6 +116,7 @@ class CueRecallEnv(ReachEnv):
         self.distractor_rate, self.distractor_steps = float(distractor_rate), int(distractor_steps)
         self.tone_level = float(tone_level)
         self.cue_stays = bool(cue_stays)
+        self.layout = layout
         super().__init__(
             arm=arm,
             num_objects=num_targets,
@@ -143,6 +155,30 @@ class CueRecallEnv(ReachEnv):
         self._cue = 0
         self._distractor_left = 0  # steps the current distractor still shows (0: none)
         self._distractor_color = 0
+        # (n, J) postures and (n, 3) hand points of the fixed places, or None (random layout)
+        self._slots: tuple[np.ndarray, np.ndarray] | None = None
+        if self.layout == "slots":
+            self._slots = self._spread_slots()
+
+    def _spread_slots(self) -> tuple[np.ndarray, np.ndarray]:
+        """The fixed places of ``layout="slots"``: of ``_SLOTS_DRAWS`` seeded draws of
+        ``num_targets`` reachable postures, the one whose hand points lie farthest apart from
+        each other and from the hand's home (the largest smallest distance). The same for
+        every env of an arm and ``num_targets``. Returns postures (n, J), points (n, 3)."""
+        lo, hi = self.arm.target_qrange[:, 0], self.arm.target_qrange[:, 1]
+        rng = np.random.default_rng(_SLOTS_SEED)
+        home = self._fk_point(self.arm.home_qpos)
+        best, best_gap = None, -1.0
+        for _ in range(_SLOTS_DRAWS):
+            qs = rng.uniform(lo, hi, (self.num_objects, len(lo)))
+            pts = np.array([self._fk_point(q) for q in qs])
+            every = np.vstack([pts, home])
+            gaps = np.linalg.norm(every[:, None] - every[None], axis=-1)
+            gap = gaps[np.triu_indices(len(every), 1)].min()
+            if gap > best_gap:
+                best, best_gap = (qs, pts), gap
+        assert best is not None
+        return best
 
     @property
     def phase(self) -> str:
@@ -197,7 +233,10 @@ class CueRecallEnv(ReachEnv):
         n = self.num_objects
         others = [c for c in range(len(vocab.COLORS)) if c != self._cue]
         colors = [self._cue, *self.np_random.choice(others, size=n - 1, replace=False)]
-        qs, points = self._sample_points(n, avoid=[self.hand_pos()])
+        if self._slots is None:
+            qs, points = self._sample_points(n, avoid=[self.hand_pos()])
+        else:
+            qs, points = self._slots
         order = self.np_random.permutation(n)  # the goal's slot is random, not always 0
         for slot, k in enumerate(order):
             self._show_object(slot, qs[slot], points[slot], int(colors[k]))

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -63,15 +64,54 @@ def test_bad_argument_is_one_error_line(
         assert "error:" in last and message in last, last
 
 
-def test_memory_recall_writes_next_to_the_script_from_any_cwd() -> None:
-    """Like the other benchmarks, memory_recall.py's JSON goes to benchmarks/out/ whatever the
-    working directory (it went to ./benchmarks/out/ under the cwd)."""
+def _load_benchmark(name: str) -> Any:
+    """Import ``benchmarks/<name>.py`` (not a package) as a module."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
-        "memory_recall_bench", ROOT / "benchmarks" / "memory_recall.py"
+        f"{name}_bench", ROOT / "benchmarks" / f"{name}.py"
     )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
+    return module
+
+
+def test_memory_recall_writes_next_to_the_script_from_any_cwd() -> None:
+    """Like the other benchmarks, memory_recall.py's JSON goes to benchmarks/out/ whatever the
+    working directory (it went to ./benchmarks/out/ under the cwd)."""
+    module = _load_benchmark("memory_recall")
     assert Path(module.Args().out) == ROOT / "benchmarks" / "out" / "memory_recall.json"
+
+
+def test_learning_cue_layout_is_part_of_the_plan_and_the_result_key() -> None:
+    """``--cue-layout slots`` reaches CueRecall's env arguments, and its results get keys of
+    their own: a rerun into the same JSON must not take the random layout's results for them
+    (or the other way round), while the default plan keeps the keys of earlier results."""
+    learning = _load_benchmark("learning")
+    task = "mindloop/CueRecall-v0"
+    tasks = [task, "mindloop/MuscleReach-v0"]
+
+    def specs(cue_layout: str = "random") -> dict[str, object]:
+        args = learning.argparse.Namespace(
+            tasks=tasks, contenders=["sb3-ppo"], seeds=[1], quick=False, budget=None,
+            eval_episodes=20, num_envs=8, bc_updates=1000, think_cost=None, anchor_coef=None,
+            cue_layout=cue_layout,
+        )  # fmt: skip
+        return {s.task: s for s in learning.plan(args)}
+
+    default, slots = specs(), specs("slots")
+    assert default[task].env_kwargs == {"delay_steps": 200}
+    assert slots[task].env_kwargs == {"delay_steps": 200, "layout": "slots"}
+    assert default[task].key == f"{task}|sb3-ppo|1|20000|0"  # as before the option existed
+    assert slots[task].key == f"{task}|sb3-ppo|1|20000|0|layout=slots"
+    reach = "mindloop/MuscleReach-v0"
+    assert slots[reach].env_kwargs == {} and slots[reach].key == default[reach].key
+    lines = learning.targets(
+        [{"spec": {"task": task, "contender": "sb3-ppo"}, "success": 0.25}],
+        "CueRecall delay 200, slots layout",
+    )
+    assert lines == [
+        "CueRecall delay 200, slots layout, PPO without memory near chance (33% for a random "
+        "ball): 25%"
+    ]

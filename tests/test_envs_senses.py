@@ -184,6 +184,51 @@ def test_cue_recall_cue_stays_is_the_visually_guided_control() -> None:
             assert info["phase"] == "delay" and color_pixels(obs["image"], info["cue"]) == shown
 
 
+def _balls_at_reach(env: gym.Env, seed: int) -> tuple[np.ndarray, list[str], int, str]:
+    """Run one episode to its first reach frame: ball points (n, 3), colours, goal, cue."""
+    _, info = env.reset(seed=seed)
+    u = env.unwrapped
+    for _ in range(u.reach_start):
+        _, _, _, _, info = env.step({"muscles": np.zeros(6, np.float32)})
+    assert info["phase"] == "reach"
+    colors = [vocab.COLORS[c] for c in u._obj_color]
+    return u._obj_point.copy(), colors, u._goal, info["cue"]
+
+
+@pytest.mark.parametrize("arm", ["capsule", "myoelbow"])
+def test_cue_recall_slots_layout_moves_only_the_colours(arm: str) -> None:
+    """``layout="slots"``: the balls show at the same well-spread places every episode (and
+    in every env), the cued colour's place and the colours change, the goal is the cued one."""
+    kwargs = {"delay_steps": 2, "layout": "slots", "arm": arm, "obs_keys": ("proprio",)}
+    with (
+        gym.make("mindloop/CueRecall-v0", **kwargs) as env,
+        gym.make("mindloop/CueRecall-v0", **kwargs) as other,
+    ):
+        u = env.unwrapped
+        episodes = [_balls_at_reach(env, seed) for seed in range(8)]
+        places = {tuple(np.round(p, 9).ravel()) for p, *_ in episodes}
+        assert len(places) == 1  # the same places every episode
+        np.testing.assert_allclose(_balls_at_reach(other, 99)[0], episodes[0][0])  # every env
+        assert len({goal for _, _, goal, _ in episodes}) > 1  # the cued ball's place varies
+        assert len({tuple(c) for _, c, _, _ in episodes}) > 1  # and the colours do
+        for _, colors, goal, cue in episodes:
+            assert colors[goal] == cue and colors.count(cue) == 1
+        # spread: apart from each other and from the hand's home by the arm's separation
+        points = episodes[0][0]
+        home = u._fk_point(u.arm.home_qpos)
+        every = np.vstack([points, home])
+        gaps = np.linalg.norm(every[:, None] - every[None], axis=-1)
+        assert gaps[np.triu_indices(len(every), 1)].min() >= u.arm.min_separation * 0.7
+    with gym.make("mindloop/CueRecall-v0", delay_steps=2, arm=arm) as env:
+        first = _balls_at_reach(env, 0)[0]
+        assert not np.allclose(first, _balls_at_reach(env, 1)[0])  # the default: random places
+
+
+def test_cue_recall_unknown_layout_names_the_choices() -> None:
+    with pytest.raises(ValueError, match="unknown layout 'grid'; allowed: random, slots"):
+        gym.make("mindloop/CueRecall-v0", layout="grid")
+
+
 # ---------------------------------------------------------------- reading
 @pytest.mark.parametrize("mode", ["both", "color", "shape"])
 def test_instruction_tokens_decode_to_the_intended_object(mode: str) -> None:
