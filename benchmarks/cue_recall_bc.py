@@ -173,15 +173,18 @@ def teacher_forced_latent_r2(agent, decoder, episodes) -> tuple[float, float]:
 
 
 def main() -> None:
+    from envs import cue_recall
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny run (under a minute)")
     ap.add_argument("--delay", type=int, default=20, help="delay_steps of the training episodes")
     ap.add_argument("--cue-stays", action="store_true", help="visually guided control")
     ap.add_argument(
         "--layout",
-        choices=("random", "slots"),
+        choices=cue_recall.LAYOUTS,
         default="random",
-        help="ball places: new every episode, or fixed (only the colours move)",
+        help="ball places: new every episode; 'slots': fixed, colours shuffled; 'fixed': "
+        "fixed places and colours",
     )
     ap.add_argument("--episodes", type=int, default=300, help="expert demonstrations")
     ap.add_argument("--updates", type=int, default=1000, help="BC gradient steps")

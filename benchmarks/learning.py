@@ -554,6 +554,7 @@ def targets(results: list[dict[str, Any]], cue_label: str = "CueRecall delay 200
 
 def main(argv: list[str] | None = None) -> None:
     import envs
+    from envs import cue_recall
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -595,10 +596,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--cue-layout",
-        choices=("random", "slots"),
+        choices=cue_recall.LAYOUTS,
         default="random",
-        help="CueRecall's ball layout: new places every episode (the task's default), or "
-        "fixed places where only the colours move (the memory test without visual search)",
+        help="CueRecall's balls: new places every episode (the task's default); 'slots': fixed "
+        "places, shuffled colours (no visual search); 'fixed': fixed places and colours (the "
+        "memory test alone)",
     )
     parser.add_argument(
         "--jobs", type=int, default=None, help="runs at once (processes; default 1, quick 2)"
@@ -682,14 +684,15 @@ def main(argv: list[str] | None = None) -> None:
         f"{demo_note(results)}."
     )
     print(table(results, args.tasks, args.contenders))
-    slots = args.cue_layout == "slots"
-    for line in targets(results, "CueRecall delay 200" + (", slots layout" if slots else "")):
+    layout = args.cue_layout
+    label = "CueRecall delay 200" + (f", {layout} layout" if layout != "random" else "")
+    for line in targets(results, label):
         print(line)
     save(out, args, results + kept, started)
     print(f"wrote {out}")
     cue = "mindloop/CueRecall-v0"
     value = success_of(results, cue, "mindloop")
-    name = "cuerecall200_slots_mindloop_success" if slots else "cuerecall200_mindloop_success"
+    name = "cuerecall200" + (f"_{layout}" if layout != "random" else "") + "_mindloop_success"
     shown = "nan" if value is None else f"{value:.2f}"
     print(f"headline: {name}={shown} (target >=0.9)")
 

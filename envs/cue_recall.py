@@ -14,9 +14,9 @@ from envs.base import OFF_GROUP, check_choice, check_non_negative, check_positiv
 from envs.reach import COLOR_RGBA, COLOR_TONE_HZ, ReachEnv
 
 CUE_MODES = ("color", "sound", "both")
-LAYOUTS = ("random", "slots")
-"""Where the balls appear: new places every episode, or the same places (only the colours
-and the cued ball's place change)."""
+LAYOUTS = ("random", "slots", "fixed")
+"""Where the balls appear: new places every episode; the same places, with the colours
+shuffled among them; or the same places and colours (only the cue changes)."""
 _SLOTS_SEED, _SLOTS_DRAWS = 0, 256  # the fixed places: the best spread of 256 seeded draws
 PHASES = ("cue", "delay", "reach")
 MEMORY_OPS = ("none", "set", "get")
@@ -39,9 +39,11 @@ class CueRecallEnv(ReachEnv):
        episode as a failure. With ``layout="random"`` (the default) the balls show at new
        places every episode, so finding the cued colour in the image is part of the task;
        with ``layout="slots"`` they always show at the same ``num_targets`` places (drawn
-       once, away from the hand's start) and only which colour sits where changes: the
-       memory test without the visual search (the cue still has to be matched to a ball
-       by colour).
+       once, away from the hand's start) and only which colour sits where changes: no
+       visual search, but the cue still has to be matched to a ball by colour; with
+       ``layout="fixed"`` each place also keeps its colour (the first ``num_targets``
+       vocabulary colours) and the cue is one of them: the memory test alone, as in the
+       classic T-maze (which colour was cued decides where to reach).
 
     **Observation**: ``image``, ``audio``, ``proprio``, ``touch`` as MuscleReach; nothing
     tells the cue once it is gone: the agent must remember it. With ``cue_stays=True`` the
@@ -157,7 +159,7 @@ class CueRecallEnv(ReachEnv):
         self._distractor_color = 0
         # (n, J) postures and (n, 3) hand points of the fixed places, or None (random layout)
         self._slots: tuple[np.ndarray, np.ndarray] | None = None
-        if self.layout == "slots":
+        if self.layout != "random":
             self._slots = self._spread_slots()
 
     def _spread_slots(self) -> tuple[np.ndarray, np.ndarray]:
@@ -203,7 +205,9 @@ class CueRecallEnv(ReachEnv):
 
     def _reset_task(self, options: dict[str, Any] | None) -> None:
         self._reset_arm()
-        self._cue = int(self.np_random.integers(len(vocab.COLORS)))
+        # fixed layout: the cue is one of the balls' colours (place i has colour i)
+        cues = self.num_objects if self.layout == "fixed" else len(vocab.COLORS)
+        self._cue = int(self.np_random.integers(cues))
         self._distractor_left = 0
         self._light(self._dis_geom, None)
         self._light(self._cue_geom, self._cue if self.cue_mode != "sound" else None)
@@ -231,6 +235,12 @@ class CueRecallEnv(ReachEnv):
 
     def _show_targets(self) -> None:
         n = self.num_objects
+        if self.layout == "fixed":
+            qs, points = self._slots
+            for slot in range(n):
+                self._show_object(slot, qs[slot], points[slot], slot)
+            self._goal = self._cue
+            return
         others = [c for c in range(len(vocab.COLORS)) if c != self._cue]
         colors = [self._cue, *self.np_random.choice(others, size=n - 1, replace=False)]
         if self._slots is None:

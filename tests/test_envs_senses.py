@@ -224,8 +224,23 @@ def test_cue_recall_slots_layout_moves_only_the_colours(arm: str) -> None:
         assert not np.allclose(first, _balls_at_reach(env, 1)[0])  # the default: random places
 
 
+def test_cue_recall_fixed_layout_moves_only_the_cue() -> None:
+    """``layout="fixed"``: the slots' places, each always in its own colour; the cue is one of
+    those colours, so the cue alone says where to reach (the memory test on its own)."""
+    kwargs = {"delay_steps": 2, "layout": "fixed", "obs_keys": ("proprio",)}
+    with gym.make("mindloop/CueRecall-v0", **kwargs) as env:
+        with gym.make("mindloop/CueRecall-v0", **{**kwargs, "layout": "slots"}) as slots:
+            places = _balls_at_reach(slots, 0)[0]
+        episodes = [_balls_at_reach(env, seed) for seed in range(10)]
+        n = env.unwrapped.num_objects
+        for points, colors, goal, cue in episodes:
+            np.testing.assert_allclose(points, places)
+            assert colors == list(vocab.COLORS[:n]) and colors[goal] == cue
+        assert {cue for *_, cue in episodes} == set(vocab.COLORS[:n])
+
+
 def test_cue_recall_unknown_layout_names_the_choices() -> None:
-    with pytest.raises(ValueError, match="unknown layout 'grid'; allowed: random, slots"):
+    with pytest.raises(ValueError, match="unknown layout 'grid'; allowed: random, slots, fixed"):
         gym.make("mindloop/CueRecall-v0", layout="grid")
 
 
