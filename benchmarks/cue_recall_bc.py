@@ -25,6 +25,8 @@ thread. Demonstrations are cached under ``benchmarks/out/cue_recall_bc/`` per (k
     python benchmarks/cue_recall_bc.py --quick
     nice -n 10 python benchmarks/cue_recall_bc.py --delay 5 --episodes 1000 --updates 2000 \\
         --dagger 2 --eval-delays 5 200
+    # an agent trained elsewhere (train.py, learning.py): the same table, no training
+    python benchmarks/cue_recall_bc.py --checkpoint RUN/checkpoints/latest --eval-delays 200
 
 The last line is ``headline: cuerecall_bc_success=<rate at the last eval delay> (target >=0.9)``.
 """
@@ -145,6 +147,50 @@ def evaluate_clone(
     return out
 
 
+def evaluation_table(
+    agent, kwargs: dict[str, Any], delays: list[int], episodes: int, latent_decoder=None
+) -> list[dict[str, Any]]:
+    """:func:`evaluate_clone` at each delay, with the memory read intact and (an agent with
+    memory) ablated; prints the table and returns its rows."""
+    print(
+        "| eval delay | read | success | wrong | near any ball | goal selected | set/ep | get/ep |"
+    )
+    print("|---:|---|---:|---:|---:|---:|---:|---:|")
+    results = []
+    for delay in delays:
+        for ablate in (False, True) if agent.policy.memory is not None else (False,):
+            m = evaluate_clone(
+                agent, {**kwargs, "delay_steps": delay}, episodes, ablate,
+                None if ablate else latent_decoder,
+            )  # fmt: skip
+            results.append({"eval_delay": delay, "ablated_read": ablate, **m})
+            print(f"| {delay} | {'ablated' if ablate else 'intact'} | {m['success']:.2f} | "
+                  f"{m['wrong']:.2f} | {m['near_any_ball']:.2f} | {m['goal_selected']:.2f} | "
+                  f"{m['set_per_episode']:.1f} | {m['get_per_episode']:.1f} |")  # fmt: skip
+    return results
+
+
+def evaluate_checkpoint(path: Path, delays: list[int], episodes: int, out: Path) -> None:
+    """The same evaluation of an agent trained elsewhere (``train.py``, ``learning.py``) on
+    the CueRecall arguments it was trained with, at ``delays``: does it use its memory?"""
+    import torch
+
+    from agent.checkpoint import load_agent
+
+    torch.set_num_threads(1)
+    agent, config = load_agent(path)
+    if config.env.id != TASK:
+        raise ValueError(f"--checkpoint {path} was trained on {config.env.id}, not {TASK}")
+    kwargs = config.env.make_kwargs()
+    print(f"checkpoint {path}: {TASK} {kwargs}")
+    results = evaluation_table(agent, kwargs, delays, episodes)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    record = {"checkpoint": str(path), "env_kwargs": kwargs, "results": results}
+    out.write_text(json.dumps(record, indent=2))
+    last = [r for r in results if r["eval_delay"] == delays[-1] and not r["ablated_read"]]
+    print(f"headline: cuerecall_bc_success={last[0]['success']:.2f} (target >=0.9)")
+
+
 def r2_score(pred: np.ndarray, target: np.ndarray) -> float:
     """1 - SSE / SST over all entries of (N, d) arrays (per-dimension means)."""
     sst = float(((target - target.mean(0)) ** 2).sum())
@@ -237,6 +283,13 @@ def main() -> None:
     ap.add_argument("--eval-episodes", type=int, default=20)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="evaluate this trained CueRecall agent (read intact and ablated) instead of "
+        "training one; its env arguments, at --eval-delays",
+    )
     a = ap.parse_args()
     lows = {"delay": 0, "episodes": 1, "updates": 1, "k_max": 0, "dagger": 0}
     lows |= {"dagger_episodes": 1, "dagger_updates": 0, "eval_episodes": 1}
@@ -249,6 +302,12 @@ def main() -> None:
         ap.error(f"--image-channels takes 1 to 6 values for a 64x64 image, got {a.image_channels}")
     if a.image_channels is not None and min(a.image_channels) < 1:
         ap.error(f"--image-channels must be >= 1, got {a.image_channels}")
+    if a.checkpoint is not None:
+        try:
+            evaluate_checkpoint(a.checkpoint, a.eval_delays, a.eval_episodes, a.out)
+        except (FileNotFoundError, ValueError) as e:  # no checkpoint there, or another task's
+            ap.error(str(e))
+        return
     if a.quick:
         a.delay, a.episodes, a.updates, a.eval_delays, a.eval_episodes = 5, 16, 20, [5], 2
         a.dagger_episodes, a.dagger_updates = 8, 10
@@ -326,21 +385,7 @@ def main() -> None:
         ) = teacher_forced_latent_r2(agent, decoder, held_out[:30])
     print(f"trained on {env_steps} env steps in {time.perf_counter() - t0:.0f}s; held-out "
           + ", ".join(f"{k} {v:.3f}" for k, v in agreement.items()))  # fmt: skip
-    results = []
-    print(
-        "| eval delay | read | success | wrong | near any ball | goal selected | set/ep | get/ep |"
-    )
-    print("|---:|---|---:|---:|---:|---:|---:|---:|")
-    for delay in a.eval_delays:
-        for ablate in (False, True) if agent.policy.memory is not None else (False,):
-            m = evaluate_clone(
-                agent, {**kwargs, "delay_steps": delay}, a.eval_episodes, ablate,
-                None if ablate else decoder,
-            )  # fmt: skip
-            results.append({"eval_delay": delay, "ablated_read": ablate, **m})
-            print(f"| {delay} | {'ablated' if ablate else 'intact'} | {m['success']:.2f} | "
-                  f"{m['wrong']:.2f} | {m['near_any_ball']:.2f} | {m['goal_selected']:.2f} | "
-                  f"{m['set_per_episode']:.1f} | {m['get_per_episode']:.1f} |")  # fmt: skip
+    results = evaluation_table(agent, kwargs, a.eval_delays, a.eval_episodes, decoder)
     for m in results:
         if "latent_r2_closed_loop" in m:
             print(f"delay {m['eval_delay']}: expert latent R² closed-loop "

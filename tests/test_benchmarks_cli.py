@@ -31,6 +31,7 @@ CASES = [
     ("cue_recall_bc.py", ["--eval-delays", "20", "-5"], "--eval-delays must be >= 0"),
     ("cue_recall_bc.py", ["--image-channels", "16", "0"], "--image-channels must be >= 1"),
     ("cue_recall_bc.py", ["--image-channels", *["8"] * 7], "--image-channels takes 1 to 6"),
+    ("cue_recall_bc.py", ["--checkpoint", "no/such/run"], "no checkpoint at 'no/such/run'"),
     ("parity.py", ["--updates-interpolation", "0"], "--updates-interpolation must be >= 1"),
     ("core_latency.py", ["--steps", "0"], "--steps must be >= 1"),
     ("memory_recall.py", ["--quick", "--batch", "0"], "--batch must be >= 1"),
