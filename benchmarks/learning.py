@@ -23,6 +23,10 @@ seeded episodes, deterministic policy, through :func:`agent.evaluation.evaluate`
   pooling on a 32 x 32 map (``image.pool spatial_softmax``, ``image.channels (16,)``), the
   readout that needs the fewest layouts to find a coloured ball
   (``benchmarks/cue_perception.py``).
+* **mindloop-nomemory** (not in the default set): mindloop without the memory tool, so
+  only the core's recurrent state can carry a cue (trained through windows of
+  ``bc.seq_len`` / ``ppo.bptt_steps`` frames): the control for what the memory tool adds
+  on CueRecall.
 * **sb3-recurrentppo**: sb3-contrib ``RecurrentPPO`` (LSTM), pure RL.
 * **sb3-ppo**: SB3 ``PPO`` (no memory), pure RL.
 * **random** and **expert** (references, no training): a uniform random policy and the
@@ -79,7 +83,7 @@ import numpy as np
 OUT = Path(__file__).resolve().parent / "out" / "learning.json"
 CONTENDERS = ("mindloop", "mindloop-nothink", "sb3-recurrentppo", "sb3-ppo", "random", "expert")
 """The default contenders; ``EXTRA_CONTENDERS`` run only when named."""
-EXTRA_CONTENDERS = ("mindloop-fixedthink", "mindloop-keypoints")
+EXTRA_CONTENDERS = ("mindloop-fixedthink", "mindloop-keypoints", "mindloop-nomemory")
 """Trained contenders, then two untrained references (evaluation only)."""
 
 TASK_KWARGS: dict[str, dict[str, Any]] = {"mindloop/CueRecall-v0": {"delay_steps": 200}}
@@ -230,7 +234,8 @@ def run_mindloop(spec: RunSpec, run_dir: Path) -> RunResult:
 
     t0 = time.perf_counter()
     config = base_config(spec, "bc+ppo", run_dir)
-    config.agent.use_memory = True
+    # the memory tool, except for the control that has only the core's recurrent state
+    config.agent.use_memory = spec.contender != "mindloop-nomemory"
     # the fetched item reaches the core in the codec's standardized units (which cue, at
     # unit scale), and the codec's statistics follow the items within tens of updates
     config.agent.memory.standardized_read = True
