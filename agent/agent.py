@@ -139,7 +139,7 @@ class MindloopAgent(nn.Module):
             state: the state returned by the previous call (``None``: fresh).
             episode_start: (B,) bool, true where an episode starts at this frame (those envs'
                 state is reset first).
-            deterministic: halting by threshold, memory op by argmax, action at the mean/argmax.
+            deterministic: halting by threshold, memory op by argmax, action at its mode (Beta peak / argmax).
 
         Returns: actions as a dict of (B, ...) numpy arrays in the action space's dtypes
         (ready for ``vector_env.step``), the new state, and :class:`agent.policy.StepInfo`

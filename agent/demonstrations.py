@@ -161,7 +161,7 @@ def collect_episodes(
         seeds: per-env seeds for the first reset (None: continue from the envs' RNGs).
         agent: None: the expert acts (demonstrations). An agent: it acts and the expert
             only labels (DAgger), so the data covers the states the learner really visits.
-        deterministic: the learner acts at its mean/argmax.
+        deterministic: the learner acts at its mode (most likely action).
         beta: DAgger's mixture: at each step and env, the expert's action is executed instead
             of the learner's with this probability (the label is the expert's either way).
             Keeps a weak learner's rollouts near the states that matter.

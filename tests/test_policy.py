@@ -422,6 +422,33 @@ def test_beta_head_bounds_keep_their_precision_in_any_dtype(dtype):
     assert actions.min() < -0.2999  # hugging the lower bound, so a shifted bound shows
 
 
+def test_beta_head_deterministic_action_is_the_density_peak():
+    """The deterministic action is the Beta's mode: a resting muscle (alpha -> 1) gets 0, where
+    the mean kept a tone of 1 / (1 + beta); a skewed Beta's action is its density peak; the
+    uniform's is the centre of the bounds."""
+    from agent.heads import BetaHead
+
+    space = spaces.Box(-1.0, 3.0, (3,), np.float32)
+    head = BetaHead(space, 4)
+    # raw (alpha, beta) params per dimension: resting (alpha ~ 1, beta ~ 31), skewed
+    # (alpha 4, beta 2), uniform (alpha = beta = 1 + softplus(-40) ~ 1)
+    alpha_raw = torch.tensor([-12.0, float(np.log(np.expm1(3.0))), -40.0])
+    beta_raw = torch.tensor([30.0, float(np.log(np.expm1(1.0))), -40.0])
+    with torch.no_grad():
+        head.proj.weight.zero_()
+        head.proj.bias.copy_(torch.cat([alpha_raw, beta_raw]))
+        dist = head(torch.zeros(1, 4))
+    action = dist.mode[0]
+    assert abs(float(action[0]) - (-1.0)) < 1e-4  # the lower bound: rest
+    assert float(dist.base.mean[0, 0]) > 0.03  # what the mean gave
+    # skewed Beta(4, 2): mode 3/4 of the way, and no grid point has a higher density
+    assert abs(float(action[1]) - (-1.0 + 4.0 * 0.75)) < 1e-5
+    grid = torch.linspace(0.01, 0.99, 99)
+    peak = grid[D.Beta(torch.tensor(4.0), torch.tensor(2.0)).log_prob(grid).argmax()]
+    assert abs(float(peak) - 0.75) < 0.011
+    assert abs(float(action[2]) - 1.0) < 1e-5  # uniform: the centre
+
+
 def test_sampling_is_reproducible_with_a_seed():
     policy = make_policy()
     obs, start = torch.randn(B, OBS), torch.ones(B, dtype=torch.bool)
