@@ -32,8 +32,8 @@ ACTION_HEADS: Registry[type[nn.Module]] = Registry("action head")
 class BetaHead(nn.Module):
     """Independent Beta(alpha, beta) per dimension of a bounded Box, affinely mapped to [low, high].
 
-    alpha, beta = 1 + softplus(.) keeps every component unimodal (alpha, beta >= 1), so the mean is a
-    sensible deterministic action and log-probs stay finite at the bounds.
+    alpha, beta = 1 + softplus(.) keeps every component unimodal (alpha, beta >= 1), so its peak
+    (the mode) is a sensible deterministic action, and log-probs stay finite at the bounds.
     """
 
     eps = 1e-6  # samples at exactly 0 or 1 (float rounding) are clamped before log_prob
@@ -81,6 +81,11 @@ class BetaHead(nn.Module):
         return _ScaledBeta(alpha, beta, low, scale, self.shape, self.eps)
 
 
+MODE_PSEUDO_COUNT = 0.01
+"""Added to alpha - 1 and beta - 1 in the Beta head's deterministic action (see
+:attr:`_ScaledBeta.mode`)."""
+
+
 class _ScaledBeta:
     """A Beta on [low, low + scale] with the event flattened to ``shape`` (one joint action)."""
 
@@ -98,17 +103,20 @@ class _ScaledBeta:
 
     @property
     def mode(self) -> torch.Tensor:
-        """The most likely action, (alpha - 1) / (alpha + beta - 2) (the deterministic action;
-        the centre for the uniform alpha = beta = 1).
+        """The deterministic action: the Beta's most likely value (alpha - 1) / (alpha + beta
+        - 2), with a pseudo-count of ``MODE_PSEUDO_COUNT`` on each side.
 
         Not the mean: the mean alpha / (alpha + beta) of an alpha >= 1 Beta never reaches a
         bound, so a muscle told to rest (activation 0) kept a tone of a few percent, and the
-        arm drifted (CueRecall's hold: 2-5% in every muscle, the hand 0.19 m off in 50
-        frames). The mode reaches 0 as alpha -> 1."""
+        arm drifted (CueRecall's 200-frame hold: 2-5% in every muscle, the hand 0.19 m off
+        in 50 frames; with this action 0.013 m in 200). The mode reaches the bound as
+        alpha -> 1. The pseudo-count keeps a nearly flat Beta (alpha, beta ~ 1, where the
+        plain mode jumps from one bound to the other on a difference of 1e-3) near its
+        centre; it moves a peaked one by about c (1 - 2 mode) / (alpha + beta - 2) of the
+        range (3e-4 for a resting muscle at beta 31)."""
         a, b = self.base.concentration1, self.base.concentration0  # (B, n) each, >= 1
-        spare = a + b - 2.0
-        u = torch.where(spare > 0, (a - 1.0) / spare.clamp_min(1e-12), torch.full_like(a, 0.5))
-        return self._to_action(u)
+        c = MODE_PSEUDO_COUNT
+        return self._to_action((a - 1.0 + c) / (a + b - 2.0 + 2.0 * c))
 
     def log_prob(self, action: torch.Tensor) -> torch.Tensor:
         u = (action.reshape(action.shape[0], -1) - self.low) / self.scale

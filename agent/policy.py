@@ -432,7 +432,7 @@ class MindloopPolicy(nn.Module):
             episode_start: (B,) bool, true where the env just reset; those rows are reset
                 before stepping (SB3/CleanRL convention).
             deterministic: halting by threshold (sampled) or argmax (budget), memory op by
-                argmax, action at the Beta mean / categorical argmax.
+                argmax, action at the Beta mode / categorical argmax.
             obs_tokens: (B, N, token_dim) the frame as tokens, for the ``attend`` and ``scan``
                 think inputs (their think steps re-read them); ignored by the others.
 
