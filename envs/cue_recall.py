@@ -17,7 +17,7 @@ CUE_MODES = ("color", "sound", "both")
 LAYOUTS = ("random", "slots", "fixed")
 """Where the balls appear: new places every episode; the same places, with the colours
 shuffled among them; or the same places and colours (only the cue changes)."""
-_SLOTS_SEED, _SLOTS_DRAWS = 0, 256  # the fixed places: the best spread of 256 seeded draws
+_SLOTS_SEED, _SLOT_CANDIDATES = 0, 512  # the fixed places: spread over 512 seeded postures
 PHASES = ("cue", "delay", "reach")
 MEMORY_OPS = ("none", "set", "get")
 """Memory calls the scripted expert labels frames with (``expert_memory_op``): the names of a
@@ -163,24 +163,30 @@ class CueRecallEnv(ReachEnv):
             self._slots = self._spread_slots()
 
     def _spread_slots(self) -> tuple[np.ndarray, np.ndarray]:
-        """The fixed places of ``layout="slots"``: of ``_SLOTS_DRAWS`` seeded draws of
-        ``num_targets`` reachable postures, the one whose hand points lie farthest apart from
-        each other and from the hand's home (the largest smallest distance). The same for
-        every env of an arm and ``num_targets``. Returns postures (n, J), points (n, 3)."""
+        """The fixed places of ``layout="slots"``/``"fixed"``: farthest-point sampling over
+        ``_SLOT_CANDIDATES`` seeded reachable postures, starting from the hand's home, so each
+        place is as far as it can be from the home and the places before it. The same for
+        every env of an arm and ``num_targets``. Returns postures (n, J), hand points (n, 3).
+
+        Raises if the places end up closer than half the arm's ``min_separation`` (the random
+        layout's floor): too many targets for the arm's reach."""
         lo, hi = self.arm.target_qrange[:, 0], self.arm.target_qrange[:, 1]
-        rng = np.random.default_rng(_SLOTS_SEED)
+        qs = np.random.default_rng(_SLOTS_SEED).uniform(lo, hi, (_SLOT_CANDIDATES, len(lo)))
+        points = np.array([self._fk_point(q) for q in qs])  # (M, 3)
         home = self._fk_point(self.arm.home_qpos)
-        best, best_gap = None, -1.0
-        for _ in range(_SLOTS_DRAWS):
-            qs = rng.uniform(lo, hi, (self.num_objects, len(lo)))
-            pts = np.array([self._fk_point(q) for q in qs])
-            every = np.vstack([pts, home])
-            gaps = np.linalg.norm(every[:, None] - every[None], axis=-1)
-            gap = gaps[np.triu_indices(len(every), 1)].min()
-            if gap > best_gap:
-                best, best_gap = (qs, pts), gap
-        assert best is not None
-        return best
+        gap = np.linalg.norm(points - home, axis=1)  # (M,) to the nearest place taken so far
+        chosen = []
+        for _ in range(self.num_objects):
+            i = int(gap.argmax())
+            if gap[i] < 0.5 * self.arm.min_separation:
+                raise ValueError(
+                    f"layout {self.layout!r} cannot place {self.num_objects} balls on the "
+                    f"{self.arm.name} arm at least {0.5 * self.arm.min_separation:g} apart; "
+                    "use fewer num_targets"
+                )
+            chosen.append(i)
+            gap = np.minimum(gap, np.linalg.norm(points - points[i], axis=1))
+        return qs[chosen], points[chosen]
 
     @property
     def phase(self) -> str:

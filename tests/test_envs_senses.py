@@ -218,7 +218,7 @@ def test_cue_recall_slots_layout_moves_only_the_colours(arm: str) -> None:
         home = u._fk_point(u.arm.home_qpos)
         every = np.vstack([points, home])
         gaps = np.linalg.norm(every[:, None] - every[None], axis=-1)
-        assert gaps[np.triu_indices(len(every), 1)].min() >= u.arm.min_separation * 0.7
+        assert gaps[np.triu_indices(len(every), 1)].min() >= u.arm.min_separation
     with gym.make("mindloop/CueRecall-v0", delay_steps=2, arm=arm) as env:
         first = _balls_at_reach(env, 0)[0]
         assert not np.allclose(first, _balls_at_reach(env, 1)[0])  # the default: random places
@@ -237,6 +237,53 @@ def test_cue_recall_fixed_layout_moves_only_the_cue() -> None:
             np.testing.assert_allclose(points, places)
             assert colors == list(vocab.COLORS[:n]) and colors[goal] == cue
         assert {cue for *_, cue in episodes} == set(vocab.COLORS[:n])
+
+
+@pytest.mark.parametrize("arm", ["capsule", "myoelbow"])
+def test_cue_recall_fixed_places_are_each_reachable(arm: str) -> None:
+    """A fixed place the expert cannot reach (or reaches only by dwelling on another ball on
+    the way) would fail its cue in every episode: the expert succeeds for every cue."""
+    kwargs = {"delay_steps": 2, "layout": "fixed", "arm": arm, "obs_keys": ("proprio",)}
+    with gym.make("mindloop/CueRecall-v0", **kwargs) as env:
+        u = env.unwrapped
+        solved: dict[int, list[bool]] = {}
+        for seed in range(12):
+            env.reset(seed=seed)
+            done, info = False, {}
+            while not done:
+                _, _, term, trunc, info = env.step(u.expert_action())
+                done = term or trunc
+            solved.setdefault(u._goal, []).append(bool(info["is_success"]))
+    assert sorted(solved) == list(range(u.num_objects))
+    assert all(all(runs) for runs in solved.values()), solved
+
+
+def test_cue_recall_layout_with_no_room_for_its_places_is_an_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from envs import cue_recall
+
+    monkeypatch.setattr(cue_recall, "_SLOT_CANDIDATES", 1)  # one candidate: no second place
+    with pytest.raises(ValueError, match=r"cannot place 3 balls on the capsule arm.*fewer"):
+        gym.make("mindloop/CueRecall-v0", layout="slots")
+
+
+# seed 0's balls at the first reach frame, from the code before the layout option (9c6699f)
+PINNED_POINTS = [
+    [0.1521893, 0.3757695, 0.1],
+    [-0.110925, 0.3104299, 0.1],
+    [0.2994636, -0.1024704, 0.1],
+]
+PINNED_COLORS, PINNED_GOAL, PINNED_CUE = ["red", "yellow", "green"], 0, "red"
+
+
+def test_cue_recall_random_layout_draws_as_before() -> None:
+    """The default layout's episodes are those of the version before the layout option
+    (recorded datasets and benchmark seeds stay valid): the balls of seed 0, pinned."""
+    with gym.make("mindloop/CueRecall-v0", delay_steps=2, obs_keys=("proprio",)) as env:
+        points, colors, goal, cue = _balls_at_reach(env, 0)
+    assert (colors, goal, cue) == (PINNED_COLORS, PINNED_GOAL, PINNED_CUE)
+    np.testing.assert_allclose(points, PINNED_POINTS, atol=1e-6)
 
 
 def test_cue_recall_unknown_layout_names_the_choices() -> None:
