@@ -170,17 +170,28 @@ def evaluation_table(
     return results
 
 
-def evaluate_checkpoint(path: Path, delays: list[int], episodes: int, out: Path) -> None:
-    """The same evaluation of an agent trained elsewhere (``train.py``, ``learning.py``) on
-    the CueRecall arguments it was trained with, at ``delays``: does it use its memory?"""
-    import torch
-
+def load_cue_recall_agent(path: Path):
+    """The mindloop agent at ``path`` and its config; ValueError/FileNotFoundError (one line)
+    for no checkpoint there, an SB3 baseline's, or one trained on another task."""
+    from agent.baselines import is_sb3_checkpoint
     from agent.checkpoint import load_agent
 
-    torch.set_num_threads(1)
+    if is_sb3_checkpoint(path):
+        raise ValueError(
+            f"--checkpoint {path} is an SB3 baseline's; this table needs a mindloop agent "
+            "(its memory read is what it ablates)"
+        )
     agent, config = load_agent(path)
     if config.env.id != TASK:
         raise ValueError(f"--checkpoint {path} was trained on {config.env.id}, not {TASK}")
+    return agent, config
+
+
+def evaluate_checkpoint(
+    agent, config, path: Path, delays: list[int], episodes: int, out: Path
+) -> None:
+    """The same evaluation of an agent trained elsewhere (``train.py``, ``learning.py``) on
+    the CueRecall arguments it was trained with, at ``delays``: does it use its memory?"""
     kwargs = config.env.make_kwargs()
     print(f"checkpoint {path}: {TASK} {kwargs}")
     results = evaluation_table(agent, kwargs, delays, episodes)
@@ -282,7 +293,12 @@ def main() -> None:
     ap.add_argument("--eval-delays", type=int, nargs="+", default=[20, 200])
     ap.add_argument("--eval-episodes", type=int, default=20)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"default {OUT} (with --checkpoint: ..._checkpoint.json)",
+    )
     ap.add_argument(
         "--checkpoint",
         type=Path,
@@ -303,11 +319,25 @@ def main() -> None:
     if a.image_channels is not None and min(a.image_channels) < 1:
         ap.error(f"--image-channels must be >= 1, got {a.image_channels}")
     if a.checkpoint is not None:
+        # the checkpoint brings its own env arguments and agent: training flags do not apply
+        ignored = [f for f in ("quick", "cue_stays") if getattr(a, f)]
+        ignored += [f for f in ("delay", "layout") if getattr(a, f) != ap.get_default(f)]
+        if ignored:
+            flags = ", ".join("--" + f.replace("_", "-") for f in ignored)
+            ap.error(
+                f"--checkpoint evaluates on the checkpoint's own env arguments; leave out {flags}"
+            )
         try:
-            evaluate_checkpoint(a.checkpoint, a.eval_delays, a.eval_episodes, a.out)
-        except (FileNotFoundError, ValueError) as e:  # no checkpoint there, or another task's
+            agent, config = load_cue_recall_agent(a.checkpoint)
+        except (FileNotFoundError, ValueError) as e:  # no checkpoint, SB3's, another task's
             ap.error(str(e))
+        import torch
+
+        torch.set_num_threads(1)
+        out = a.out or OUT.with_name("cue_recall_bc_checkpoint.json")
+        evaluate_checkpoint(agent, config, a.checkpoint, a.eval_delays, a.eval_episodes, out)
         return
+    a.out = a.out or OUT
     if a.quick:
         a.delay, a.episodes, a.updates, a.eval_delays, a.eval_episodes = 5, 16, 20, [5], 2
         a.dagger_episodes, a.dagger_updates = 8, 10

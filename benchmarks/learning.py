@@ -334,6 +334,7 @@ RUNNERS: dict[str, Callable[[RunSpec, Path], RunResult]] = {
     "mindloop-nothink": run_mindloop,
     "mindloop-fixedthink": run_mindloop,
     "mindloop-keypoints": run_mindloop,
+    "mindloop-nomemory": run_mindloop,
     "sb3-recurrentppo": run_sb3,
     "sb3-ppo": run_sb3,
     "expert": run_reference,
@@ -426,7 +427,8 @@ def table(results: list[dict[str, Any]], tasks: list[str], contenders: list[str]
     for task in tasks:
         mine = [r for r in results if r["spec"]["task"] == task]
         budget = sorted({r["spec"]["budget"] for r in mine})
-        row = [_task_label(task), "/".join(_steps(b) for b in budget) or "-"]
+        kwargs = mine[0]["spec"]["env_kwargs"] if mine else None
+        row = [_task_label(task, kwargs), "/".join(_steps(b) for b in budget) or "-"]
         for c in contenders:
             ok = [
                 r["success"]
@@ -452,9 +454,10 @@ def _steps(n: int) -> str:
     return f"{n // 1000}k" if n % 1000 == 0 else f"{n:,}"
 
 
-def _task_label(task: str) -> str:
+def _task_label(task: str, kwargs: dict[str, Any] | None = None) -> str:
+    """The task's name and the env arguments it ran with (default :data:`TASK_KWARGS`)."""
     name = task.split("/")[-1]
-    kwargs = TASK_KWARGS.get(task)
+    kwargs = TASK_KWARGS.get(task) if kwargs is None else kwargs
     return name + (f" ({', '.join(f'{k}={v}' for k, v in kwargs.items())})" if kwargs else "")
 
 
@@ -683,23 +686,25 @@ def main(argv: list[str] | None = None) -> None:
     pool.shutdown()
 
     budget_text = ", ".join(
-        f"{_task_label(t)} {budgets(t, args.quick, args.budget):,}" for t in args.tasks
+        f"{_task_label(t, task_kwargs(t, args.cue_layout))} {budgets(t, args.quick, args.budget):,}"
+        for t in args.tasks
     )
     print()
     print(
         f"Success rate % (mean ± std over seeds {args.seeds}, n) after a fixed budget of env "
         f"steps per run ({budget_text}); {args.eval_episodes} deterministic evaluation "
-        f"episodes per run. mindloop: --algo bc+ppo with memory, {args.bc_updates} BC updates; "
+        f"episodes per run. mindloop: --algo bc+ppo with memory (not mindloop-nomemory), "
+        f"{args.bc_updates} BC updates; "
         f"{demo_note(results)}."
     )
     print(table(results, args.tasks, args.contenders))
-    layout = args.cue_layout
+    cue = "mindloop/CueRecall-v0"
+    layout = args.cue_layout if cue in args.tasks else "random"
     label = "CueRecall delay 200" + (f", {layout} layout" if layout != "random" else "")
     for line in targets(results, label):
         print(line)
     save(out, args, results + kept, started)
     print(f"wrote {out}")
-    cue = "mindloop/CueRecall-v0"
     value = success_of(results, cue, "mindloop")
     name = "cuerecall200" + (f"_{layout}" if layout != "random" else "") + "_mindloop_success"
     shown = "nan" if value is None else f"{value:.2f}"

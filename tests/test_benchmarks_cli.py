@@ -32,6 +32,7 @@ CASES = [
     ("cue_recall_bc.py", ["--image-channels", "16", "0"], "--image-channels must be >= 1"),
     ("cue_recall_bc.py", ["--image-channels", *["8"] * 7], "--image-channels takes 1 to 6"),
     ("cue_recall_bc.py", ["--checkpoint", "no/such/run"], "no checkpoint at 'no/such/run'"),
+    ("cue_recall_bc.py", ["--checkpoint", "x", "--layout", "fixed"], "leave out --layout"),
     ("parity.py", ["--updates-interpolation", "0"], "--updates-interpolation must be >= 1"),
     ("core_latency.py", ["--steps", "0"], "--steps must be >= 1"),
     ("memory_recall.py", ["--quick", "--batch", "0"], "--batch must be >= 1"),
@@ -108,6 +109,11 @@ def test_learning_cue_layout_is_part_of_the_plan_and_the_result_key() -> None:
     assert slots[task].key == f"{task}|sb3-ppo|1|20000|0|layout=slots"
     reach = "mindloop/MuscleReach-v0"
     assert slots[reach].env_kwargs == {} and slots[reach].key == default[reach].key
+    # every contender the command line offers has a runner (a missing one failed every run)
+    assert set(learning.RUNNERS) == set(learning.CONTENDERS + learning.EXTRA_CONTENDERS)
+    assert learning._task_label(task, slots[task].env_kwargs) == (
+        "CueRecall-v0 (delay_steps=200, layout=slots)"
+    )
     lines = learning.targets(
         [{"spec": {"task": task, "contender": "sb3-ppo"}, "success": 0.25}],
         "CueRecall delay 200, slots layout",
