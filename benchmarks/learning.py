@@ -90,7 +90,9 @@ CONTENDERS = ("mindloop", "mindloop-nothink", "sb3-recurrentppo", "sb3-ppo", "ra
 EXTRA_CONTENDERS = ("mindloop-fixedthink", "mindloop-keypoints", "mindloop-nomemory")
 """Trained contenders, then two untrained references (evaluation only)."""
 
-TASK_KWARGS: dict[str, dict[str, Any]] = {"mindloop/CueRecall-v0": {"delay_steps": 200}}
+CUE_TASK = "mindloop/CueRecall-v0"
+"""The headline task."""
+TASK_KWARGS: dict[str, dict[str, Any]] = {CUE_TASK: {"delay_steps": 200}}
 """Task arguments of this benchmark (others use the registered defaults)."""
 
 FULL_BUDGET = 20_000
@@ -98,7 +100,7 @@ FULL_BUDGET = 20_000
 SLOW_TASK_BUDGET = 6_000
 """MyoElbowReach renders MyoSuite's bone meshes (~40 steps/s here): a smaller budget."""
 QUICK_BUDGET = 1_024
-QUICK_TASKS = ("mindloop/CueRecall-v0",)
+QUICK_TASKS = (CUE_TASK,)
 """``--quick``'s default tasks: the headline's."""
 QUICK_CONTENDERS = ("mindloop", "sb3-ppo", "random", "expert")
 """``--quick``'s default contenders: the headline target's pair and the references."""
@@ -376,7 +378,7 @@ def task_kwargs(task: str, cue_layout: str = "random") -> dict[str, Any]:
     """The env arguments of ``task`` in this run: :data:`TASK_KWARGS`, and CueRecall's ball
     layout when ``--cue-layout`` is not the default."""
     kwargs = dict(TASK_KWARGS.get(task, {}))
-    if task == "mindloop/CueRecall-v0" and cue_layout != "random":
+    if task == CUE_TASK and cue_layout != "random":
         kwargs["layout"] = cue_layout
     return kwargs
 
@@ -519,7 +521,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 def targets(results: list[dict[str, Any]], cue_label: str = "CueRecall delay 200") -> list[str]:
     """The issue's learning targets, checked on these results (``cue_label`` names the
     CueRecall setting they ran at)."""
-    cue, count = "mindloop/CueRecall-v0", "mindloop/CountAnswer-v0"
+    cue, count = CUE_TASK, "mindloop/CountAnswer-v0"
     chance = 1 / 3  # CueRecall's default num_targets: reaching a random ball
     lines = []
 
@@ -698,14 +700,13 @@ def main(argv: list[str] | None = None) -> None:
         f"{demo_note(results)}."
     )
     print(table(results, args.tasks, args.contenders))
-    cue = "mindloop/CueRecall-v0"
-    layout = args.cue_layout if cue in args.tasks else "random"
+    layout = args.cue_layout if CUE_TASK in args.tasks else "random"
     label = "CueRecall delay 200" + (f", {layout} layout" if layout != "random" else "")
     for line in targets(results, label):
         print(line)
     save(out, args, results + kept, started)
     print(f"wrote {out}")
-    value = success_of(results, cue, "mindloop")
+    value = success_of(results, CUE_TASK, "mindloop")
     name = "cuerecall200" + (f"_{layout}" if layout != "random" else "") + "_mindloop_success"
     shown = "nan" if value is None else f"{value:.2f}"
     print(f"headline: {name}={shown} (target >=0.9)")
