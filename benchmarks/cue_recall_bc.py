@@ -11,6 +11,10 @@ then evaluates the deterministic clone at one or more delays and reports, beside
   fetched item and hit flag zeroed every frame): if ablation changes nothing, the action
   does not use what the memory fetched;
 * memory calls per episode (set / get) of the deterministic policy;
+* whether the cue can be read back, when the first get fetches (leave-one-out
+  nearest-centroid probe over the evaluation episodes), from the fetched item and from the
+  core's recurrent state: a cue in the item that the action ignores is a use problem, a
+  cue in neither a storage problem;
 * with the expert-latent target (``--latent-coef``, train.py's default 1): how well the
   core's state knows the posture the expert heads for once the balls show, **teacher-forced**
   on held-out expert episodes and **closed-loop** in the clone's own evaluation episodes
@@ -92,6 +96,7 @@ def evaluate_clone(
     u = env.unwrapped
     rows = []
     read, true, nearest = [], [], []  # reach frames: read-out latent, the expert's, pick ok
+    items, cores, cues = [], [], []  # at each episode's first get: fetched item, core state
     for k in range(episodes):
         obs, _ = env.reset(seed=1_000_001 + k)
         state, start = agent.initial_state(1), True
@@ -112,6 +117,13 @@ def evaluate_clone(
             if agent.policy.memory is not None:
                 op = int(info.decisions.mem_ops[0, 0])
                 sets, gets = sets + (op == 1), gets + (op == 2)
+                if op == 2 and gets == 1 and not ablate:
+                    # what the core reads from the next frame on: the item in the codec's units
+                    memory = agent.policy.memory
+                    item = memory.codec.standardize(state["mem/got"]) * state["mem/hit"]
+                    items.append(item[0].numpy())
+                    cores.append(state["core/h"].reshape(-1).numpy())
+                    cues.append(u._cue)
                 if ablate:  # the action sees no fetched item
                     state["mem/got"] = torch.zeros_like(state["mem/got"])
                     state["mem/hit"] = torch.zeros_like(state["mem/hit"])
@@ -144,7 +156,29 @@ def evaluate_clone(
     if read:
         out["latent_r2_closed_loop"] = r2_score(np.array(read), np.array(true))
         out["latent_nearest_cued"] = float(np.mean(nearest))
+    if len(set(cues)) > 1:
+        out["cue_from_item"] = cue_probe(np.array(items), np.array(cues))
+        out["cue_from_core"] = cue_probe(np.array(cores), np.array(cues))
+        out["cue_probe_chance"] = float(np.bincount(cues).max() / len(cues))
+        out["cue_probe_episodes"] = len(cues)
     return out
+
+
+def cue_probe(features: np.ndarray, labels: np.ndarray) -> float:
+    """Leave-one-out nearest-centroid accuracy of the cue from (N, d) features (each
+    dimension standardized): does the fetched item, or the core's state, still say which
+    cue was shown when the balls appear? Episodes whose cue no other episode had are skipped
+    (no centroid to find)."""
+    x = (features - features.mean(0)) / (features.std(0) + 1e-6)
+    hits = []
+    for i in range(len(x)):
+        rest = np.arange(len(x)) != i
+        if not (labels[rest] == labels[i]).any():
+            continue
+        classes = np.unique(labels[rest])
+        centroids = np.stack([x[rest & (labels == c)].mean(0) for c in classes])  # (C, d)
+        hits.append(classes[np.linalg.norm(centroids - x[i], axis=1).argmin()] == labels[i])
+    return float(np.mean(hits)) if hits else float("nan")
 
 
 def evaluation_table(
@@ -167,6 +201,13 @@ def evaluation_table(
             print(f"| {delay} | {'ablated' if ablate else 'intact'} | {m['success']:.2f} | "
                   f"{m['wrong']:.2f} | {m['near_any_ball']:.2f} | {m['goal_selected']:.2f} | "
                   f"{m['set_per_episode']:.1f} | {m['get_per_episode']:.1f} |")  # fmt: skip
+    for m in results:
+        if "cue_from_item" in m:
+            print(f"delay {m['eval_delay']}: the cue from the item fetched by the first get "
+                  f"{m['cue_from_item']:.2f}, from the core's state then "
+                  f"{m['cue_from_core']:.2f} (majority cue {m['cue_probe_chance']:.2f}; "
+                  f"leave-one-out nearest centroid over {m['cue_probe_episodes']} "
+                  "episodes)")  # fmt: skip
     return results
 
 

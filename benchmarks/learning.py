@@ -133,6 +133,10 @@ class RunSpec:
     anchor_coef: float | None = None
     """``ppo.anchor_coef`` of the mindloop contenders (train.py's default resolved for bc+ppo
     when not given); part of the key."""
+    demo_env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Env arguments the mindloop contenders' expert demonstrations are recorded with, over
+    ``env_kwargs`` (``--cue-demo-delay``: a curriculum); DAgger, PPO and the evaluation keep
+    ``env_kwargs``. Part of the key when given."""
 
     @property
     def key(self) -> str:
@@ -146,6 +150,7 @@ class RunSpec:
             + (f"|{self.recipe}" if self.recipe else "")
             + (f"|think_cost{self.think_cost:g}" if self.think_cost is not None else "")
             + (f"|anchor{self.anchor_coef:g}" if self.anchor_coef is not None else "")
+            + "".join(f"|demo_{k}={v}" for k, v in sorted(self.demo_env_kwargs.items()))
         )
 
 
@@ -262,13 +267,15 @@ def run_mindloop(spec: RunSpec, run_dir: Path) -> RunResult:
         config.ppo.anchor_coef = spec.anchor_coef
     run_dir.mkdir(parents=True, exist_ok=True)
     demos = run_dir / "demos"
-    episodes = max(2, round(DEMO_SHARE * spec.budget / expert_episode_length(spec)))
+    demo_kwargs = {**config.env.make_kwargs(), **spec.demo_env_kwargs}
+    demo_length = expert_episode_length(spec.task, demo_kwargs)
+    episodes = max(2, round(DEMO_SHARE * spec.budget / demo_length))
     collect_expert_dataset(
         spec.task,
         episodes,
         seed=demonstration_seed(spec.seed),  # the seeds the trainer itself would record with
         path=demos,
-        env_kwargs=config.env.make_kwargs(),
+        env_kwargs=demo_kwargs,
         num_envs=min(spec.num_envs, episodes),
         overwrite=True,
     )
@@ -278,7 +285,13 @@ def run_mindloop(spec: RunSpec, run_dir: Path) -> RunResult:
     config.bc.updates = spec.bc_updates
     config.bc.dagger_updates = min(config.bc.dagger_updates, max(1, spec.bc_updates // 5))
     config.bc.dagger_episodes = max(
-        1, round(DAGGER_SHARE * spec.budget / config.bc.dagger_rounds / expert_episode_length(spec))
+        1,
+        round(
+            DAGGER_SHARE
+            * spec.budget
+            / config.bc.dagger_rounds
+            / expert_episode_length(spec.task, spec.env_kwargs)
+        ),
     )
     config.ppo.total_steps = spec.budget
     config.run.max_env_steps = spec.budget  # demos + DAgger + PPO
@@ -299,17 +312,18 @@ def run_mindloop(spec: RunSpec, run_dir: Path) -> RunResult:
 _EXPERT_LENGTH: dict[str, float] = {}
 
 
-def expert_episode_length(spec: RunSpec) -> float:
-    """Mean length of the expert's episodes on the task (8 probe episodes, not counted: they
-    only size the demonstration set)."""
+def expert_episode_length(task: str, env_kwargs: dict[str, Any]) -> float:
+    """Mean length of the expert's episodes on the task with these env arguments (8 probe
+    episodes, not counted: they only size the demonstration and DAgger sets)."""
     from agent.evaluation import evaluate, make_policy
 
-    if spec.task not in _EXPERT_LENGTH:
+    key = f"{task}|{json.dumps(env_kwargs, sort_keys=True)}"
+    if key not in _EXPERT_LENGTH:
         result = evaluate(
-            make_policy("expert"), spec.task, 8, seed=999, num_envs=8, env_kwargs=spec.env_kwargs
+            make_policy("expert"), task, 8, seed=999, num_envs=8, env_kwargs=env_kwargs
         )
-        _EXPERT_LENGTH[spec.task] = result.summary()["length_mean"]
-    return _EXPERT_LENGTH[spec.task]
+        _EXPERT_LENGTH[key] = result.summary()["length_mean"]
+    return _EXPERT_LENGTH[key]
 
 
 def run_reference(spec: RunSpec, run_dir: Path) -> RunResult:
@@ -383,6 +397,14 @@ def task_kwargs(task: str, cue_layout: str = "random") -> dict[str, Any]:
     return kwargs
 
 
+def demo_env_kwargs(task: str, contender: str, cue_demo_delay: int | None) -> dict[str, Any]:
+    """The env arguments a mindloop contender records its demonstrations with, over the
+    task's: CueRecall's ``delay_steps`` when ``--cue-demo-delay`` is given."""
+    if task == CUE_TASK and contender.startswith("mindloop") and cue_demo_delay is not None:
+        return {"delay_steps": cue_demo_delay}
+    return {}
+
+
 def plan(args: argparse.Namespace) -> list[RunSpec]:
     from agent.config import PPOConfig, TrainConfig
     from agent.training import ppo_anchor_coef
@@ -407,6 +429,7 @@ def plan(args: argparse.Namespace) -> list[RunSpec]:
                         recipe=MINDLOOP_RECIPE if contender.startswith("mindloop") else "",
                         think_cost=args.think_cost if contender.startswith("mindloop") else None,
                         anchor_coef=anchor if contender.startswith("mindloop") else None,
+                        demo_env_kwargs=demo_env_kwargs(task, contender, args.cue_demo_delay),
                     )
                 )
     return specs
@@ -617,6 +640,14 @@ def main(argv: list[str] | None = None) -> None:
         "memory test alone)",
     )
     parser.add_argument(
+        "--cue-demo-delay",
+        type=int,
+        default=None,
+        help="CueRecall: record the mindloop contenders' demonstrations at this delay_steps (a "
+        "curriculum: at a short delay the reach is most of each episode; DAgger, PPO and the "
+        "evaluation keep the task's delay)",
+    )
+    parser.add_argument(
         "--jobs", type=int, default=None, help="runs at once (processes; default 1, quick 2)"
     )
     parser.add_argument("--out", type=Path, default=None)
@@ -628,6 +659,8 @@ def main(argv: list[str] | None = None) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.cue_demo_delay is not None and args.cue_demo_delay < 0:
+        parser.error(f"--cue-demo-delay must be >= 0, got {args.cue_demo_delay}")
     args.argv = list(argv if argv is not None else sys.argv[1:])
     args.tasks = args.tasks or list(QUICK_TASKS if args.quick else envs.TASK_IDS)
     args.contenders = args.contenders or list(QUICK_CONTENDERS if args.quick else CONTENDERS)
@@ -702,12 +735,17 @@ def main(argv: list[str] | None = None) -> None:
     print(table(results, args.tasks, args.contenders))
     layout = args.cue_layout if CUE_TASK in args.tasks else "random"
     label = "CueRecall delay 200" + (f", {layout} layout" if layout != "random" else "")
+    if args.cue_demo_delay is not None and CUE_TASK in args.tasks:
+        label += f", demonstrations at delay {args.cue_demo_delay}"
     for line in targets(results, label):
         print(line)
     save(out, args, results + kept, started)
     print(f"wrote {out}")
     value = success_of(results, CUE_TASK, "mindloop")
-    name = "cuerecall200" + (f"_{layout}" if layout != "random" else "") + "_mindloop_success"
+    name = "cuerecall200" + (f"_{layout}" if layout != "random" else "")
+    if args.cue_demo_delay is not None and CUE_TASK in args.tasks:
+        name += f"_demodelay{args.cue_demo_delay}"
+    name += "_mindloop_success"
     shown = "nan" if value is None else f"{value:.2f}"
     print(f"headline: {name}={shown} (target >=0.9)")
 

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,11 +95,13 @@ def test_learning_cue_layout_is_part_of_the_plan_and_the_result_key() -> None:
     task = "mindloop/CueRecall-v0"
     tasks = [task, "mindloop/MuscleReach-v0"]
 
-    def specs(cue_layout: str = "random") -> dict[str, object]:
+    def specs(
+        cue_layout: str = "random", contender: str = "sb3-ppo", cue_demo_delay: int | None = None
+    ) -> dict[str, object]:
         args = learning.argparse.Namespace(
-            tasks=tasks, contenders=["sb3-ppo"], seeds=[1], quick=False, budget=None,
+            tasks=tasks, contenders=[contender], seeds=[1], quick=False, budget=None,
             eval_episodes=20, num_envs=8, bc_updates=1000, think_cost=None, anchor_coef=None,
-            cue_layout=cue_layout,
+            cue_layout=cue_layout, cue_demo_delay=cue_demo_delay,
         )  # fmt: skip
         return {s.task: s for s in learning.plan(args)}
 
@@ -109,6 +112,14 @@ def test_learning_cue_layout_is_part_of_the_plan_and_the_result_key() -> None:
     assert slots[task].key == f"{task}|sb3-ppo|1|20000|0|layout=slots"
     reach = "mindloop/MuscleReach-v0"
     assert slots[reach].env_kwargs == {} and slots[reach].key == default[reach].key
+    # --cue-demo-delay: only the mindloop contenders' CueRecall demonstrations, own keys
+    curriculum = specs(contender="mindloop", cue_demo_delay=5)
+    plain = specs(contender="mindloop")
+    assert curriculum[task].demo_env_kwargs == {"delay_steps": 5}
+    assert curriculum[task].env_kwargs == {"delay_steps": 200}  # DAgger, PPO, evaluation
+    assert curriculum[task].key == plain[task].key + "|demo_delay_steps=5"
+    assert curriculum[reach].key == plain[reach].key
+    assert specs(cue_demo_delay=5)[task].key == default[task].key  # SB3: no demonstrations
     # every contender the command line offers has a runner (a missing one failed every run)
     assert set(learning.RUNNERS) == set(learning.CONTENDERS + learning.EXTRA_CONTENDERS)
     assert learning._task_label(task, slots[task].env_kwargs) == (
@@ -122,3 +133,16 @@ def test_learning_cue_layout_is_part_of_the_plan_and_the_result_key() -> None:
         "CueRecall delay 200, slots layout, PPO without memory near chance (33% for a random "
         "ball): 25%"
     ]
+
+
+def test_cue_probe_reads_a_cue_that_is_there_and_not_one_that_is_not() -> None:
+    """cue_recall_bc's probe: features that carry the cue (plus noise) give ~1, features
+    without it ~chance; an episode whose cue nobody else had is skipped, not scored."""
+    probe = _load_benchmark("cue_recall_bc").cue_probe
+    rng = np.random.default_rng(0)
+    cues = np.repeat(np.arange(3), 20)  # (60,)
+    carried = np.eye(3)[cues] @ rng.normal(size=(3, 16)) + 0.3 * rng.normal(size=(60, 16))
+    assert probe(carried, cues) > 0.95
+    assert probe(rng.normal(size=(60, 16)), cues) < 0.6
+    lone = np.concatenate([cues, [7]])
+    assert probe(np.concatenate([carried, rng.normal(size=(1, 16))]), lone) > 0.95
