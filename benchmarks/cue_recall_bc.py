@@ -191,10 +191,11 @@ def evaluation_table(
     )
     print("|---:|---|---:|---:|---:|---:|---:|---:|")
     results = []
+    fixed = {k: v for k, v in kwargs.items() if k != "min_delay_steps"}  # each delay on its own
     for delay in delays:
         for ablate in (False, True) if agent.policy.memory is not None else (False,):
             m = evaluate_clone(
-                agent, {**kwargs, "delay_steps": delay}, episodes, ablate,
+                agent, {**fixed, "delay_steps": delay}, episodes, ablate,
                 None if ablate else latent_decoder,
             )  # fmt: skip
             results.append({"eval_delay": delay, "ablated_read": ablate, **m})
@@ -276,6 +277,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny run (under a minute)")
     ap.add_argument("--delay", type=int, default=20, help="delay_steps of the training episodes")
+    ap.add_argument(
+        "--min-delay",
+        type=int,
+        default=None,
+        help="draw each training episode's delay uniformly from [--min-delay, --delay] "
+        "(the env's min_delay_steps; default: every episode at --delay)",
+    )
     ap.add_argument("--cue-stays", action="store_true", help="visually guided control")
     ap.add_argument(
         "--layout",
@@ -353,6 +361,8 @@ def main() -> None:
     for name, low in lows.items():
         if getattr(a, name) < low:
             ap.error(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(a, name)}")
+    if a.min_delay is not None and not 0 <= a.min_delay <= a.delay:
+        ap.error(f"--min-delay must be in [0, --delay={a.delay}], got {a.min_delay}")
     if min(a.eval_delays) < 0:
         ap.error(f"--eval-delays must be >= 0, got {a.eval_delays}")
     if a.image_channels is not None and not 1 <= len(a.image_channels) <= 6:
@@ -399,6 +409,8 @@ def main() -> None:
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     kwargs: dict[str, Any] = {"delay_steps": a.delay}
+    if a.min_delay is not None:
+        kwargs["min_delay_steps"] = a.min_delay
     if a.cue_stays:
         kwargs["cue_stays"] = True
     if a.layout != "random":

@@ -30,10 +30,11 @@ class CueRecallEnv(ReachEnv):
     1. **cue** (``cue_steps``): a light above the workspace shows the cue colour (``cue`` in
        ``"color"``/``"both"``) and/or sounds that colour's tone (``"sound"``/``"both"``; each
        vocabulary colour has a pitch, :data:`envs.reach.COLOR_TONE_HZ`).
-    2. **delay** (``delay_steps``, 0 to 1000+): the cue is gone. Each step a distractor
-       starts with probability ``distractor_rate``: for ``distractor_steps`` a light of a
-       random colour (the cue's colour included) flashes to the left or right of the cue
-       light, with its colour's tone when the cue has sound.
+    2. **delay** (``delay_steps``, 0 to 1000+; with ``min_delay_steps`` each episode draws
+       its delay uniformly from ``[min_delay_steps, delay_steps]``): the cue is gone. Each
+       step a distractor starts with probability ``distractor_rate``: for
+       ``distractor_steps`` a light of a random colour (the cue's colour included) flashes
+       to the left or right of the cue light, with its colour's tone when the cue has sound.
     3. **reach** (``reach_steps``): ``num_targets`` balls of different colours appear; the
        hand must dwell on the one with the cue's colour. Dwelling on another ends the
        episode as a failure. With ``layout="random"`` (the default) the balls show at new
@@ -58,7 +59,13 @@ class CueRecallEnv(ReachEnv):
     the effort term. ``info["phase"]`` names the phase, ``info["cue"]`` the cue colour.
 
     **Termination**: success or a wrong choice. **Truncation**: after
-    ``cue_steps + delay_steps + reach_steps`` steps.
+    ``cue_steps + delay_steps + reach_steps`` steps (the episode's own delay when it is
+    drawn).
+
+    **Variable delays** (``min_delay_steps``): a policy trained on one delay may key its hold
+    to that span; one that must hold through any delay in a range cannot count frames, and a
+    range that reaches the task's delay shows it long holds. ``None`` (the default) keeps
+    every episode at ``delay_steps`` and draws nothing.
 
     **Expert**: ``expert_action()`` reaches for the matching ball once the balls show (it
     holds still before); ``expert_memory_op()`` labels each frame with the memory call a
@@ -80,6 +87,7 @@ class CueRecallEnv(ReachEnv):
         cue: str = "both",
         cue_steps: int = 5,
         delay_steps: int = 20,
+        min_delay_steps: int | None = None,
         reach_steps: int = 50,
         num_targets: int = 3,
         distractor_rate: float = 0.1,
@@ -105,6 +113,11 @@ class CueRecallEnv(ReachEnv):
         check_choice("layout", layout, LAYOUTS)
         check_positive("cue_steps", cue_steps)
         check_non_negative("delay_steps", delay_steps)
+        if min_delay_steps is not None and not 0 <= min_delay_steps <= delay_steps:
+            raise ValueError(
+                f"min_delay_steps must be in [0, delay_steps={delay_steps}], got "
+                f"{min_delay_steps}; or None for every episode at delay_steps"
+            )
         check_positive("reach_steps", reach_steps)
         if not 2 <= num_targets <= len(vocab.COLORS):
             raise ValueError(f"num_targets must be in [2, {len(vocab.COLORS)}], got {num_targets}")
@@ -114,7 +127,12 @@ class CueRecallEnv(ReachEnv):
         check_positive("tone_level", tone_level)
         self.cue_mode = cue
         self.cue_steps, self.delay_steps = int(cue_steps), int(delay_steps)
-        self.reach_start = self.cue_steps + self.delay_steps
+        self.min_delay_steps = None if min_delay_steps is None else int(min_delay_steps)
+        self.reach_steps = int(reach_steps)
+        self.reach_start = self.cue_steps + self.delay_steps  # this episode's (drawn at reset)
+        if self.min_delay_steps is not None:
+            # the episode's delay is task state: snapshots (resume, replay) carry it
+            self._STATE_ATTRS = (*type(self)._STATE_ATTRS, "reach_start", "max_steps")
         self.distractor_rate, self.distractor_steps = float(distractor_rate), int(distractor_steps)
         self.tone_level = float(tone_level)
         self.cue_stays = bool(cue_stays)
@@ -218,6 +236,10 @@ class CueRecallEnv(ReachEnv):
         self._light(self._dis_geom, None)
         self._light(self._cue_geom, self._cue if self.cue_mode != "sound" else None)
         self._goal = 0
+        if self.min_delay_steps is not None:  # drawn last: the fixed-delay draws stay as they were
+            delay = int(self.np_random.integers(self.min_delay_steps, self.delay_steps + 1))
+            self.reach_start = self.cue_steps + delay
+            self.max_steps = self.reach_start + self.reach_steps
 
     def _update_phase(self) -> None:
         """Runs after each step: switch lights, start/stop distractors, show targets."""

@@ -286,6 +286,87 @@ def test_cue_recall_random_layout_draws_as_before() -> None:
     np.testing.assert_allclose(points, PINNED_POINTS, atol=1e-6)
 
 
+def _episode_length(env: gym.Env, seed: int) -> int:
+    env.reset(seed=seed)
+    steps, done = 0, False
+    while not done:
+        _, _, term, trunc, _ = env.step({"muscles": np.zeros(6, np.float32)})
+        steps, done = steps + 1, term or trunc
+    return steps
+
+
+def test_cue_recall_min_delay_draws_each_episodes_delay() -> None:
+    """``min_delay_steps``: each episode's delay is drawn from [min, delay_steps]; the balls
+    show after it and a still arm is truncated after its own cue + delay + reach; the draws
+    vary and cover the range's ends over many seeds."""
+    kwargs = {"delay_steps": 12, "min_delay_steps": 2, "reach_steps": 3, "obs_keys": ("proprio",)}
+    with gym.make("mindloop/CueRecall-v0", **kwargs) as env:
+        u = env.unwrapped
+        delays = []
+        for seed in range(40):
+            env.reset(seed=seed)
+            delay = u.reach_start - u.cue_steps
+            delays.append(delay)
+            assert 2 <= delay <= 12 and u.max_steps == u.reach_start + 3
+        assert min(delays) == 2 and max(delays) == 12 and len(set(delays)) > 5
+        for seed in range(3):
+            env.reset(seed=seed)
+            delay = u.reach_start - u.cue_steps
+            assert _episode_length(env, seed) == u.cue_steps + delay + 3
+            _, info = env.reset(seed=seed)
+            for _ in range(u.cue_steps + delay - 1):
+                _, _, _, _, info = env.step({"muscles": np.zeros(6, np.float32)})
+            assert info["phase"] == "delay"
+            _, _, _, _, info = env.step({"muscles": np.zeros(6, np.float32)})
+            assert info["phase"] == "reach" and u._obj_active.any()
+
+
+def test_cue_recall_min_delay_is_restored_with_the_state() -> None:
+    """Resume and replay restore a snapshot into an env that drew another delay: the
+    snapshot's delay must come with it (when the balls show, when the episode ends)."""
+    kwargs = {"delay_steps": 30, "min_delay_steps": 0, "reach_steps": 4, "obs_keys": ("proprio",)}
+    with (
+        gym.make("mindloop/CueRecall-v0", **kwargs) as env,
+        gym.make("mindloop/CueRecall-v0", **kwargs) as other,
+    ):
+        env.reset(seed=0)
+        for seed in range(1, 50):  # an episode of `other` with another delay than env's
+            other.reset(seed=seed)
+            if other.unwrapped.reach_start != env.unwrapped.reach_start:
+                break
+        assert other.unwrapped.reach_start != env.unwrapped.reach_start
+        env.step({"muscles": np.zeros(6, np.float32)})
+        other.unwrapped.set_state(env.unwrapped.get_state())
+        assert other.unwrapped.reach_start == env.unwrapped.reach_start
+        lengths = []
+        for e in (env, other):
+            steps, done = 1, False
+            while not done:
+                _, _, term, trunc, _ = e.step({"muscles": np.zeros(6, np.float32)})
+                steps, done = steps + 1, term or trunc
+            lengths.append(steps)
+        assert lengths[0] == lengths[1] == env.unwrapped.max_steps
+
+
+def test_cue_recall_fixed_delay_snapshot_keys_are_unchanged() -> None:
+    """Without ``min_delay_steps`` the snapshot has the keys it had (older records replay)."""
+    with gym.make("mindloop/CueRecall-v0", delay_steps=3, obs_keys=("proprio",)) as env:
+        env.reset(seed=0)
+        keys = {k for k in env.unwrapped.get_state() if k.startswith("task/")}
+    assert "task/reach_start" not in keys and "task/max_steps" not in keys
+    with gym.make("mindloop/CueRecall-v0", delay_steps=3, min_delay_steps=1) as env:
+        env.reset(seed=0)
+        assert {"task/reach_start", "task/max_steps"} <= set(env.unwrapped.get_state())
+
+
+@pytest.mark.parametrize("low", [-1, 21])
+def test_cue_recall_min_delay_out_of_range_is_an_error(low: int) -> None:
+    with pytest.raises(
+        ValueError, match=rf"min_delay_steps must be in \[0, delay_steps=20\], got {low}"
+    ):
+        gym.make("mindloop/CueRecall-v0", delay_steps=20, min_delay_steps=low)
+
+
 def test_cue_recall_unknown_layout_names_the_choices() -> None:
     with pytest.raises(ValueError, match="unknown layout 'grid'; allowed: random, slots, fixed"):
         gym.make("mindloop/CueRecall-v0", layout="grid")
