@@ -53,13 +53,16 @@ plan in that file are kept in it (the printed table shows this run's plan).
     # CueRecall without the visual search (fixed ball places), mindloop with and without memory
     python benchmarks/learning.py --tasks mindloop/CueRecall-v0 --cue-layout fixed \\
         --contenders mindloop mindloop-nomemory sb3-ppo
+    # a curriculum: mindloop's CueRecall demonstrations at delay 5 (DAgger, PPO, eval at 200)
+    python benchmarks/learning.py --tasks mindloop/CueRecall-v0 --cue-demo-delay 5
 
 ``--quick`` checks that the pipeline runs, not what it learns: the headline task only
 (CueRecall, delay 200) with mindloop, PPO and the two references, seed 1, 1,024 env steps,
 4 BC updates, 4 evaluation episodes, two runs at once. ``--tasks`` / ``--contenders`` widen it.
 
 The last line is ``headline: cuerecall200_mindloop_success=<rate> (target >=0.9)``
-(``cuerecall200_<layout>_mindloop_success`` with ``--cue-layout slots`` or ``fixed``).
+(``cuerecall200_<layout>_mindloop_success`` with ``--cue-layout slots`` or ``fixed``,
+``..._demodelay<N>_...`` with ``--cue-demo-delay N``).
 """
 
 from __future__ import annotations
