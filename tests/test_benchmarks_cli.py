@@ -34,12 +34,18 @@ CASES = [
     ("cue_recall_bc.py", ["--image-channels", *["8"] * 7], "--image-channels takes 1 to 6"),
     ("cue_recall_bc.py", ["--checkpoint", "no/such/run"], "no checkpoint at 'no/such/run'"),
     ("cue_recall_bc.py", ["--checkpoint", "x", "--layout", "fixed"], "leave out --layout"),
+    (
+        "cue_recall_bc.py",
+        ["--delay", "10", "--min-delay", "20"],
+        "--min-delay must be in [0, --delay=10], got 20",
+    ),
     ("parity.py", ["--updates-interpolation", "0"], "--updates-interpolation must be >= 1"),
     ("core_latency.py", ["--steps", "0"], "--steps must be >= 1"),
     ("memory_recall.py", ["--quick", "--batch", "0"], "--batch must be >= 1"),
     ("core_latency.py", ["--batches", "1", "0"], "--batches must be >= 1 each"),
     ("learning.py", ["--quick", "--num-envs", "0"], "--num-envs must be >= 1"),
     ("learning.py", ["--quick", "--eval-episodes", "-1"], "--eval-episodes must be >= 1"),
+    ("learning.py", ["--quick", "--cue-demo-delay", "-1"], "--cue-demo-delay must be >= 0, got -1"),
 ]
 
 
