@@ -122,7 +122,10 @@ def evaluate_clone(
                     memory = agent.policy.memory
                     item = memory.codec.standardize(state["mem/got"]) * state["mem/hit"]
                     items.append(item[0].numpy())
-                    cores.append(state["core/h"].reshape(-1).numpy())
+                    core = [
+                        v.reshape(-1) for k, v in sorted(state.items()) if k.startswith("core/")
+                    ]
+                    cores.append(torch.cat(core).numpy())  # every core's recurrent state
                     cues.append(u._cue)
                 if ablate:  # the action sees no fetched item
                     state["mem/got"] = torch.zeros_like(state["mem/got"])

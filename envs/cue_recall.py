@@ -62,10 +62,9 @@ class CueRecallEnv(ReachEnv):
     ``cue_steps + delay_steps + reach_steps`` steps (the episode's own delay when it is
     drawn).
 
-    **Variable delays** (``min_delay_steps``): a policy trained on one delay may key its hold
-    to that span; one that must hold through any delay in a range cannot count frames, and a
-    range that reaches the task's delay shows it long holds. ``None`` (the default) keeps
-    every episode at ``delay_steps`` and draws nothing.
+    **Variable delays** (``min_delay_steps``): with the delay drawn per episode, a policy
+    cannot time the reach by counting frames, and training can mix short holds with long
+    ones. ``None`` (the default) keeps every episode at ``delay_steps`` and draws nothing.
 
     **Expert**: ``expert_action()`` reaches for the matching ball once the balls show (it
     holds still before); ``expert_memory_op()`` labels each frame with the memory call a
