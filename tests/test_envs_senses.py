@@ -286,8 +286,8 @@ def test_cue_recall_random_layout_draws_as_before() -> None:
     np.testing.assert_allclose(points, PINNED_POINTS, atol=1e-6)
 
 
-def _episode_length(env: gym.Env, seed: int) -> int:
-    env.reset(seed=seed)
+def _steps_to_end(env: gym.Env) -> int:
+    """Steps a still arm takes from here until the episode ends."""
     steps, done = 0, False
     while not done:
         _, _, term, trunc, _ = env.step({"muscles": np.zeros(6, np.float32)})
@@ -312,7 +312,7 @@ def test_cue_recall_min_delay_draws_each_episodes_delay() -> None:
         for seed in range(3):
             env.reset(seed=seed)
             delay = u.reach_start - u.cue_steps
-            assert _episode_length(env, seed) == u.cue_steps + delay + 3
+            assert _steps_to_end(env) == u.cue_steps + delay + 3
             _, info = env.reset(seed=seed)
             for _ in range(u.cue_steps + delay - 1):
                 _, _, _, _, info = env.step({"muscles": np.zeros(6, np.float32)})
@@ -338,13 +338,7 @@ def test_cue_recall_min_delay_is_restored_with_the_state() -> None:
         env.step({"muscles": np.zeros(6, np.float32)})
         other.unwrapped.set_state(env.unwrapped.get_state())
         assert other.unwrapped.reach_start == env.unwrapped.reach_start
-        lengths = []
-        for e in (env, other):
-            steps, done = 1, False
-            while not done:
-                _, _, term, trunc, _ = e.step({"muscles": np.zeros(6, np.float32)})
-                steps, done = steps + 1, term or trunc
-            lengths.append(steps)
+        lengths = [1 + _steps_to_end(e) for e in (env, other)]  # the first step was taken
         assert lengths[0] == lengths[1] == env.unwrapped.max_steps
 
 
