@@ -140,6 +140,9 @@ class RunSpec:
     """Env arguments the mindloop contenders' expert demonstrations are recorded with, over
     ``env_kwargs`` (``--cue-demo-delay``: a curriculum); DAgger, PPO and the evaluation keep
     ``env_kwargs``. Part of the key when given."""
+    dagger: tuple[int, int] | None = None
+    """(rounds, episodes per round) of the mindloop contenders' DAgger instead of
+    :data:`DAGGER_SHARE`'s sizing (``--dagger``); in the recipe, so part of the key."""
 
     @property
     def key(self) -> str:
@@ -239,6 +242,15 @@ MINDLOOP_RECIPE = f"demos{DEMO_SHARE}+dagger{DAGGER_SHARE}+ppo-rest+latent+count
 """The mindloop contenders' recipe, as it appears in the result keys."""
 
 
+def mindloop_recipe(dagger: tuple[int, int] | None) -> str:
+    """:data:`MINDLOOP_RECIPE`, with ``dagger<rounds>x<episodes>`` in place of the DAgger
+    share when ``--dagger`` sets them (the default keeps earlier results' keys)."""
+    if dagger is None:
+        return MINDLOOP_RECIPE
+    rounds, episodes = dagger
+    return MINDLOOP_RECIPE.replace(f"dagger{DAGGER_SHARE}", f"dagger{rounds}x{episodes}")
+
+
 def run_mindloop(spec: RunSpec, run_dir: Path) -> RunResult:
     """mindloop's pipeline (``--algo bc+ppo``, memory on, train.py's recipe): expert
     demonstrations recorded first (a Minari dataset, the trainer's own ``bc.dataset``
@@ -287,15 +299,18 @@ def run_mindloop(spec: RunSpec, run_dir: Path) -> RunResult:
     config.bc.episodes = episodes
     config.bc.updates = spec.bc_updates
     config.bc.dagger_updates = min(config.bc.dagger_updates, max(1, spec.bc_updates // 5))
-    config.bc.dagger_episodes = max(
-        1,
-        round(
-            DAGGER_SHARE
-            * spec.budget
-            / config.bc.dagger_rounds
-            / expert_episode_length(spec.task, spec.env_kwargs)
-        ),
-    )
+    if spec.dagger is not None:
+        config.bc.dagger_rounds, config.bc.dagger_episodes = spec.dagger
+    else:
+        config.bc.dagger_episodes = max(
+            1,
+            round(
+                DAGGER_SHARE
+                * spec.budget
+                / config.bc.dagger_rounds
+                / expert_episode_length(spec.task, spec.env_kwargs)
+            ),
+        )
     config.ppo.total_steps = spec.budget
     config.run.max_env_steps = spec.budget  # demos + DAgger + PPO
     steps = train(config).env_steps
@@ -419,6 +434,7 @@ def plan(args: argparse.Namespace) -> list[RunSpec]:
     for seed in args.seeds:  # seeds outermost: a partial run still covers every task
         for task in args.tasks:
             for contender in args.contenders:
+                ours = contender.startswith("mindloop")  # the options only mindloop's take
                 specs.append(
                     RunSpec(
                         task=task,
@@ -428,11 +444,12 @@ def plan(args: argparse.Namespace) -> list[RunSpec]:
                         eval_episodes=args.eval_episodes,
                         num_envs=args.num_envs,
                         env_kwargs=task_kwargs(task, args.cue_layout),
-                        bc_updates=args.bc_updates if contender.startswith("mindloop") else 0,
-                        recipe=MINDLOOP_RECIPE if contender.startswith("mindloop") else "",
-                        think_cost=args.think_cost if contender.startswith("mindloop") else None,
-                        anchor_coef=anchor if contender.startswith("mindloop") else None,
+                        bc_updates=args.bc_updates if ours else 0,
+                        recipe=mindloop_recipe(args.dagger) if ours else "",
+                        think_cost=args.think_cost if ours else None,
+                        anchor_coef=anchor if ours else None,
                         demo_env_kwargs=demo_env_kwargs(task, contender, args.cue_demo_delay),
+                        dagger=args.dagger if ours else None,
                     )
                 )
     return specs
@@ -651,6 +668,16 @@ def main(argv: list[str] | None = None) -> None:
         "evaluation keep the task's delay)",
     )
     parser.add_argument(
+        "--dagger",
+        type=int,
+        nargs=2,
+        metavar=("ROUNDS", "EPISODES"),
+        default=None,
+        help=f"the mindloop contenders' DAgger: ROUNDS rounds of EPISODES learner episodes "
+        f"each (default: 2 rounds sized to {DAGGER_SHARE:g} of the budget; a multiple of "
+        "--num-envs keeps envs from idling; what is left goes to PPO)",
+    )
+    parser.add_argument(
         "--jobs", type=int, default=None, help="runs at once (processes; default 1, quick 2)"
     )
     parser.add_argument("--out", type=Path, default=None)
@@ -664,6 +691,10 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if args.cue_demo_delay is not None and args.cue_demo_delay < 0:
         parser.error(f"--cue-demo-delay must be >= 0, got {args.cue_demo_delay}")
+    if args.dagger is not None:
+        if min(args.dagger) < 1:
+            parser.error(f"--dagger ROUNDS EPISODES must both be >= 1, got {args.dagger}")
+        args.dagger = tuple(args.dagger)
     args.argv = list(argv if argv is not None else sys.argv[1:])
     args.tasks = args.tasks or list(QUICK_TASKS if args.quick else envs.TASK_IDS)
     args.contenders = args.contenders or list(QUICK_CONTENDERS if args.quick else CONTENDERS)
@@ -740,6 +771,8 @@ def main(argv: list[str] | None = None) -> None:
     label = "CueRecall delay 200" + (f", {layout} layout" if layout != "random" else "")
     if args.cue_demo_delay is not None and CUE_TASK in args.tasks:
         label += f", demonstrations at delay {args.cue_demo_delay}"
+    if args.dagger is not None:
+        label += f", DAgger {args.dagger[0]} x {args.dagger[1]} episodes"
     for line in targets(results, label):
         print(line)
     save(out, args, results + kept, started)
@@ -748,6 +781,8 @@ def main(argv: list[str] | None = None) -> None:
     name = "cuerecall200" + (f"_{layout}" if layout != "random" else "")
     if args.cue_demo_delay is not None and CUE_TASK in args.tasks:
         name += f"_demodelay{args.cue_demo_delay}"
+    if args.dagger is not None:
+        name += f"_dagger{args.dagger[0]}x{args.dagger[1]}"
     name += "_mindloop_success"
     shown = "nan" if value is None else f"{value:.2f}"
     print(f"headline: {name}={shown} (target >=0.9)")

@@ -46,6 +46,11 @@ CASES = [
     ("learning.py", ["--quick", "--num-envs", "0"], "--num-envs must be >= 1"),
     ("learning.py", ["--quick", "--eval-episodes", "-1"], "--eval-episodes must be >= 1"),
     ("learning.py", ["--quick", "--cue-demo-delay", "-1"], "--cue-demo-delay must be >= 0, got -1"),
+    (
+        "learning.py",
+        ["--quick", "--dagger", "2", "0"],
+        "--dagger ROUNDS EPISODES must both be >= 1, got [2, 0]",
+    ),
 ]
 
 
@@ -102,12 +107,15 @@ def test_learning_cue_layout_is_part_of_the_plan_and_the_result_key() -> None:
     tasks = [task, "mindloop/MuscleReach-v0"]
 
     def specs(
-        cue_layout: str = "random", contender: str = "sb3-ppo", cue_demo_delay: int | None = None
+        cue_layout: str = "random",
+        contender: str = "sb3-ppo",
+        cue_demo_delay: int | None = None,
+        dagger: tuple[int, int] | None = None,
     ) -> dict[str, object]:
         args = learning.argparse.Namespace(
             tasks=tasks, contenders=[contender], seeds=[1], quick=False, budget=None,
             eval_episodes=20, num_envs=8, bc_updates=1000, think_cost=None, anchor_coef=None,
-            cue_layout=cue_layout, cue_demo_delay=cue_demo_delay,
+            cue_layout=cue_layout, cue_demo_delay=cue_demo_delay, dagger=dagger,
         )  # fmt: skip
         return {s.task: s for s in learning.plan(args)}
 
@@ -126,6 +134,12 @@ def test_learning_cue_layout_is_part_of_the_plan_and_the_result_key() -> None:
     assert curriculum[task].key == plain[task].key + "|demo_delay_steps=5"
     assert curriculum[reach].key == plain[reach].key
     assert specs(cue_demo_delay=5)[task].key == default[task].key  # SB3: no demonstrations
+    # --dagger ROUNDS EPISODES: the mindloop contenders' recipe names them instead of the share
+    assert plain[task].key.endswith(f"|{learning.MINDLOOP_RECIPE}|anchor1")  # as before
+    dagger = specs(contender="mindloop", dagger=(6, 8))
+    assert dagger[task].dagger == (6, 8) and plain[task].dagger is None
+    assert dagger[task].key == plain[task].key.replace("dagger0.15", "dagger6x8")
+    assert specs(dagger=(6, 8))[task].key == default[task].key  # SB3: no DAgger
     # every contender the command line offers has a runner (a missing one failed every run)
     assert set(learning.RUNNERS) == set(learning.CONTENDERS + learning.EXTRA_CONTENDERS)
     assert learning._task_label(task, slots[task].env_kwargs) == (
