@@ -7,14 +7,16 @@ then evaluates the deterministic clone at one or more delays and reports, beside
 * **near any ball**: episodes whose hand came within the success radius of some ball
   (a reach that goes somewhere, right or wrong);
 * **goal selection**: episodes whose closest approach to any ball was to the cued one
-  (chance 1/3 with three balls), with the memory read intact and with it **ablated** (the
-  fetched item and hit flag zeroed every frame): if ablation changes nothing, the action
-  does not use what the memory fetched;
+  (chance 1/3 with three balls), with the memory intact and with a tier of it **ablated**
+  every frame (:data:`ABLATIONS`): ``item``, the item the last get fetched (and its hit
+  flag); ``workable``, the workable slots and their read, so nothing the slots hold lasts
+  from one frame to the next; ``both``. If an ablation changes nothing, the action does not
+  lean on that tier;
 * memory calls per episode (set / get) of the deterministic policy;
 * whether the cue can be read back, when the first get fetches (leave-one-out
-  nearest-centroid probe over the evaluation episodes), from the fetched item and from the
-  core's recurrent state: a cue in the item that the action ignores is a use problem, a
-  cue in neither a storage problem;
+  nearest-centroid probe over the evaluation episodes), from the fetched item, from the
+  core's recurrent state and from the workable slots: a cue in the item that the action
+  ignores is a use problem, a cue in none of them a storage problem;
 * with the expert-latent target (``--latent-coef``, train.py's default 1): how well the
   core's state knows the posture the expert heads for once the balls show, **teacher-forced**
   on held-out expert episodes and **closed-loop** in the clone's own evaluation episodes
@@ -80,8 +82,18 @@ def build_agent(
     return MindloopAgent(*_env_spaces(cfg), cfg.agent), cfg
 
 
+ABLATIONS = {
+    "none": (),
+    "item": ("mem/got", "mem/hit"),
+    "workable": ("mem/slots", "mem/slot_keys", "mem/read"),
+    "both": ("mem/got", "mem/hit", "mem/slots", "mem/slot_keys", "mem/read"),
+}
+"""Memory state keys each ablation zeroes after every frame (the encoded store itself is
+left alone: without a fetched item the core cannot see it)."""
+
+
 def evaluate_clone(
-    agent, kwargs: dict[str, Any], episodes: int, ablate: bool = False, latent_decoder=None
+    agent, kwargs: dict[str, Any], episodes: int, ablate: str = "none", latent_decoder=None
 ):
     """Deterministic episodes (seeds 1,000,001+) -> success, wrong, near-any-ball, goal
     selection rates and memory calls per episode; with ``latent_decoder`` (BC's readout of
@@ -96,7 +108,8 @@ def evaluate_clone(
     u = env.unwrapped
     rows = []
     read, true, nearest = [], [], []  # reach frames: read-out latent, the expert's, pick ok
-    items, cores, cues = [], [], []  # at each episode's first get: fetched item, core state
+    # at each episode's first get: the fetched item, the core's state, the workable slots
+    items, cores, slots, cues = [], [], [], []
     for k in range(episodes):
         obs, _ = env.reset(seed=1_000_001 + k)
         state, start = agent.initial_state(1), True
@@ -117,7 +130,7 @@ def evaluate_clone(
             if agent.policy.memory is not None:
                 op = int(info.decisions.mem_ops[0, 0])
                 sets, gets = sets + (op == 1), gets + (op == 2)
-                if op == 2 and gets == 1 and not ablate:
+                if op == 2 and gets == 1 and ablate == "none":
                     # what the core reads from the next frame on: the item in the codec's units
                     memory = agent.policy.memory
                     item = memory.codec.standardize(state["mem/got"]) * state["mem/hit"]
@@ -126,10 +139,10 @@ def evaluate_clone(
                         v.reshape(-1) for k, v in sorted(state.items()) if k.startswith("core/")
                     ]
                     cores.append(torch.cat(core).numpy())  # every core's recurrent state
+                    slots.append(state["mem/slots"][0].reshape(-1).numpy())  # (N * slot_dim,)
                     cues.append(u._cue)
-                if ablate:  # the action sees no fetched item
-                    state["mem/got"] = torch.zeros_like(state["mem/got"])
-                    state["mem/hit"] = torch.zeros_like(state["mem/hit"])
+                for key in ABLATIONS[ablate]:  # nothing of this tier reaches the next frame
+                    state[key] = torch.zeros_like(state[key])
             obs, _, term, trunc, step_info = env.step(
                 {key: np.asarray(v[0]) for key, v in act.items()}
             )
@@ -162,6 +175,7 @@ def evaluate_clone(
     if len(set(cues)) > 1:
         out["cue_from_item"] = cue_probe(np.array(items), np.array(cues))
         out["cue_from_core"] = cue_probe(np.array(cores), np.array(cues))
+        out["cue_from_workable"] = cue_probe(np.array(slots), np.array(cues))
         out["cue_probe_chance"] = float(np.bincount(cues).max() / len(cues))
         out["cue_probe_episodes"] = len(cues)
     return out
@@ -187,29 +201,30 @@ def cue_probe(features: np.ndarray, labels: np.ndarray) -> float:
 def evaluation_table(
     agent, kwargs: dict[str, Any], delays: list[int], episodes: int, latent_decoder=None
 ) -> list[dict[str, Any]]:
-    """:func:`evaluate_clone` at each delay, with the memory read intact and (an agent with
-    memory) ablated; prints the table and returns its rows."""
+    """:func:`evaluate_clone` at each delay, with the memory intact and (an agent with
+    memory) each of :data:`ABLATIONS`; prints the table and returns its rows."""
     print(
-        "| eval delay | read | success | wrong | near any ball | goal selected | set/ep | get/ep |"
+        "| eval delay | ablated | success | wrong | near any ball | goal selected | set/ep | get/ep |"
     )
     print("|---:|---|---:|---:|---:|---:|---:|---:|")
     results = []
     fixed = {k: v for k, v in kwargs.items() if k != "min_delay_steps"}  # each delay on its own
     for delay in delays:
-        for ablate in (False, True) if agent.policy.memory is not None else (False,):
+        for ablate in ABLATIONS if agent.policy.memory is not None else ("none",):
             m = evaluate_clone(
                 agent, {**fixed, "delay_steps": delay}, episodes, ablate,
-                None if ablate else latent_decoder,
+                latent_decoder if ablate == "none" else None,
             )  # fmt: skip
-            results.append({"eval_delay": delay, "ablated_read": ablate, **m})
-            print(f"| {delay} | {'ablated' if ablate else 'intact'} | {m['success']:.2f} | "
+            results.append({"eval_delay": delay, "ablated": ablate, **m})
+            print(f"| {delay} | {ablate} | {m['success']:.2f} | "
                   f"{m['wrong']:.2f} | {m['near_any_ball']:.2f} | {m['goal_selected']:.2f} | "
                   f"{m['set_per_episode']:.1f} | {m['get_per_episode']:.1f} |")  # fmt: skip
     for m in results:
         if "cue_from_item" in m:
             print(f"delay {m['eval_delay']}: the cue from the item fetched by the first get "
                   f"{m['cue_from_item']:.2f}, from the core's state then "
-                  f"{m['cue_from_core']:.2f} (majority cue {m['cue_probe_chance']:.2f}; "
+                  f"{m['cue_from_core']:.2f}, from the workable slots "
+                  f"{m['cue_from_workable']:.2f} (majority cue {m['cue_probe_chance']:.2f}; "
                   f"leave-one-out nearest centroid over {m['cue_probe_episodes']} "
                   "episodes)")  # fmt: skip
     return results
@@ -224,7 +239,7 @@ def load_cue_recall_agent(path: Path):
     if is_sb3_checkpoint(path):
         raise ValueError(
             f"--checkpoint {path} is an SB3 baseline's; this table needs a mindloop agent "
-            "(its memory read is what it ablates)"
+            "(its memory is what it ablates)"
         )
     agent, config = load_agent(path)
     if config.env.id != TASK:
@@ -243,7 +258,7 @@ def evaluate_checkpoint(
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {"checkpoint": str(path), "env_kwargs": kwargs, "results": results}
     out.write_text(json.dumps(record, indent=2))
-    last = [r for r in results if r["eval_delay"] == delays[-1] and not r["ablated_read"]]
+    last = [r for r in results if r["eval_delay"] == delays[-1] and r["ablated"] == "none"]
     print(f"headline: cuerecall_bc_success={last[0]['success']:.2f} (target >=0.9)")
 
 
@@ -355,7 +370,7 @@ def main() -> None:
         "--checkpoint",
         type=Path,
         default=None,
-        help="evaluate this trained CueRecall agent (read intact and ablated) instead of "
+        help="evaluate this trained CueRecall agent (memory intact and ablated) instead of "
         "training one; its env arguments, at --eval-delays",
     )
     a = ap.parse_args()
@@ -484,7 +499,7 @@ def main() -> None:
     record = {"args": {k: str(v) for k, v in vars(a).items()}, "env_steps": env_steps,
               "agreement": agreement, "results": results}  # fmt: skip
     a.out.write_text(json.dumps(record, indent=2))
-    last = [r for r in results if r["eval_delay"] == a.eval_delays[-1] and not r["ablated_read"]]
+    last = [r for r in results if r["eval_delay"] == a.eval_delays[-1] and r["ablated"] == "none"]
     print(f"headline: cuerecall_bc_success={last[0]['success']:.2f} (target >=0.9)")
 
 

@@ -166,3 +166,34 @@ def test_cue_probe_reads_a_cue_that_is_there_and_not_one_that_is_not() -> None:
     assert probe(rng.normal(size=(60, 16)), cues) < 0.6
     lone = np.concatenate([cues, [7]])
     assert probe(np.concatenate([carried, rng.normal(size=(1, 16))]), lone) > 0.95
+
+
+@pytest.mark.parametrize("ablate", ["none", "item", "workable", "both"])
+def test_cue_recall_ablation_zeroes_its_memory_tier_between_frames(ablate: str) -> None:
+    """cue_recall_bc's ablations: every frame after the first starts from a state whose
+    ablated tier is all zeros (and only that tier), so the action cannot lean on what it
+    held; without ablation the workable slots do carry over."""
+    import torch
+
+    bench = _load_benchmark("cue_recall_bc")
+    torch.manual_seed(0)
+    agent, _ = bench.build_agent({"delay_steps": 2, "layout": "fixed"}, True, 1, "ponder")
+    agent.policy.memory.proj.bias.data[-1] = 5.0  # an open write gate: slots fill every step
+    seen: list[dict[str, torch.Tensor]] = []
+    act = agent.act
+
+    def recording_act(obs, state, start, deterministic=False):
+        seen.append({k: v.clone() for k, v in state.items() if k.startswith("mem/")})
+        return act(obs, state, start, deterministic)
+
+    agent.act = recording_act
+    bench.evaluate_clone(agent, {"delay_steps": 2, "layout": "fixed", "reach_steps": 8}, 1, ablate)
+    later = seen[1:]  # the first frame starts from the initial (zero) state anyway
+    assert len(later) > 5
+    workable, item = ("mem/slots", "mem/slot_keys", "mem/read"), ("mem/got", "mem/hit")
+    zeroed = {"none": (), "item": item, "workable": workable, "both": item + workable}[ablate]
+    for key in zeroed:
+        assert all(not s[key].any() for s in later), key
+    if ablate in ("none", "item"):  # the workable tier is left to carry what it holds
+        for key in workable:
+            assert any(s[key].any() for s in later), key
