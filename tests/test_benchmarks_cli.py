@@ -171,8 +171,9 @@ def test_cue_probe_reads_a_cue_that_is_there_and_not_one_that_is_not() -> None:
 @pytest.mark.parametrize("ablate", ["none", "item", "workable", "both"])
 def test_cue_recall_ablation_zeroes_its_memory_tier_between_frames(ablate: str) -> None:
     """cue_recall_bc's ablations: every frame after the first starts from a state whose
-    ablated tier is all zeros (and only that tier), so the action cannot lean on what it
-    held; without ablation the workable slots do carry over."""
+    ablated tier is all zeros, so the action cannot lean on what it held; where the
+    workable tier is not ablated, its slots do carry over (the fetched item cannot be
+    checked that way: an untrained agent's gets need not hit)."""
     import torch
 
     bench = _load_benchmark("cue_recall_bc")
