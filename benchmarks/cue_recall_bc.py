@@ -82,11 +82,13 @@ def build_agent(
     return MindloopAgent(*_env_spaces(cfg), cfg.agent), cfg
 
 
+_ITEM_KEYS = ("mem/got", "mem/hit")
+_WORKABLE_KEYS = ("mem/slots", "mem/slot_keys", "mem/read")
 ABLATIONS = {
     "none": (),
-    "item": ("mem/got", "mem/hit"),
-    "workable": ("mem/slots", "mem/slot_keys", "mem/read"),
-    "both": ("mem/got", "mem/hit", "mem/slots", "mem/slot_keys", "mem/read"),
+    "item": _ITEM_KEYS,
+    "workable": _WORKABLE_KEYS,
+    "both": _ITEM_KEYS + _WORKABLE_KEYS,
 }
 """Memory state keys each ablation zeroes after every frame (the encoded store itself is
 left alone: without a fetched item the core cannot see it)."""
